@@ -1,0 +1,70 @@
+# Paying Attention — two commands do everything:
+#   make lab    set up (once) and open the series in JupyterLab
+#   make test   set up (once) and run the unit tests and every notebook (nbval)
+# Headless JupyterLab: make lab ARGS=--no-browser
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+# Extra pip options, e.g. a CPU-only PyTorch on a machine without a GPU:
+#   make lab PIP_EXTRA="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_EXTRA ?=
+
+# Offline copy of the data (CI, development machines without internet): use it when present.
+SHARED_DATA := $(wildcard $(CURDIR)/../shared/data/deu-eng-50k.tsv)
+ifneq ($(SHARED_DATA),)
+export PAYING_ATTENTION_DATA ?= $(abspath $(SHARED_DATA))
+endif
+export MPLBACKEND ?= Agg
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: lab test setup data unit notebooks lint format bench train clean help
+
+help:
+	@echo "make lab    - set up and open JupyterLab on notebooks/ (ARGS=--no-browser for headless)"
+	@echo "make test   - set up and run unit tests, lint and every notebook"
+	@echo "make bench  - training speed: the article's loop against ours"
+	@echo "make format - ruff format + fix, notebooks included"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11+ needed, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+setup: $(VENV)/.installed data
+
+data: $(VENV)/.installed
+	@$(BIN)/python -m helpers.data fetch >/dev/null && echo "data: $$($(BIN)/python -m helpers.data where)"
+
+lab: setup
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ARGS)
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+notebooks: setup
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly notebooks
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# One pytest run: unit tests and nbval re-executing every notebook, one summary line.
+test: setup lint
+	$(BIN)/python -m pytest --durations=15 --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
+
+bench: setup
+	$(BIN)/python -m helpers.benchmark
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache checkpoints

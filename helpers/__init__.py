@@ -1,0 +1,60 @@
+"""Paying Attention: the shared, tested code behind the notebook series.
+
+Each module does one job (see the README for the map):
+
+* :mod:`helpers.attention` — every scoring function, local and multi-head attention;
+* :mod:`helpers.models` — encoders, the Bahdanau and Luong decoders, :class:`Seq2Seq`;
+* :mod:`helpers.data` — download, cache, parse, tokenise and split Tatoeba;
+* :mod:`helpers.vocab`, :mod:`helpers.batching` — vocabularies and padded batches;
+* :mod:`helpers.synthetic` — the dates task with a gold alignment;
+* :mod:`helpers.training`, :mod:`helpers.checkpoints` — the loop and safe checkpoints;
+* :mod:`helpers.decoding` — greedy and beam search, ``translate``;
+* :mod:`helpers.metrics`, :mod:`helpers.viz` — sacreBLEU, alignment scores, heatmaps.
+"""
+
+from .attention import (
+    ATTENTION_NAMES,
+    AdditiveAttention,
+    Attention,
+    ConcatAttention,
+    DotAttention,
+    GeneralAttention,
+    LocalAttention,
+    MultiHeadAttention,
+    ScaledDotAttention,
+    attention_entropy,
+    build_attention,
+    masked_softmax,
+)
+from .batching import Batch, BucketBatchSampler, TranslationDataset, collate_batch, make_loader
+from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .data import (
+    DataFormatError,
+    DataNotFoundError,
+    DataSplit,
+    TestExample,
+    Tokenizer,
+    detokenize,
+    load_pairs,
+    read_pairs,
+    resolve_data_path,
+    split_by_source,
+)
+from .decoding import Translation, beam_search, decode, greedy_decode, translate, translate_batch
+from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy
+from .models import (
+    BahdanauDecoder,
+    Encoder,
+    LuongDecoder,
+    ModelConfig,
+    PlainDecoder,
+    Seq2Seq,
+    SelfAttentionEncoder,
+    build_model,
+    count_parameters,
+)
+from .synthetic import DateExample, dates_splits, generate_dates
+from .training import TrainingHistory, evaluate_loss, select_device, sequence_loss, set_seed, train
+from .vocab import EOS_INDEX, PAD_INDEX, SOS_INDEX, UNK_INDEX, Vocabulary
+
+__all__ = [name for name in dir() if not name.startswith("_")]

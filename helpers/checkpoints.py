@@ -1,0 +1,112 @@
+"""Saving and loading trained models safely.
+
+A checkpoint is a plain dictionary of tensors, strings, numbers and lists — the model
+weights, its :class:`~helpers.models.ModelConfig` and both vocabularies — so it loads
+with ``torch.load(..., weights_only=True)``, which refuses to run code hidden in a file.
+It is written to a temporary file and renamed into place, so an interrupted save never
+leaves a truncated checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import ModelConfig, Seq2Seq
+from .vocab import Vocabulary
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was trained with another config or vocabulary."""
+
+
+def save_checkpoint(model: Seq2Seq, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights, config, vocabularies) and ``extra`` to ``path`` atomically.
+
+    ``extra`` may hold plain data (numbers, strings, lists, dicts), e.g. the training history.
+    """
+    if model.source_vocab is None or model.target_vocab is None:
+        raise ValueError("attach the vocabularies (model.attach_vocabularies) before saving")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "source_vocab": model.source_vocab.to_list(),
+        "target_vocab": model.target_vocab.to_list(),
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(payload, temp_name)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}: expected {expected.get(key)!r}, checkpoint has {found.get(key)!r}"
+        for key in sorted(set(expected) | set(found))
+        if expected.get(key) != found.get(key)
+    ]
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    expected_config: ModelConfig | None = None,
+    source_vocab: Vocabulary | None = None,
+    target_vocab: Vocabulary | None = None,
+) -> tuple[Seq2Seq, dict[str, Any]]:
+    """Load a checkpoint with ``weights_only=True`` and rebuild the model.
+
+    Args:
+        expected_config: if given, the checkpoint must have been trained with exactly
+            this config; otherwise :class:`CheckpointMismatchError` lists the differences.
+        source_vocab, target_vocab: if given, must equal the checkpoint's vocabularies
+            (the same sizes but other tokens would silently scramble every word).
+
+    Returns:
+        the model (in eval mode, on ``device``, vocabularies attached) and ``extra``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which
+        raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(f"{path} is not a Paying Attention checkpoint (format {CHECKPOINT_FORMAT})")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointMismatchError(f"{path}: its config cannot be read by this version: {error}") from error
+    if expected_config is not None and config != expected_config:
+        differences = "; ".join(_differences(expected_config.to_dict(), config.to_dict()))
+        raise CheckpointMismatchError(f"{path} was trained with another config — {differences}")
+    stored_source, stored_target = Vocabulary(payload["source_vocab"]), Vocabulary(payload["target_vocab"])
+    for name, given, stored in (("source", source_vocab, stored_source), ("target", target_vocab, stored_target)):
+        if given is not None and given != stored:
+            raise CheckpointMismatchError(
+                f"{path} was trained with another {name} vocabulary "
+                f"({len(stored)} tokens in the checkpoint, {len(given)} given)"
+            )
+    model = Seq2Seq(config)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointMismatchError(f"{path}: weights do not fit the config: {error}") from error
+    model.attach_vocabularies(stored_source, stored_target)
+    return model.to(device).eval(), payload.get("extra", {})

@@ -1,0 +1,99 @@
+"""Scores: sacreBLEU's BLEU and chrF, and how well attention matches a gold alignment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+from torch import Tensor
+
+from .attention import attention_entropy
+
+
+@dataclass
+class CorpusScores:
+    """Corpus-level BLEU and chrF with the signatures that make them reproducible."""
+
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    chrf_signature: str
+    bleu_detail: str
+
+    def __str__(self) -> str:
+        return (
+            f"BLEU = {self.bleu:.1f}  ({self.bleu_signature})\n"
+            f"chrF = {self.chrf:.1f}  ({self.chrf_signature})"
+        )
+
+
+def references_as_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:
+    """Per-sentence reference lists → sacreBLEU's reference streams.
+
+    sacreBLEU wants one list per *reference slot*. Sentences with fewer references
+    than the most-referenced one get ``None`` in the spare slots, which sacreBLEU
+    skips (its signature then says ``nrefs:var``).
+    """
+    if any(len(refs) == 0 for refs in references):
+        raise ValueError("every sentence needs at least one reference")
+    slots = max(len(refs) for refs in references)
+    return [[refs[slot] if slot < len(refs) else None for refs in references] for slot in range(slots)]
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> CorpusScores:
+    """BLEU and chrF of detokenised, cased ``hypotheses`` against all ``references``.
+
+    Args:
+        hypotheses: one detokenised output per sentence.
+        references: for each sentence, every reference translation (any number ≥ 1).
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
+    if not hypotheses:
+        raise ValueError("cannot score an empty corpus")
+    streams = references_as_streams(references)
+    bleu, chrf = BLEU(), CHRF()
+    bleu_score = bleu.corpus_score(list(hypotheses), streams)
+    chrf_score = chrf.corpus_score(list(hypotheses), streams)
+    return CorpusScores(
+        bleu=bleu_score.score,
+        chrf=chrf_score.score,
+        bleu_signature=str(bleu.get_signature()),
+        chrf_signature=str(chrf.get_signature()),
+        bleu_detail=str(bleu_score),
+    )
+
+
+def alignment_accuracy(
+    attentions: Sequence[Tensor], gold_spans: Sequence[Sequence[tuple[int, int] | None]]
+) -> float:
+    """Share of output positions whose most-attended source position lies in the gold span.
+
+    Args:
+        attentions: per sentence, ``(T, S)`` attention (row ``t`` produced output ``t``).
+        gold_spans: per sentence, for each output position a ``(start, end)`` source span
+            or ``None`` (no gold alignment: skipped).
+
+    Only positions present in both (``min(T, len(gold))``) are scored.
+    """
+    hits = total = 0
+    for attention, spans in zip(attentions, gold_spans, strict=True):
+        focus = attention.argmax(dim=-1).tolist()
+        for position, span in zip(focus, spans, strict=False):
+            if span is None:
+                continue
+            total += 1
+            hits += span[0] <= position < span[1]
+    if total == 0:
+        raise ValueError("no output position has a gold alignment")
+    return hits / total
+
+
+def mean_attention_entropy(attentions: Sequence[Tensor]) -> float:
+    """Mean entropy (nats) over every row of every ``(T, S)`` attention matrix."""
+    rows = [attention_entropy(attention) for attention in attentions if attention.numel()]
+    if not rows:
+        raise ValueError("no attention to measure")
+    return float(torch.cat(rows).mean())

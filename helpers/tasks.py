@@ -1,0 +1,239 @@
+"""Ready-made tasks: data → tokens → vocabularies → datasets, in one call.
+
+The notebooks build each step by hand once (04 walks through the whole pipeline), then
+use these so that later notebooks, the tests and the command line see identical data.
+
+* :func:`tatoeba_task` — English→German, split by English sentence;
+* :func:`dates_task` — the synthetic dates task, with gold alignments.
+
+:func:`train_or_load` trains a model once and caches it under a key made of *every*
+setting that shapes it (model config, training settings, data fingerprint), so a
+rerun with the same settings reloads it and a changed setting retrains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .batching import TranslationDataset, make_loader
+from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .data import DEFAULT_MAX_PAIRS, get_tokenizer, load_pairs, split_by_source
+from .models import ModelConfig, Seq2Seq
+from .synthetic import DateExample, dates_splits
+from .training import TrainingHistory, select_device, set_seed, train
+from .vocab import Vocabulary
+
+
+@dataclass
+class TranslationTask:
+    """Everything a model needs from the data side.
+
+    Attributes:
+        name: ``"tatoeba"`` or ``"dates"``.
+        source_tokenizer, target_tokenizer: tokenizer names (``"en"``, ``"de"``, ``"chars"``).
+        source_vocab, target_vocab: built on the training split only.
+        train, valid: datasets of index tensors.
+        test_sources: held-out source sentences (raw text).
+        test_references: for each, every reference translation.
+        test_gold_spans: dates only — the gold alignment of each test target.
+        fingerprint: a hash of the data and split settings (part of cache keys).
+    """
+
+    name: str
+    source_tokenizer: str
+    target_tokenizer: str
+    source_vocab: Vocabulary
+    target_vocab: Vocabulary
+    train: TranslationDataset
+    valid: TranslationDataset
+    test_sources: list[str]
+    test_references: list[list[str]]
+    fingerprint: str
+    test_gold_spans: list[tuple] | None = None
+    test_examples: list[DateExample] = field(default_factory=list)
+
+    def loaders(self, batch_size: int = 64, seed: int = 0, pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+        """Bucketed training loader (reshuffled each epoch) and a fixed validation loader."""
+        return (
+            make_loader(self.train, batch_size, shuffle=True, seed=seed, pin_memory=pin_memory),
+            make_loader(self.valid, 4 * batch_size, shuffle=False, pin_memory=pin_memory),
+        )
+
+    def model_config(self, **settings: Any) -> ModelConfig:
+        """A :class:`ModelConfig` with this task's vocabulary sizes and tokenizers."""
+        return ModelConfig(
+            source_vocab_size=len(self.source_vocab),
+            target_vocab_size=len(self.target_vocab),
+            source_tokenizer=self.source_tokenizer,
+            target_tokenizer=self.target_tokenizer,
+            **settings,
+        )
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "train pairs": len(self.train),
+            "valid pairs": len(self.valid),
+            "test sentences": len(self.test_sources),
+            "source vocabulary": len(self.source_vocab),
+            "target vocabulary": len(self.target_vocab),
+        }
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tatoeba_task(
+    path: str | os.PathLike | None = None,
+    max_pairs: int | None = DEFAULT_MAX_PAIRS,
+    valid_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    min_freq: int = 2,
+    seed: int = 0,
+) -> TranslationTask:
+    """English→German from Tatoeba: load, tokenise with spaCy, split by English sentence,
+    build vocabularies on the training split (tokens seen < ``min_freq`` times → ``<unk>``)."""
+    pairs = load_pairs(path, max_pairs=max_pairs)
+    split = split_by_source(pairs, valid_fraction, test_fraction, seed)
+    english, german = get_tokenizer("en"), get_tokenizer("de")
+    train_source = english.tokenize_many(source for source, _ in split.train)
+    train_target = german.tokenize_many(target for _, target in split.train)
+    valid_source = english.tokenize_many(source for source, _ in split.valid)
+    valid_target = german.tokenize_many(target for _, target in split.valid)
+    source_vocab = Vocabulary.build(train_source, min_freq=min_freq)
+    target_vocab = Vocabulary.build(train_target, min_freq=min_freq)
+    content = hashlib.sha256("\n".join(f"{a}\t{b}" for a, b in pairs).encode()).hexdigest()
+    return TranslationTask(
+        name="tatoeba",
+        source_tokenizer="en",
+        target_tokenizer="de",
+        source_vocab=source_vocab,
+        target_vocab=target_vocab,
+        train=TranslationDataset(train_source, train_target, source_vocab, target_vocab),
+        valid=TranslationDataset(valid_source, valid_target, source_vocab, target_vocab),
+        test_sources=[example.source for example in split.test],
+        test_references=[list(example.references) for example in split.test],
+        fingerprint=_fingerprint("tatoeba", content, valid_fraction, test_fraction, min_freq, seed),
+    )
+
+
+def dates_task(train_size: int = 8000, valid_size: int = 500, test_size: int = 500, seed: int = 0) -> TranslationTask:
+    """The synthetic dates task, character level, with gold alignments for the test set."""
+    train_examples, valid_examples, test_examples = dates_splits(train_size, valid_size, test_size, seed)
+    characters = get_tokenizer("chars")
+    train_source = [characters(example.source) for example in train_examples]
+    train_target = [characters(example.target) for example in train_examples]
+    source_vocab = Vocabulary.build(train_source)
+    target_vocab = Vocabulary.build(train_target)
+    return TranslationTask(
+        name="dates",
+        source_tokenizer="chars",
+        target_tokenizer="chars",
+        source_vocab=source_vocab,
+        target_vocab=target_vocab,
+        train=TranslationDataset(train_source, train_target, source_vocab, target_vocab),
+        valid=TranslationDataset(
+            [characters(example.source) for example in valid_examples],
+            [characters(example.target) for example in valid_examples],
+            source_vocab,
+            target_vocab,
+        ),
+        test_sources=[example.source for example in test_examples],
+        test_references=[[example.target] for example in test_examples],
+        fingerprint=_fingerprint("dates", train_size, valid_size, test_size, seed),
+        test_gold_spans=[example.gold_spans for example in test_examples],
+        test_examples=test_examples,
+    )
+
+
+@dataclass
+class TrainSettings:
+    """The training settings that, with the model config and data, determine a model."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clip: float = 1.0
+    teacher_forcing_ratio: float = 1.0
+    time_budget: float | None = None
+    seed: int = 0
+    label_smoothing: float = 0.0
+    lr_decay: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def cache_key(config: ModelConfig, settings: TrainSettings, task: TranslationTask) -> str:
+    """A hash of everything that shapes a trained model."""
+    return _fingerprint(config.to_dict(), settings.to_dict(), task.fingerprint)
+
+
+def train_model(
+    task: TranslationTask,
+    config: ModelConfig,
+    settings: TrainSettings,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> tuple[Seq2Seq, TrainingHistory]:
+    """Seed, build, train; the model comes back with its vocabularies attached."""
+    device = torch.device(device) if device is not None else select_device()
+    set_seed(settings.seed)
+    model = Seq2Seq(config).attach_vocabularies(task.source_vocab, task.target_vocab)
+    train_loader, valid_loader = task.loaders(settings.batch_size, settings.seed, pin_memory=device.type == "cuda")
+    history = train(
+        model,
+        train_loader,
+        valid_loader,
+        epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        clip=settings.clip,
+        teacher_forcing_ratio=settings.teacher_forcing_ratio,
+        time_budget=settings.time_budget,
+        label_smoothing=settings.label_smoothing,
+        lr_decay=settings.lr_decay,
+        device=device,
+        progress=progress,
+        description=description,
+    )
+    return model.eval(), history
+
+
+def train_or_load(
+    task: TranslationTask,
+    config: ModelConfig,
+    settings: TrainSettings,
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> tuple[Seq2Seq, TrainingHistory, bool]:
+    """Load the checkpoint at ``path`` if it was trained with exactly these settings,
+    else train and save it there. Returns ``(model, history, loaded_from_cache)``.
+
+    The checkpoint stores the cache key; a checkpoint with another key (another config,
+    training setting or data) is never served — it is retrained and overwritten.
+    """
+    device = torch.device(device) if device is not None else select_device()
+    key = cache_key(config, settings, task)
+    path = Path(path)
+    if path.is_file():
+        try:
+            model, extra = load_checkpoint(path, device, config, task.source_vocab, task.target_vocab)
+            if extra.get("cache_key") == key:
+                return model, TrainingHistory.from_dict(extra["history"]), True
+        except CheckpointMismatchError:
+            pass
+    model, history = train_model(task, config, settings, device, progress, description)
+    save_checkpoint(model, path, extra={"cache_key": key, "history": history.to_dict(), "settings": settings.to_dict()})
+    return model, history, False
+

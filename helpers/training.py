@@ -1,0 +1,209 @@
+"""The training loop: masked loss, clipping, validation perplexity, a time budget.
+
+Written once here so every notebook trains the same way::
+
+    history = train(model, train_loader, valid_loader, epochs=10, time_budget=120)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .batching import Batch
+from .vocab import PAD_INDEX
+
+
+def select_device(preferred: str | None = None) -> torch.device:
+    """``cuda`` when a GPU is available (``torch.cuda.is_available()`` — *called*: the
+    article tested the bare function object, which is always truthy), else ``cpu``.
+    ``preferred`` (or ``$PAYING_ATTENTION_DEVICE``) overrides."""
+    preferred = preferred or os.environ.get("PAYING_ATTENTION_DEVICE")
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch so a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def sequence_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over real target tokens only.
+
+    Args:
+        logits: ``(B, T, V)``; target: ``(B, T)`` with ``<pad>`` where nothing is to predict.
+        reduction: ``"mean"`` per real token, or ``"sum"``.
+
+    Padding is ignored (``ignore_index``): otherwise a model would be rewarded for
+    predicting ``<pad>`` after every short sentence in a batch.
+    """
+    if logits.shape[:2] != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match target {tuple(target.shape)}")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=PAD_INDEX, reduction=reduction
+    )
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    valid_perplexity: float
+    seconds: float
+    target_tokens_per_second: float
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch figures; ``to_frame()`` gives a pandas table."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    stopped_by_budget: bool = False
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([record.__dict__ for record in self.epochs]).set_index("epoch")
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(record.seconds for record in self.epochs)
+
+    @property
+    def best_valid_loss(self) -> float:
+        return min(record.valid_loss for record in self.epochs)
+
+    def to_dict(self) -> dict:
+        return {"epochs": [record.__dict__ for record in self.epochs], "stopped_by_budget": self.stopped_by_budget}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainingHistory:
+        return cls([EpochRecord(**record) for record in values["epochs"]], values["stopped_by_budget"])
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, loader: DataLoader, device: torch.device | None = None, amp: bool = False) -> float:
+    """Mean cross-entropy per real target token over ``loader`` (teacher forcing on)."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    tokens = 0
+    for batch in loader:
+        tokens += batch.target_token_count  # counted on the CPU copy: no device sync
+        batch = batch.to(device, non_blocking=True)
+        with _autocast(device, amp):
+            output = model(batch.source, batch.source_lengths, batch.decoder_input)
+        total += sequence_loss(output.logits, batch.decoder_target, reduction="sum").double()
+    return float(total) / max(tokens, 1)
+
+
+def train(
+    model: nn.Module,
+    train_loader: DataLoader,
+    valid_loader: DataLoader | None = None,
+    epochs: int = 10,
+    learning_rate: float = 1e-3,
+    clip: float = 1.0,
+    teacher_forcing_ratio: float = 1.0,
+    time_budget: float | None = None,
+    device: torch.device | str | None = None,
+    amp: bool | None = None,
+    progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    label_smoothing: float = 0.0,
+    lr_decay: float | None = None,
+    on_epoch_end: Callable[[EpochRecord], None] | None = None,
+    description: str = "train",
+) -> TrainingHistory:
+    """Train ``model`` with Adam; return the per-epoch history.
+
+    Args:
+        epochs: the most epochs to run.
+        clip: gradient-norm clipping threshold (RNNs' gradients occasionally explode).
+        teacher_forcing_ratio: share of steps fed the gold previous token.
+        time_budget: seconds; training stops after the batch that crosses it, then
+            validates, so the notebooks finish in a known time on any machine.
+        amp: bf16 autocast on CUDA (default: on when the device is CUDA).
+        progress: show a tqdm progress bar per epoch.
+        label_smoothing: spread this much probability mass over all other tokens in
+            the training loss (Szegedy et al. 2016); validation loss stays plain.
+        lr_decay: multiply the learning rate by this after every epoch.
+    """
+    device = torch.device(device) if device is not None else select_device()
+    model.to(device)
+    amp = device.type == "cuda" if amp is None else amp
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay) if lr_decay else None
+    history = TrainingHistory()
+    started = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        token_count = 0
+        bar = tqdm(train_loader, desc=f"{description} epoch {epoch}", leave=False, disable=not progress)
+        for batch_number, batch in enumerate(bar):
+            real_tokens = batch.target_token_count  # counted on the CPU copy: no device sync
+            batch: Batch = batch.to(device, non_blocking=True)
+            target = batch.decoder_target
+            real = target != PAD_INDEX
+            with _autocast(device, amp):
+                output = model(batch.source, batch.source_lengths, batch.decoder_input, teacher_forcing_ratio, real)
+            loss = F.cross_entropy(output.logits.float(), target[real], label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            # Accumulate on the device; reading .item() every batch would stall a GPU.
+            loss_sum += loss.detach() * real_tokens
+            token_count += real_tokens
+            if progress and batch_number % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss_sum) / max(token_count, 1):.3f}")
+            if time_budget is not None and time.perf_counter() - started > time_budget:
+                history.stopped_by_budget = True
+                break
+        bar.close()
+        if scheduler is not None:
+            scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - epoch_start
+        valid_loss = evaluate_loss(model, valid_loader, device, amp) if valid_loader is not None else float("nan")
+        record = EpochRecord(
+            epoch=epoch,
+            train_loss=float(loss_sum) / max(token_count, 1),
+            valid_loss=valid_loss,
+            valid_perplexity=math.exp(valid_loss) if not math.isnan(valid_loss) else float("nan"),
+            seconds=train_seconds,
+            target_tokens_per_second=token_count / max(train_seconds, 1e-9),
+        )
+        history.epochs.append(record)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        if history.stopped_by_budget:
+            break
+    return history

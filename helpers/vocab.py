@@ -1,0 +1,90 @@
+"""A token ↔ index vocabulary with the four special tokens every seq2seq model needs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+PAD_TOKEN, SOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<sos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = (PAD_TOKEN, SOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
+PAD_INDEX, SOS_INDEX, EOS_INDEX, UNK_INDEX = range(4)
+
+
+class Vocabulary:
+    """Maps tokens to indices and back.
+
+    The specials always take indices 0–3 (``<pad>``, ``<sos>``, ``<eos>``, ``<unk>``) in
+    *both* the source and the target vocabulary, so a German decoder starts from the
+    German ``<sos>`` — the article's decoder started from the English one by mistake.
+    Tokens seen fewer than ``min_freq`` times in training map to ``<unk>``.
+    """
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        tokens = list(tokens)
+        if tuple(tokens[:4]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary must start with the special tokens {SPECIAL_TOKENS}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("a vocabulary must not hold the same token twice")
+        self.itos: list[str] = tokens
+        self.stoi: dict[str, int] = {token: index for index, token in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, tokenised: Iterable[Sequence[str]], min_freq: int = 1) -> Vocabulary:
+        """Count tokens over tokenised sentences; keep those seen ≥ ``min_freq`` times.
+
+        Ties in frequency are broken alphabetically, so the same corpus always gives
+        the same indices.
+        """
+        if min_freq < 1:
+            raise ValueError("min_freq must be at least 1")
+        counts = Counter(token for sentence in tokenised for token in sentence)
+        for special in SPECIAL_TOKENS:
+            counts.pop(special, None)
+        kept = sorted(
+            (token for token, count in counts.items() if count >= min_freq),
+            key=lambda token: (-counts[token], token),
+        )
+        return cls([*SPECIAL_TOKENS, *kept])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.stoi
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.itos == other.itos
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.itos))
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} tokens: {self.itos[4:10]}…)"
+
+    pad_index, sos_index, eos_index, unk_index = PAD_INDEX, SOS_INDEX, EOS_INDEX, UNK_INDEX
+
+    def encode(self, tokens: Sequence[str], add_sos: bool = False, add_eos: bool = False) -> list[int]:
+        """Tokens → indices; unknown tokens become ``<unk>``."""
+        indices = [self.stoi.get(token, UNK_INDEX) for token in tokens]
+        if add_sos:
+            indices.insert(0, SOS_INDEX)
+        if add_eos:
+            indices.append(EOS_INDEX)
+        return indices
+
+    def decode(self, indices: Iterable[int], strip_special: bool = True) -> list[str]:
+        """Indices → tokens. Stops at ``<eos>`` and drops ``<sos>``/``<pad>`` when stripping."""
+        tokens: list[str] = []
+        for index in indices:
+            index = int(index)
+            if strip_special:
+                if index == EOS_INDEX:
+                    break
+                if index in (PAD_INDEX, SOS_INDEX):
+                    continue
+            tokens.append(self.itos[index])
+        return tokens
+
+    def to_list(self) -> list[str]:
+        """The plain list of tokens; what a checkpoint stores."""
+        return list(self.itos)

@@ -1,0 +1,225 @@
+"""The attention layers: shapes, masking, padding invariance, agreement with torch, errors."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers.attention import (
+    AdditiveAttention,
+    ConcatAttention,
+    DotAttention,
+    GeneralAttention,
+    LocalAttention,
+    MultiHeadAttention,
+    ScaledDotAttention,
+    attention_entropy,
+    build_attention,
+    masked_softmax,
+)
+
+D = 8
+LAYERS = {
+    "dot": lambda: DotAttention(D),
+    "scaled_dot": lambda: ScaledDotAttention(D),
+    "general": lambda: GeneralAttention(D),
+    "concat": lambda: ConcatAttention(D),
+    "additive": lambda: AdditiveAttention(D, D, 6),
+    "local-m": lambda: LocalAttention(GeneralAttention(D), window=1, predictive=False),
+    "local-p": lambda: LocalAttention(GeneralAttention(D), window=2, predictive=True, query_size=D),
+}
+
+
+def make_inputs(batch=3, steps=4, length=6, lengths=(6, 4, 2), seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, steps, D, generator=generator)
+    keys = torch.randn(batch, length, D, generator=generator)
+    mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+    keys = keys * mask.unsqueeze(-1)  # padded encoder states are zero, as after pad_packed
+    return query, keys, mask
+
+
+@pytest.fixture(params=sorted(LAYERS))
+def layer(request):
+    torch.manual_seed(0)
+    return LAYERS[request.param]()
+
+
+def test_shapes_for_many_steps_and_one_step(layer):
+    query, keys, mask = make_inputs()
+    context, weights = layer(query, keys, keys, mask)
+    assert context.shape == (3, 4, D) and weights.shape == (3, 4, 6)
+    one_context, one_weights = layer(query[:, 0], keys, keys, mask, positions=0)
+    assert one_context.shape == (3, D) and one_weights.shape == (3, 6)
+    torch.testing.assert_close(one_weights, weights[:, 0])
+
+
+def test_weights_are_a_distribution_with_exact_zeros_on_padding(layer):
+    query, keys, mask = make_inputs()
+    _, weights = layer(query, keys, keys, mask)
+    assert bool((weights >= 0).all())
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4))
+    padding = ~mask.unsqueeze(1).expand_as(weights)
+    assert bool((weights[padding] == 0).all()), "padded positions must get exactly 0"
+
+
+def test_extra_padding_changes_no_output(layer):
+    query, keys, mask = make_inputs()
+    context, weights = layer(query, keys, keys, mask)
+    padded_keys = torch.cat([keys, torch.zeros(3, 5, D)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 5, dtype=torch.bool)], dim=1)
+    padded_context, padded_weights = layer(query, padded_keys, padded_keys, padded_mask)
+    torch.testing.assert_close(padded_context, context, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(padded_weights[..., :6], weights, atol=1e-6, rtol=1e-5)
+    assert bool((padded_weights[..., 6:] == 0).all())
+
+
+def test_gradient_reaches_every_parameter_and_the_inputs(layer):
+    query, keys, mask = make_inputs()
+    query.requires_grad_(True)
+    keys.requires_grad_(True)
+    context, _ = layer(query, keys, keys, mask)
+    context.pow(2).sum().backward()
+    assert query.grad is not None and query.grad.abs().sum() > 0
+    assert keys.grad is not None and keys.grad.abs().sum() > 0
+    for name, parameter in layer.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient for {name}"
+
+
+def test_context_is_the_weighted_sum_of_values(layer):
+    query, keys, mask = make_inputs()
+    values = torch.randn(3, 6, 5)
+    context, weights = layer(query, keys, values, mask)
+    torch.testing.assert_close(context, torch.einsum("bts,bsv->btv", weights, values))
+
+
+def test_scores_match_the_paper_formulas():
+    torch.manual_seed(1)
+    query, keys, _ = make_inputs()
+    q, k = query[0, 0], keys[0, 1]
+    general = GeneralAttention(D)
+    expected_general = q @ general.W_a.weight @ k  # q^T W_a k
+    assert torch.isclose(general.score(query, general.project_keys(keys))[0, 0, 1], expected_general, atol=1e-5)
+    additive = AdditiveAttention(D, D, 5)
+    expected_additive = additive.v_a.weight[0] @ torch.tanh(additive.W_a.weight @ q + additive.U_a.weight @ k)
+    assert torch.isclose(additive.score(query, additive.project_keys(keys))[0, 0, 1], expected_additive, atol=1e-5)
+    concat = ConcatAttention(D, D, 5)
+    expected_concat = concat.v_a.weight[0] @ torch.tanh(concat.W_a.weight @ torch.cat([q, k]))
+    assert torch.isclose(concat.score(query, concat.project_keys(keys))[0, 0, 1], expected_concat, atol=1e-5)
+    torch.testing.assert_close(
+        concat.score(query, concat.project_keys(keys)), concat.score_by_concatenation(query, keys)
+    )
+    scaled = ScaledDotAttention(D)
+    assert torch.isclose(scaled.score(query, keys)[0, 0, 1], q @ k / math.sqrt(D))
+
+
+def test_general_with_identity_matrix_is_dot():
+    query, keys, mask = make_inputs()
+    general = GeneralAttention(D)
+    with torch.no_grad():
+        general.W_a.weight.copy_(torch.eye(D))
+    torch.testing.assert_close(general(query, keys, keys, mask), DotAttention(D)(query, keys, keys, mask))
+
+
+def test_scaled_dot_agrees_with_torch_sdpa():
+    query, keys, mask = make_inputs()
+    values = torch.randn(3, 6, D)
+    context, _ = ScaledDotAttention(D)(query, keys, values, mask)
+    expected = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask[:, None, :])
+    torch.testing.assert_close(context, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multi_head_agrees_with_torch_multihead_attention(need_weights):
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    ours = MultiHeadAttention(16, 4).load_from_torch(reference).eval()
+    query, keys = torch.randn(3, 5, 16), torch.randn(3, 7, 16)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 1])[:, None]
+    expected, expected_weights = reference(query, keys, keys, key_padding_mask=~mask)
+    context, weights = ours(query, keys, keys, mask, need_weights=need_weights)
+    torch.testing.assert_close(context, expected, atol=1e-5, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(weights, expected_weights, atol=1e-5, rtol=1e-5)
+    else:
+        assert weights is None
+
+
+def test_multi_head_takes_a_causal_mask_like_torch():
+    torch.manual_seed(0)
+    reference = torch.nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    ours = MultiHeadAttention(16, 2).load_from_torch(reference).eval()
+    states = torch.randn(2, 5, 16)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    expected, _ = reference(states, states, states, attn_mask=~causal)
+    context, weights = ours(states, states, states, causal.expand(2, 5, 5))
+    torch.testing.assert_close(context, expected, atol=1e-5, rtol=1e-5)
+    assert bool((weights.triu(1) == 0).all())
+    per_head = ours(states, states, states, causal.expand(2, 5, 5), average_heads=False)[1]
+    assert per_head.shape == (2, 2, 5, 5)
+    sdpa = F.scaled_dot_product_attention(states, states, states, is_causal=True)
+    assert sdpa.shape == states.shape  # sanity on torch's own kernel the notebooks compare to
+
+
+def test_local_m_window_is_centred_on_the_step():
+    query, keys, mask = make_inputs(lengths=(6, 6, 6))
+    layer = LocalAttention(DotAttention(D), window=1, predictive=False)
+    _, weights = layer(query, keys, keys, mask)
+    for step in range(4):
+        outside = [position for position in range(6) if abs(position - step) > 1]
+        assert bool((weights[:, step, outside] == 0).all())
+
+
+def test_local_p_predicts_a_centre_inside_the_sentence_and_applies_the_gaussian():
+    torch.manual_seed(0)
+    query, keys, mask = make_inputs()
+    layer = LocalAttention(DotAttention(D), window=2, predictive=True, query_size=D, renormalize=False)
+    lengths = mask.sum(-1)
+    centres = layer.aligned_positions(query, lengths)
+    assert bool((centres >= 0).all()) and bool((centres <= (lengths - 1)[:, None]).all())
+    _, weights = layer(query, keys, keys, mask)
+    # Without renormalisation: the paper's a_t(s) = align(h_t, h_s) * exp(-(s-p_t)^2 / (2 (D/2)^2)).
+    distance = torch.arange(6)[None, None, :] - centres[..., None]
+    window = (distance.abs() <= 2) & mask[:, None, :]
+    align = masked_softmax(layer.score(query, keys), window)
+    torch.testing.assert_close(weights, align * torch.exp(-(distance**2) / (2 * 1.0**2)))
+    assert bool((weights.sum(-1) <= 1 + 1e-6).all())
+
+
+def test_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
+    one_hot = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
+    uniform = torch.full((1, 4), 0.25)
+    assert attention_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
+    assert attention_entropy(uniform).item() == pytest.approx(math.log(4))
+
+
+@pytest.mark.parametrize(
+    ("make_call", "message"),
+    [
+        (lambda layer, q, k, m: layer(q, k[:2], k[:2], m[:2]), "batch sizes differ"),
+        (lambda layer, q, k, m: layer(q, torch.randn(3, 6, D + 1), torch.randn(3, 6, D + 1), m), "d_k"),
+        (lambda layer, q, k, m: layer(q, k, k, m[:, :5]), "mask has shape"),
+        (lambda layer, q, k, m: layer(q, k, k, m.float()), "bool"),
+        (lambda layer, q, k, m: layer(q, k, k, torch.zeros_like(m)), "no real position"),
+        (lambda layer, q, k, m: layer(q[0], k, k, m), "batch sizes differ"),
+        (lambda layer, q, k, m: layer(q.unsqueeze(0), k, k, m), "query must be"),
+        (lambda layer, q, k, m: layer(q, k, torch.randn(3, 5, D), m), "same src_len"),
+    ],
+)
+def test_bad_input_raises_a_clear_value_error(make_call, message):
+    query, keys, mask = make_inputs()
+    with pytest.raises(ValueError, match=message):
+        make_call(GeneralAttention(D), query, keys, mask)
+
+
+def test_dot_attention_refuses_mismatched_sizes_and_local_m_needs_a_step():
+    query, keys, mask = make_inputs()
+    with pytest.raises(ValueError, match="d_q == d_k"):
+        DotAttention()(query[..., :4], keys, keys, mask)
+    with pytest.raises(ValueError, match="positions"):
+        LocalAttention(DotAttention(D), predictive=False)(query[:, 0], keys, keys, mask)
+    with pytest.raises(ValueError, match="unknown attention"):
+        build_attention("cosine", D, D)
+    with pytest.raises(ValueError, match="divide"):
+        MultiHeadAttention(10, 3)

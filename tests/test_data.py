@@ -1,0 +1,295 @@
+"""The data pipeline: parsing, downloading, resolving, tokenising, splitting."""
+
+import http.server
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from helpers import data
+from helpers.data import (
+    DataFormatError,
+    DataNotFoundError,
+    DownloadError,
+    Tokenizer,
+    detokenize,
+    download_tatoeba,
+    fetch_into_cache,
+    normalize_text,
+    read_pairs,
+    resolve_data_path,
+    split_by_source,
+)
+
+# ------------------------------------------------------------------------ parsing
+
+
+def write(path: Path, text: str, newline: str = "\n") -> Path:
+    path.write_bytes(text.replace("\n", newline).encode("utf-8"))
+    return path
+
+
+def test_two_and_three_columns_parse(tmp_path):
+    two = write(tmp_path / "two.tsv", "Go.\tGeh.\nHi.\tHallo!\n")
+    three = write(tmp_path / "three.txt", "Go.\tGeh.\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272\n")
+    assert read_pairs(two) == [("Go.", "Geh."), ("Hi.", "Hallo!")]
+    assert read_pairs(three) == [("Go.", "Geh.")]
+
+
+def test_crlf_line_ends_and_a_byte_order_mark_are_handled(tmp_path):
+    path = tmp_path / "crlf.tsv"
+    path.write_bytes("\ufeffRun!\tLauf!\r\nWow!\tDonnerwetter!\r\n".encode())
+    assert read_pairs(path) == [("Run!", "Lauf!"), ("Wow!", "Donnerwetter!")]
+
+
+def test_a_malformed_line_names_the_file_and_line(tmp_path):
+    path = write(tmp_path / "bad.tsv", "Go.\tGeh.\nHi.\tHallo!\nthis line has no tab\n")
+    with pytest.raises(DataFormatError, match=r"bad\.tsv:3: expected 2 or 3"):
+        read_pairs(path)
+
+
+def test_too_many_columns_empty_sentences_and_bad_bytes_are_errors(tmp_path):
+    with pytest.raises(DataFormatError, match=r"many\.tsv:1: .*found 4"):
+        read_pairs(write(tmp_path / "many.tsv", "a\tb\tc\td\n"))
+    with pytest.raises(DataFormatError, match=r"empty\.tsv:2: empty German sentence"):
+        read_pairs(write(tmp_path / "empty.tsv", "Go.\tGeh.\nHi.\t  \n"))
+    latin = tmp_path / "latin1.tsv"
+    latin.write_bytes("Go.\tGeh.\nHot.\tHei\xdf.\n".encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"latin1\.tsv:2: not valid UTF-8"):
+        read_pairs(latin)
+
+
+def test_an_empty_file_is_an_error(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_bytes(b"")
+    with pytest.raises(DataFormatError, match="no sentence pairs"):
+        read_pairs(empty)
+    with pytest.raises(DataFormatError, match="no sentence pairs"):
+        read_pairs(write(tmp_path / "blank.tsv", "\n\n  \n"))
+
+
+def test_max_pairs_caps_the_file(tmp_path):
+    path = write(tmp_path / "pairs.tsv", "".join(f"s{i}\tt{i}\n" for i in range(10)))
+    assert len(read_pairs(path, max_pairs=3)) == 3
+
+
+# ----------------------------------------------------------------------- download
+
+
+def make_zip(members: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in members.items():
+            archive.writestr(name, text)
+    return buffer.getvalue()
+
+
+class Server:
+    """A real HTTP server on 127.0.0.1 serving whatever body a test sets."""
+
+    def __init__(self):
+        self.body = b""
+        self.declared_length = None
+        self.user_agents = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the http.server API
+                server.user_agents.append(self.headers.get("User-Agent"))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/zip")
+                length = server.declared_length if server.declared_length is not None else len(server.body)
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(server.body)  # may be shorter than declared: a cut transfer
+                self.wfile.flush()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/deu-eng.zip"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    running = Server()
+    yield running
+    running.close()
+
+
+def test_download_extracts_deu_txt_into_the_cache(server, tmp_path):
+    server.body = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\nHi.\tHallo!\tCC-BY\n", "_about.txt": "about"})
+    cached = download_tatoeba(server.url, tmp_path, timeout=10)
+    assert cached == tmp_path / "deu-eng.tsv"
+    assert read_pairs(cached) == [("Go.", "Geh."), ("Hi.", "Hallo!")]
+    assert server.user_agents and "paying-attention" in server.user_agents[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deu-eng.tsv"]
+
+
+def test_a_corrupt_zip_writes_nothing(server, tmp_path):
+    server.body = b"PK\x03\x04 this is not really a zip file" * 10
+    with pytest.raises(DownloadError, match="not a valid zip"):
+        download_tatoeba(server.url, tmp_path, timeout=10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_zip_without_deu_txt_writes_nothing(server, tmp_path):
+    server.body = make_zip({"fra.txt": "Go.\tVa !\n"})
+    with pytest.raises(DownloadError, match="no deu.txt"):
+        download_tatoeba(server.url, tmp_path, timeout=10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_transfer_leaves_no_partial_file(server, tmp_path):
+    full = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\n" * 2000})
+    server.body = full[: len(full) // 2]
+    server.declared_length = len(full)
+    with pytest.raises(DownloadError):
+        download_tatoeba(server.url, tmp_path, timeout=10)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_server_gives_a_clear_error_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    with pytest.raises(DataNotFoundError, match="Get it by hand"):
+        resolve_data_path(data_dir=tmp_path, url="http://127.0.0.1:9/deu-eng.zip")
+
+
+# ---------------------------------------------------------------------- resolving
+
+
+def test_resolution_order_argument_then_environment_then_cache(tmp_path, monkeypatch):
+    explicit = write(tmp_path / "explicit.tsv", "a\tb\n")
+    from_env = write(tmp_path / "env.tsv", "c\td\n")
+    cache_dir = tmp_path / "cache"
+    cached = write((cache_dir.mkdir() or cache_dir) / "deu-eng.tsv", "e\tf\n")
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(from_env))
+    assert resolve_data_path(explicit, data_dir=cache_dir) == explicit
+    assert resolve_data_path(data_dir=cache_dir) == from_env
+    monkeypatch.delenv(data.DATA_ENV_VAR)
+    assert resolve_data_path(data_dir=cache_dir, download=False) == cached
+    cached.unlink()
+    with pytest.raises(DataNotFoundError, match="switched off"):
+        resolve_data_path(data_dir=cache_dir, download=False)
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "missing.tsv"))
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        resolve_data_path(data_dir=cache_dir)
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        resolve_data_path(tmp_path / "nope.tsv")
+
+
+def test_resolution_downloads_into_the_cache_when_nothing_else_is_there(server, tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    server.body = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\n"})
+    path = resolve_data_path(data_dir=tmp_path, url=server.url)
+    assert path == tmp_path / "deu-eng.tsv" and read_pairs(path) == [("Go.", "Geh.")]
+
+
+def test_fetch_copies_the_offline_file_into_the_cache(tmp_path, monkeypatch):
+    offline = write(tmp_path / "offline.tsv", "Go.\tGeh.\n")
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(offline))
+    cached = fetch_into_cache(tmp_path / "cache")
+    assert cached.read_bytes() == offline.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["deu-eng.tsv"]
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(write(tmp_path / "junk.tsv", "no tabs here\n")))
+    with pytest.raises(DataFormatError):
+        fetch_into_cache(tmp_path / "cache2")
+    assert not (tmp_path / "cache2" / "deu-eng.tsv").exists()
+
+
+# --------------------------------------------------------------------- tokenising
+
+ROUND_TRIPS = [
+    ("en", "She kissed him."),
+    ("en", "I don't know, do you?"),
+    ("en", "It's Tom's cat."),
+    ("en", "Tom is good-looking."),
+    ("en", "I cannot read French."),
+    ("en", 'He said "yes" (twice).'),
+    ("de", "„Ja“, sagte er."),
+    ("de", "Ich habe 3:00 Uhr gesagt!"),
+    ("de", "Sie küsste ihn."),
+    ("de", "Wie geht's?"),
+]
+
+
+@pytest.mark.parametrize(("language", "text"), ROUND_TRIPS)
+def test_detokenising_a_tokenised_sentence_gives_back_the_text(language, text):
+    tokens = Tokenizer(language)(text)
+    assert len(tokens) > 1
+    assert detokenize(tokens) == text
+
+
+def test_tokeniser_keeps_case_and_splits_punctuation():
+    assert Tokenizer("en")("She kissed him.") == ["She", "kissed", "him", "."]
+    assert Tokenizer("de")("Sie küsste IHN!") == ["Sie", "küsste", "IHN", "!"]
+    with pytest.raises(TypeError):
+        Tokenizer("en")(None)
+
+
+def test_normalisation_removes_stray_spaces():
+    assert normalize_text("Tom war immer da .") == "Tom war immer da."
+    assert normalize_text("um 6.30\u00a0Uhr  zurück") == "um 6.30 Uhr zurück"
+
+
+def test_round_trip_holds_on_the_real_corpus():
+    try:
+        path = resolve_data_path(download=False)
+    except DataNotFoundError:
+        pytest.skip("no data file available")
+    pairs = read_pairs(path, max_pairs=20_000)
+    english, german = Tokenizer("en"), Tokenizer("de")
+    sources = [source for source, _ in pairs]
+    targets = [target for _, target in pairs]
+    failures = sum(detokenize(tokens) != normalize_text(text) for tokens, text in zip(english.tokenize_many(sources), sources, strict=True))
+    failures += sum(detokenize(tokens) != normalize_text(text) for tokens, text in zip(german.tokenize_many(targets), targets, strict=True))
+    assert failures / (2 * len(pairs)) < 0.001, f"{failures} sentences do not round-trip"
+
+
+# ---------------------------------------------------------------------- splitting
+
+
+def corpus():
+    pairs = []
+    for index in range(300):
+        for variant in range(1 + index % 3):  # one to three translations each
+            pairs.append((f"English {index}.", f"Deutsch {index}/{variant}."))
+    return pairs
+
+
+def test_split_has_no_english_sentence_in_two_splits():
+    split = split_by_source(corpus(), 0.1, 0.1, seed=1)
+    train = {source for source, _ in split.train}
+    valid = {source for source, _ in split.valid}
+    test = {example.source for example in split.test}
+    assert not train & valid and not train & test and not valid & test
+    assert len(train | valid | test) == 300
+    assert len(test) == 30 and len(valid) == 30
+
+
+def test_split_is_deterministic_from_the_seed():
+    assert split_by_source(corpus(), seed=5) == split_by_source(corpus(), seed=5)
+    assert split_by_source(corpus(), seed=5).test != split_by_source(corpus(), seed=6).test
+
+
+def test_test_sentences_keep_all_their_translations():
+    split = split_by_source(corpus(), 0.1, 0.2, seed=2)
+    for example in split.test:
+        index = int(example.source.split()[1].rstrip("."))
+        assert len(example.references) == 1 + index % 3
+        assert all(reference.startswith(f"Deutsch {index}/") for reference in example.references)
+    assert sum(len(e.references) for e in split.test) + len(split.train) + len(split.valid) == len(corpus())
+
+
+def test_split_rejects_impossible_fractions():
+    with pytest.raises(ValueError):
+        split_by_source(corpus(), 0.6, 0.5)

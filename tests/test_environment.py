@@ -1,0 +1,66 @@
+"""Repository-level promises: pinned environments agree, notebooks are committed executed."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pins_from_lines(lines):
+    pins = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip().lstrip("-").strip()
+        if not line or line.startswith("--") or "==" not in line:
+            continue
+        name, version = line.split("==", 1)
+        pins[re.sub(r"[-_.]+", "-", name.strip().lower())] = version.strip()
+    return pins
+
+
+def requirements():
+    return pins_from_lines((ROOT / "requirements.txt").read_text().splitlines())
+
+
+def environment_pip_section():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "- pip:")
+    return [line for line in lines[start + 1 :] if line.startswith("      - ")]
+
+
+def test_environment_yml_names_the_same_packages_and_versions_as_requirements():
+    pins = requirements()
+    assert pins, "requirements.txt pins nothing"
+    assert pins_from_lines(environment_pip_section()) == pins
+    assert pins["torch"] == "2.13.0"
+    text = (ROOT / "environment.yml").read_text()
+    assert "python=3.11" in text and "conda-forge" in text
+
+
+def test_every_requirement_is_pinned_exactly():
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+", line), f"not an exact pin: {line}"
+
+
+def test_notebooks_are_committed_executed_top_to_bottom():
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 1
+    for path in notebooks:
+        notebook = json.loads(path.read_text())
+        code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code" and "".join(cell["source"]).strip()]
+        counts = [cell.get("execution_count") for cell in code]
+        assert counts == list(range(1, len(code) + 1)), f"{path.name}: execution counts {counts}"
+        errors = [o for cell in code for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{path.name} was committed with an error output"
+        assert "sys.path" not in "".join("".join(cell["source"]) for cell in code), f"{path.name} edits sys.path"
+
+
+def test_the_offline_data_is_ignored_by_git():
+    for name in ("data/deu-eng.tsv", "data/deu-eng-50k.tsv", "checkpoints/model.pt", ".venv/bin/python"):
+        result = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
+        assert result.returncode == 0, f"{name} is not ignored by .gitignore"
+    result = subprocess.run(["git", "check-ignore", "-q", "data/README.md"], cwd=ROOT)
+    assert result.returncode == 1, "data/README.md must stay tracked"
