@@ -40,10 +40,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed data
 
 data: $(VENV)/.installed
-	@$(BIN)/python -m helpers.data fetch >/dev/null && echo "data: $$($(BIN)/python -m helpers.data where)"
+	@$(BIN)/python -m helpers fetch >/dev/null && echo "data: $$($(BIN)/python -m helpers where)"
+
+# Jupyter refuses to start as root (containers, some CI machines) without --allow-root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(ARGS)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $(ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest tests

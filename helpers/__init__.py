@@ -48,8 +48,8 @@ from .models import (
     LuongDecoder,
     ModelConfig,
     PlainDecoder,
-    Seq2Seq,
     SelfAttentionEncoder,
+    Seq2Seq,
     build_model,
     count_parameters,
 )

@@ -243,7 +243,11 @@ class DotAttention(Attention):
         return torch.bmm(query, projected_keys.transpose(1, 2))
 
     def forward(self, query, keys, values, mask=None, positions=None):
-        if isinstance(query, Tensor) and isinstance(keys, Tensor) and query.size(-1) != keys.size(-1):
+        if (
+            isinstance(query, Tensor)
+            and isinstance(keys, Tensor)
+            and query.size(-1) != keys.size(-1)
+        ):
             raise ValueError(
                 f"dot attention needs d_q == d_k, got query size {query.size(-1)} and key "
                 f"size {keys.size(-1)}; use GeneralAttention to learn a map between them"
@@ -330,7 +334,9 @@ class ConcatAttention(Attention):
     keeps separate.
     """
 
-    def __init__(self, query_size: int, key_size: int | None = None, attention_size: int | None = None) -> None:
+    def __init__(
+        self, query_size: int, key_size: int | None = None, attention_size: int | None = None
+    ) -> None:
         super().__init__()
         self.query_size = query_size
         self.key_size = key_size if key_size is not None else query_size
@@ -409,7 +415,12 @@ class LocalAttention(Attention):
             self.v_p = nn.Linear(self.query_size, 1, bias=False)
 
     def forward(self, query, keys, values, mask=None, positions=None):
-        if not self.predictive and positions is None and isinstance(query, Tensor) and query.dim() == 2:
+        if (
+            not self.predictive
+            and positions is None
+            and isinstance(query, Tensor)
+            and query.dim() == 2
+        ):
             raise ValueError("local-m needs the decoder step of a single query: pass positions=t")
         return super().forward(query, keys, values, mask, positions)
 
@@ -571,12 +582,18 @@ class MultiHeadAttention(nn.Module):
                 reference.k_proj_weight,
                 reference.v_proj_weight,
             )
-        for layer, weight in ((self.q_proj, q_weight), (self.k_proj, k_weight), (self.v_proj, v_weight)):
+        for layer, weight in (
+            (self.q_proj, q_weight),
+            (self.k_proj, k_weight),
+            (self.v_proj, v_weight),
+        ):
             layer.weight.copy_(weight)
         self.out_proj.weight.copy_(reference.out_proj.weight)
         if reference.in_proj_bias is not None:
             for layer, bias in zip(
-                (self.q_proj, self.k_proj, self.v_proj), reference.in_proj_bias.chunk(3), strict=True
+                (self.q_proj, self.k_proj, self.v_proj),
+                reference.in_proj_bias.chunk(3),
+                strict=True,
             ):
                 layer.bias.copy_(bias)
             self.out_proj.bias.copy_(reference.out_proj.bias)
@@ -601,7 +618,9 @@ def build_attention(
     """
     if name in ("dot", "scaled_dot"):
         if query_size != key_size:
-            raise ValueError(f"{name} attention needs query_size == key_size, got {query_size} and {key_size}")
+            raise ValueError(
+                f"{name} attention needs query_size == key_size, got {query_size} and {key_size}"
+            )
         return DotAttention(query_size) if name == "dot" else ScaledDotAttention(query_size)
     if name == "general":
         return GeneralAttention(query_size, key_size)
@@ -613,5 +632,7 @@ def build_attention(
         if local_score.startswith("local"):
             raise ValueError("local attention cannot wrap another local attention")
         inner = build_attention(local_score, query_size, key_size, attention_size)
-        return LocalAttention(inner, window=window, predictive=name == "local-p", query_size=query_size)
+        return LocalAttention(
+            inner, window=window, predictive=name == "local-p", query_size=query_size
+        )
     raise ValueError(f"unknown attention {name!r}; choose one of {ATTENTION_NAMES}")

@@ -86,14 +86,19 @@ class TranslationDataset(Dataset):
             raise ValueError(
                 f"{len(source_sentences)} source sentences but {len(target_sentences)} targets"
             )
-        for index, (source, target) in enumerate(zip(source_sentences, target_sentences, strict=True)):
+        for index, (source, target) in enumerate(
+            zip(source_sentences, target_sentences, strict=True)
+        ):
             if not source or not target:
                 raise ValueError(f"pair {index} has an empty sentence: {source!r} → {target!r}")
         self.sources = [
-            torch.tensor(source_vocab.encode(sentence), dtype=torch.long) for sentence in source_sentences
+            torch.tensor(source_vocab.encode(sentence), dtype=torch.long)
+            for sentence in source_sentences
         ]
         self.targets = [
-            torch.tensor(target_vocab.encode(sentence, add_sos=True, add_eos=True), dtype=torch.long)
+            torch.tensor(
+                target_vocab.encode(sentence, add_sos=True, add_eos=True), dtype=torch.long
+            )
             for sentence in target_sentences
         ]
 
@@ -111,7 +116,10 @@ class TranslationDataset(Dataset):
     def length_keys(self) -> list[tuple[int, int]]:
         """``(source length, target length)`` per pair: the bucketing sort key, so that
         both the source and the target side of a batch need little padding."""
-        return [(len(source), len(target)) for source, target in zip(self.sources, self.targets, strict=True)]
+        return [
+            (len(source), len(target))
+            for source, target in zip(self.sources, self.targets, strict=True)
+        ]
 
 
 def collate_batch(examples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
@@ -120,8 +128,12 @@ def collate_batch(examples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batc
         raise ValueError("cannot collate an empty list of examples")
     sources, targets = zip(*examples, strict=True)
     source_lengths = torch.tensor([len(source) for source in sources], dtype=torch.long)
-    source = torch.nn.utils.rnn.pad_sequence(list(sources), batch_first=True, padding_value=PAD_INDEX)
-    target = torch.nn.utils.rnn.pad_sequence(list(targets), batch_first=True, padding_value=PAD_INDEX)
+    source = torch.nn.utils.rnn.pad_sequence(
+        list(sources), batch_first=True, padding_value=PAD_INDEX
+    )
+    target = torch.nn.utils.rnn.pad_sequence(
+        list(targets), batch_first=True, padding_value=PAD_INDEX
+    )
     source_mask = torch.arange(source.size(1))[None, :] < source_lengths[:, None]
     return Batch(source, source_lengths, source_mask, target)
 
@@ -170,13 +182,18 @@ class BucketBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             generator.shuffle(indices)
             pool_size = self.batch_size * self.pool_batches
-            pools = [indices[start : start + pool_size] for start in range(0, len(indices), pool_size)]
+            pools = [
+                indices[start : start + pool_size] for start in range(0, len(indices), pool_size)
+            ]
         else:
             pools = [indices]
         batches: list[list[int]] = []
         for pool in pools:
             pool.sort(key=lambda index: self.lengths[index])  # stable: keeps a pre-sorted tie order
-            batches.extend(pool[start : start + self.batch_size] for start in range(0, len(pool), self.batch_size))
+            batches.extend(
+                pool[start : start + self.batch_size]
+                for start in range(0, len(pool), self.batch_size)
+            )
         if self.drop_last:
             batches = [batch for batch in batches if len(batch) == self.batch_size]
         if self.shuffle:
@@ -201,8 +218,12 @@ def make_loader(
     batch_sampler: Sampler[list[int]] | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` with length bucketing and :func:`collate_batch`."""
-    sampler = batch_sampler or BucketBatchSampler(dataset.length_keys, batch_size=batch_size, shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_batch, pin_memory=pin_memory)
+    sampler = batch_sampler or BucketBatchSampler(
+        dataset.length_keys, batch_size=batch_size, shuffle=shuffle, seed=seed
+    )
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate_batch, pin_memory=pin_memory
+    )
 
 
 def padding_fraction(loader: DataLoader) -> float:

@@ -10,12 +10,12 @@ leaves a truncated checkpoint behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .files import atomic_destination
 from .models import ModelConfig, Seq2Seq
 from .vocab import Vocabulary
 
@@ -26,7 +26,9 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint was trained with another config or vocabulary."""
 
 
-def save_checkpoint(model: Seq2Seq, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: Seq2Seq, path: str | os.PathLike, extra: dict[str, Any] | None = None
+) -> Path:
     """Write ``model`` (weights, config, vocabularies) and ``extra`` to ``path`` atomically.
 
     ``extra`` may hold plain data (numbers, strings, lists, dicts), e.g. the training history.
@@ -34,7 +36,6 @@ def save_checkpoint(model: Seq2Seq, path: str | os.PathLike, extra: dict[str, An
     if model.source_vocab is None or model.target_vocab is None:
         raise ValueError("attach the vocabularies (model.attach_vocabularies) before saving")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": model.config.to_dict(),
@@ -43,14 +44,8 @@ def save_checkpoint(model: Seq2Seq, path: str | os.PathLike, extra: dict[str, An
         "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "extra": extra or {},
     }
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(payload, temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_destination(path) as temporary:
+        torch.save(payload, temporary)
     return path
 
 
@@ -88,16 +83,26 @@ def load_checkpoint(
     except Exception as error:  # a truncated or foreign file: say which
         raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {error}") from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatchError(f"{path} is not a Paying Attention checkpoint (format {CHECKPOINT_FORMAT})")
+        raise CheckpointMismatchError(
+            f"{path} is not a Paying Attention checkpoint (format {CHECKPOINT_FORMAT})"
+        )
     try:
         config = ModelConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:
-        raise CheckpointMismatchError(f"{path}: its config cannot be read by this version: {error}") from error
+        raise CheckpointMismatchError(
+            f"{path}: its config cannot be read by this version: {error}"
+        ) from error
     if expected_config is not None and config != expected_config:
         differences = "; ".join(_differences(expected_config.to_dict(), config.to_dict()))
         raise CheckpointMismatchError(f"{path} was trained with another config — {differences}")
-    stored_source, stored_target = Vocabulary(payload["source_vocab"]), Vocabulary(payload["target_vocab"])
-    for name, given, stored in (("source", source_vocab, stored_source), ("target", target_vocab, stored_target)):
+    stored_source, stored_target = (
+        Vocabulary(payload["source_vocab"]),
+        Vocabulary(payload["target_vocab"]),
+    )
+    for name, given, stored in (
+        ("source", source_vocab, stored_source),
+        ("target", target_vocab, stored_target),
+    ):
         if given is not None and given != stored:
             raise CheckpointMismatchError(
                 f"{path} was trained with another {name} vocabulary "

@@ -11,20 +11,20 @@ Where the data comes from, in order (:func:`resolve_data_path`):
 4. a download from manythings.org into that cache;
 5. otherwise a :class:`DataNotFoundError` that says how to get the data by hand.
 
-Run ``python -m helpers.data fetch`` to fill the cache (the Makefile does this).
+Run ``python -m helpers fetch`` to fill the cache (the Makefile does this).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import http.client
 import io
 import os
 import random
 import re
 import shutil
 import sys
-import tempfile
 import unicodedata
 import urllib.error
 import urllib.request
@@ -34,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from .files import atomic_destination, atomic_write_bytes
 
 DOWNLOAD_URL = "https://www.manythings.org/anki/deu-eng.zip"
 DATA_ENV_VAR = "PAYING_ATTENTION_DATA"
@@ -69,25 +71,6 @@ def default_data_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file and a rename.
-
-    A crash mid-way leaves either the old file or nothing, never half a file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(payload)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def sha256_of(path: Path) -> str:
@@ -161,8 +144,9 @@ def download_tatoeba(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
             payload = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        raise DownloadError(f"could not download {url}: {error}") from error
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
+        # HTTPException covers IncompleteRead: the server closed the connection early.
+        raise DownloadError(f"could not download {url}: {error!r}") from error
     if expected is not None and len(payload) != int(expected):
         raise DownloadError(
             f"download of {url} was cut short: {len(payload)} of {expected} bytes arrived"
@@ -231,15 +215,8 @@ def fetch_into_cache(data_dir: str | os.PathLike | None = None) -> Path:
         if not source.is_file():
             raise DataNotFoundError(f"${DATA_ENV_VAR} points to {source}, which does not exist")
         read_pairs(source, max_pairs=10)  # fail early on a file that is not sentence pairs
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{CACHE_FILENAME}.")
-        os.close(handle)
-        try:
-            shutil.copyfile(source, temp_name)
-            os.replace(temp_name, cached)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        with atomic_destination(cached) as temporary:
+            shutil.copyfile(source, temporary)
         return cached
     return resolve_data_path(data_dir=cache_dir)
 
@@ -452,9 +429,15 @@ def split_by_source(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m helpers.data", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("fetch", help="fill the data cache (copy $PAYING_ATTENTION_DATA or download)")
+    commands.add_parser(
+        "fetch", help="fill the data cache (copy $PAYING_ATTENTION_DATA or download)"
+    )
     commands.add_parser("where", help="print the data file the notebooks will use")
     arguments = parser.parse_args(argv)
     try:
@@ -464,7 +447,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(path)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

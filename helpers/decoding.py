@@ -93,7 +93,11 @@ def greedy_decode(
         best_scores, tokens = log_probabilities.max(dim=-1)
         scores += torch.where(finished, torch.zeros_like(best_scores), best_scores)
         emitted.append(tokens)
-        attentions.append(weights if weights is not None else _empty_attention(model, batch, source_length, model.device))
+        attentions.append(
+            weights
+            if weights is not None
+            else _empty_attention(model, batch, source_length, model.device)
+        )
         finished |= tokens == EOS_INDEX
         if bool(finished.all()):
             break
@@ -104,7 +108,9 @@ def greedy_decode(
         ids = emitted_matrix[row].tolist()
         length = ids.index(EOS_INDEX) + 1 if EOS_INDEX in ids else len(ids)
         real = int(source_lengths[row])
-        hypotheses.append(Hypothesis(ids[:length], attention_matrix[row, :length, :real], float(scores[row])))
+        hypotheses.append(
+            Hypothesis(ids[:length], attention_matrix[row, :length, :real], float(scores[row]))
+        )
     return hypotheses
 
 
@@ -165,7 +171,11 @@ def beam_search(
         next_rows, next_tokens, next_scores = [], [], []
         for sentence in range(batch):
             kept = 0
-            for score, index in zip(candidate_scores[sentence].tolist(), candidate_indices[sentence].tolist(), strict=True):
+            for score, index in zip(
+                candidate_scores[sentence].tolist(),
+                candidate_indices[sentence].tolist(),
+                strict=True,
+            ):
                 beam, token = divmod(index, vocab_size)
                 row = sentence * beam_size + beam
                 if done[sentence] or score == -math.inf:
@@ -175,7 +185,11 @@ def beam_search(
                     attention = torch.cat([attention_history[row], weights[row : row + 1]], 0)
                     real = int(source_lengths[sentence])
                     finished[sentence].append(
-                        Hypothesis(ids, attention[:, :real].float().cpu(), score / length_penalty(len(ids), alpha))
+                        Hypothesis(
+                            ids,
+                            attention[:, :real].float().cpu(),
+                            score / length_penalty(len(ids), alpha),
+                        )
                     )
                     if len(finished[sentence]) >= beam_size:
                         done[sentence] = True
@@ -201,7 +215,8 @@ def beam_search(
         state = state.select(rows)
         history = torch.cat([history.index_select(0, rows), tokens.unsqueeze(1)], dim=1)
         attention_history = torch.cat(
-            [attention_history.index_select(0, rows), weights.index_select(0, rows).unsqueeze(1)], dim=1
+            [attention_history.index_select(0, rows), weights.index_select(0, rows).unsqueeze(1)],
+            dim=1,
         )
     results = []
     for sentence in range(batch):
@@ -214,7 +229,11 @@ def beam_search(
                     ids = history[row].tolist()
                     real = int(source_lengths[sentence])
                     candidates.append(
-                        Hypothesis(ids, attention_history[row, :, :real].float().cpu(), score / length_penalty(len(ids), alpha))
+                        Hypothesis(
+                            ids,
+                            attention_history[row, :, :real].float().cpu(),
+                            score / length_penalty(len(ids), alpha),
+                        )
                     )
         results.append(max(candidates, key=lambda hypothesis: hypothesis.score))
     return results
@@ -236,7 +255,9 @@ def decode(
 
 def _prepare_source(model: Seq2Seq, sentence: object) -> list[str]:
     if model.source_vocab is None or model.target_vocab is None:
-        raise ValueError("the model has no vocabularies: call model.attach_vocabularies(...) or load a checkpoint")
+        raise ValueError(
+            "the model has no vocabularies: call model.attach_vocabularies(...) or load a checkpoint"
+        )
     if not isinstance(sentence, str):
         raise TypeError(f"translate expects a str sentence, got {type(sentence).__name__}")
     if not sentence.strip():
@@ -266,7 +287,8 @@ def translate_batch(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         examples = [
-            (torch.tensor(model.source_vocab.encode(source_tokens[index])), torch.tensor([0])) for index in chunk
+            (torch.tensor(model.source_vocab.encode(source_tokens[index])), torch.tensor([0]))
+            for index in chunk
         ]
         batch = collate_batch(examples)
         hypotheses = decode(model, batch.source, batch.source_lengths, beam_size, max_length, alpha)
@@ -285,7 +307,11 @@ def translate_batch(
 
 
 def translate(
-    model: Seq2Seq, sentence: str, beam_size: int = 1, max_length: int | None = None, alpha: float = 0.6
+    model: Seq2Seq,
+    sentence: str,
+    beam_size: int = 1,
+    max_length: int | None = None,
+    alpha: float = 0.6,
 ) -> Translation:
     """Translate one raw sentence.
 
@@ -296,4 +322,6 @@ def translate(
         >>> result = translate(model, "She kissed him.")
         >>> result.text, result.attention.shape   # ('Sie küsste ihn.', (5, 4))
     """
-    return translate_batch(model, [sentence], beam_size=beam_size, max_length=max_length, alpha=alpha)[0]
+    return translate_batch(
+        model, [sentence], beam_size=beam_size, max_length=max_length, alpha=alpha
+    )[0]

@@ -39,7 +39,9 @@ def references_as_streams(references: Sequence[Sequence[str]]) -> list[list[str 
     if any(len(refs) == 0 for refs in references):
         raise ValueError("every sentence needs at least one reference")
     slots = max(len(refs) for refs in references)
-    return [[refs[slot] if slot < len(refs) else None for refs in references] for slot in range(slots)]
+    return [
+        [refs[slot] if slot < len(refs) else None for refs in references] for slot in range(slots)
+    ]
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> CorpusScores:

@@ -48,6 +48,10 @@ class ModelConfig:
         attention_size: inner width of additive/concat scores (default ``H``).
         local_window: ``D`` for local attention; local_score: the score inside it.
         input_feeding: Luong's input feeding (feed :math:`\\tilde h_{t-1}` to the RNN).
+        tie_embeddings: share the target embedding matrix with the output layer
+            (Press & Wolf 2017): the output layer reads an ``E``-sized vector, which
+            halves its cost and its parameters and usually generalises better on
+            small corpora. Off, the output layers are exactly the papers'.
         encoder: ``"rnn"`` or ``"self_attention"`` (notebook 06).
         encoder_heads, encoder_layers: sizes of the self-attention encoder.
         max_source_length: longest source (tokens) ``translate`` accepts.
@@ -69,6 +73,7 @@ class ModelConfig:
     local_window: int = 2
     local_score: str = "general"
     input_feeding: bool = False
+    tie_embeddings: bool = False
     encoder: str = "rnn"
     encoder_heads: int = 4
     encoder_layers: int = 2
@@ -81,7 +86,9 @@ class ModelConfig:
         if self.rnn_type not in ("gru", "lstm"):
             raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {self.rnn_type!r}")
         if self.decoder not in ("bahdanau", "luong", "plain"):
-            raise ValueError(f"decoder must be 'bahdanau', 'luong' or 'plain', got {self.decoder!r}")
+            raise ValueError(
+                f"decoder must be 'bahdanau', 'luong' or 'plain', got {self.decoder!r}"
+            )
         if self.encoder not in ("rnn", "self_attention"):
             raise ValueError(f"encoder must be 'rnn' or 'self_attention', got {self.encoder!r}")
         if self.bidirectional and self.hidden_size % 2:
@@ -99,7 +106,14 @@ class ModelConfig:
         return cls(**values)
 
 
-def _make_rnn(rnn_type: str, input_size: int, hidden_size: int, num_layers: int, dropout: float, bidirectional: bool = False) -> nn.RNNBase:
+def _make_rnn(
+    rnn_type: str,
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    dropout: float,
+    bidirectional: bool = False,
+) -> nn.RNNBase:
     rnn_class = nn.GRU if rnn_type == "gru" else nn.LSTM
     return rnn_class(
         input_size,
@@ -161,7 +175,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = config
         directions = 2 if config.bidirectional else 1
-        self.embedding = nn.Embedding(config.source_vocab_size, config.embedding_size, padding_idx=PAD_INDEX)
+        self.embedding = nn.Embedding(
+            config.source_vocab_size, config.embedding_size, padding_idx=PAD_INDEX
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.rnn = _make_rnn(
             config.rnn_type,
@@ -178,13 +194,23 @@ class Encoder(nn.Module):
     def forward(self, source: Tensor, source_lengths: Tensor) -> EncoderOutput:
         """Args: source ``(B, S)`` indices; source_lengths ``(B,)`` real lengths."""
         embedded = self.dropout(self.embedding(source))
-        packed = pack_padded_sequence(embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            embedded, source_lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
         packed_states, final = self.rnn(packed)
         # total_length keeps the padded width, so extra padding changes no shape.
-        states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=source.size(1))
-        mask = torch.arange(source.size(1), device=source.device)[None, :] < source_lengths.to(source.device)[:, None]
+        states, _ = pad_packed_sequence(
+            packed_states, batch_first=True, total_length=source.size(1)
+        )
+        mask = (
+            torch.arange(source.size(1), device=source.device)[None, :]
+            < source_lengths.to(source.device)[:, None]
+        )
         if isinstance(final, tuple):
-            initial = (torch.tanh(self.bridge(self._merge_directions(final[0]))), self.bridge_cell(self._merge_directions(final[1])))
+            initial = (
+                torch.tanh(self.bridge(self._merge_directions(final[0]))),
+                self.bridge_cell(self._merge_directions(final[1])),
+            )
         else:
             initial = torch.tanh(self.bridge(self._merge_directions(final)))
         return EncoderOutput(states, mask, initial)
@@ -215,29 +241,44 @@ class PositionalEncoding(nn.Module):
     def forward(self, embedded: Tensor) -> Tensor:
         """``(B, L, d)`` → ``(B, L, d)`` with the encoding of each position added."""
         if embedded.size(1) > self.table.size(0):
-            raise ValueError(f"sequence of {embedded.size(1)} exceeds the {self.table.size(0)} encoded positions")
+            raise ValueError(
+                f"sequence of {embedded.size(1)} exceeds the {self.table.size(0)} encoded positions"
+            )
         return embedded + self.table[: embedded.size(1)]
 
 
 class SelfAttentionLayer(nn.Module):
-    """One Transformer encoder layer: self-attention and a feed-forward block,
-    each wrapped in a residual connection and layer norm (post-norm, as in the paper)."""
+    """One Transformer encoder layer: self-attention and a feed-forward block, each
+    wrapped in a residual connection with layer norm.
+
+    We normalise *before* each block ("pre-norm", Xiong et al. 2020) rather than after it
+    as the original Transformer does: pre-norm trains stably at the learning rates the
+    rest of the series uses, without a warm-up schedule.
+    """
 
     def __init__(self, size: int, heads: int, feedforward_size: int, dropout: float) -> None:
         super().__init__()
         self.attention = MultiHeadAttention(size, heads, dropout=dropout)
         self.feedforward = nn.Sequential(
-            nn.Linear(size, feedforward_size), nn.ReLU(), nn.Dropout(dropout), nn.Linear(feedforward_size, size)
+            nn.Linear(size, feedforward_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(feedforward_size, size),
         )
         self.norm_attention = nn.LayerNorm(size)
         self.norm_feedforward = nn.LayerNorm(size)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, states: Tensor, mask: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, states: Tensor, mask: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """states ``(B, S, d)``, mask ``(B, S)`` → states ``(B, S, d)``, weights ``(B, h, S, S)`` or None."""
-        attended, weights = self.attention(states, states, states, mask, need_weights=need_weights, average_heads=False)
-        states = self.norm_attention(states + self.dropout(attended))
-        states = self.norm_feedforward(states + self.dropout(self.feedforward(states)))
+        normed = self.norm_attention(states)
+        attended, weights = self.attention(
+            normed, normed, normed, mask, need_weights=need_weights, average_heads=False
+        )
+        states = states + self.dropout(attended)
+        states = states + self.dropout(self.feedforward(self.norm_feedforward(states)))
         return states, weights
 
 
@@ -260,20 +301,28 @@ class SelfAttentionEncoder(nn.Module):
             SelfAttentionLayer(size, config.encoder_heads, 2 * size, config.dropout)
             for _ in range(config.encoder_layers)
         )
+        self.final_norm = nn.LayerNorm(size)
         self.bridge = nn.Linear(size, size)
         if config.rnn_type == "lstm":
             self.bridge_cell = nn.Linear(size, size)
         self.last_attention: list[Tensor] = []
 
-    def forward(self, source: Tensor, source_lengths: Tensor, need_weights: bool = False) -> EncoderOutput:
-        mask = torch.arange(source.size(1), device=source.device)[None, :] < source_lengths.to(source.device)[:, None]
-        states = self.dropout(self.positions(self.embedding(source) * math.sqrt(self.config.hidden_size)))
+    def forward(
+        self, source: Tensor, source_lengths: Tensor, need_weights: bool = False
+    ) -> EncoderOutput:
+        mask = (
+            torch.arange(source.size(1), device=source.device)[None, :]
+            < source_lengths.to(source.device)[:, None]
+        )
+        # nn.Embedding starts at unit variance, the scale of the position encodings, so
+        # no sqrt(d) factor (the paper's embeddings start at variance 1/d and need it).
+        states = self.dropout(self.positions(self.embedding(source)))
         self.last_attention = []
         for layer in self.layers:
             states, weights = layer(states, mask, need_weights=need_weights)
             if weights is not None:
                 self.last_attention.append(weights)
-        states = states.masked_fill(~mask.unsqueeze(-1), 0.0)
+        states = self.final_norm(states).masked_fill(~mask.unsqueeze(-1), 0.0)
         pooled = states.sum(dim=1) / source_lengths.to(states.device, states.dtype).unsqueeze(1)
         layers = self.config.num_layers
         hidden = torch.tanh(self.bridge(pooled)).unsqueeze(0).expand(layers, -1, -1).contiguous()
@@ -373,7 +422,9 @@ class Decoder(nn.Module):
                 if sample:
                     with torch.no_grad():  # the choice of token needs no gradient
                         predicted = self.output_layer(all_features[-1]).argmax(-1)
-                    use_model = torch.rand(tokens.shape, device=tokens.device) >= teacher_forcing_ratio
+                    use_model = (
+                        torch.rand(tokens.shape, device=tokens.device) >= teacher_forcing_ratio
+                    )
                     tokens = torch.where(use_model, predicted, tokens)
             features, state, weights = self.step_features(tokens, state, memory, step)
             all_features.append(features)
@@ -405,19 +456,31 @@ class BahdanauDecoder(Decoder):
         self.attention = attention
         self.embedding = nn.Embedding(config.target_vocab_size, embedding, padding_idx=PAD_INDEX)
         self.dropout = nn.Dropout(config.dropout)
-        self.rnn = _make_rnn(config.rnn_type, embedding + hidden, hidden, config.num_layers, config.dropout)
-        self.readout = nn.Linear(hidden + embedding + hidden, 2 * hidden)  # maxout pairs → H
-        self.generator = nn.Linear(hidden, config.target_vocab_size)
+        self.rnn = _make_rnn(
+            config.rnn_type, embedding + hidden, hidden, config.num_layers, config.dropout
+        )
+        readout = embedding if config.tie_embeddings else hidden
+        self.readout = nn.Linear(hidden + embedding + hidden, 2 * readout)  # maxout pairs → readout
+        self.generator = nn.Linear(readout, config.target_vocab_size)
+        if config.tie_embeddings:
+            self.generator.weight = self.embedding.weight
 
     def step_features(self, previous_tokens, state, memory, step):
         embedded = self.dropout(self.embedding(previous_tokens))  # (B, E)
         query = _top_layer(state.hidden).unsqueeze(1)  # s_{i-1}: (B, 1, H)
         context, weights = self.attention.attend(
-            query, memory.states, memory.states, memory.mask, memory.projected_keys, positions=_position(step, query)
+            query,
+            memory.states,
+            memory.states,
+            memory.mask,
+            memory.projected_keys,
+            positions=_position(step, query),
         )
         context = context.squeeze(1)  # c_i: (B, H)
         output, hidden = self.rnn(torch.cat([embedded, context], dim=-1).unsqueeze(1), state.hidden)
-        features = torch.cat([output.squeeze(1), embedded, context], dim=-1)  # [s_i; E y_{i-1}; c_i]
+        features = torch.cat(
+            [output.squeeze(1), embedded, context], dim=-1
+        )  # [s_i; E y_{i-1}; c_i]
         return features, DecoderState(hidden), weights.squeeze(1)
 
     def output_layer(self, features: Tensor) -> Tensor:
@@ -456,7 +519,15 @@ class LuongDecoder(Decoder):
         rnn_input = embedding + (hidden if config.input_feeding else 0)
         self.rnn = _make_rnn(config.rnn_type, rnn_input, hidden, config.num_layers, config.dropout)
         self.W_c = nn.Linear(2 * hidden, hidden, bias=False)
-        self.W_s = nn.Linear(hidden, config.target_vocab_size)
+        # Tied: W_s = E·P, a projection P (H → E) then the embedding matrix E.
+        self.projection = (
+            nn.Linear(hidden, embedding, bias=False) if config.tie_embeddings else nn.Identity()
+        )
+        self.W_s = nn.Linear(
+            embedding if config.tie_embeddings else hidden, config.target_vocab_size
+        )
+        if config.tie_embeddings:
+            self.W_s.weight = self.embedding.weight
 
     def init_state(self, memory: EncoderOutput) -> DecoderState:
         attentional = None
@@ -465,30 +536,45 @@ class LuongDecoder(Decoder):
             attentional = memory.states.new_zeros(batch, self.W_c.out_features)
         return DecoderState(memory.initial_hidden, attentional)
 
-    def _attentional(self, rnn_output: Tensor, memory: EncoderOutput, positions: Tensor) -> tuple[Tensor, Tensor]:
+    def _attentional(
+        self, rnn_output: Tensor, memory: EncoderOutput, positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """``(B, T, H)`` RNN outputs → :math:`\\tilde h` ``(B, T, H)`` and weights ``(B, T, S)``."""
         context, weights = self.attention.attend(
-            rnn_output, memory.states, memory.states, memory.mask, memory.projected_keys, positions=positions
+            rnn_output,
+            memory.states,
+            memory.states,
+            memory.mask,
+            memory.projected_keys,
+            positions=positions,
         )
         return torch.tanh(self.W_c(torch.cat([context, rnn_output], dim=-1))), weights
 
     def step_features(self, previous_tokens, state, memory, step):
         embedded = self.dropout(self.embedding(previous_tokens))
-        rnn_input = embedded if not self.input_feeding else torch.cat([embedded, state.attentional], dim=-1)
+        rnn_input = (
+            embedded if not self.input_feeding else torch.cat([embedded, state.attentional], dim=-1)
+        )
         output, hidden = self.rnn(rnn_input.unsqueeze(1), state.hidden)  # h_t: (B, 1, H)
         attentional, weights = self._attentional(output, memory, _position(step, output))
         attentional = attentional.squeeze(1)
-        return attentional, DecoderState(hidden, attentional if self.input_feeding else None), weights.squeeze(1)
+        return (
+            attentional,
+            DecoderState(hidden, attentional if self.input_feeding else None),
+            weights.squeeze(1),
+        )
 
     def output_layer(self, features: Tensor) -> Tensor:
-        return self.W_s(self.dropout(features))
+        return self.W_s(self.projection(self.dropout(features)))
 
     def forward(self, decoder_input, memory, teacher_forcing_ratio=1.0):
         if self.input_feeding or teacher_forcing_ratio < 1.0:
             return super().forward(decoder_input, memory, teacher_forcing_ratio)
         return self.forward_parallel(decoder_input, memory)
 
-    def forward_parallel(self, decoder_input: Tensor, memory: EncoderOutput) -> tuple[Tensor, Tensor]:
+    def forward_parallel(
+        self, decoder_input: Tensor, memory: EncoderOutput
+    ) -> tuple[Tensor, Tensor]:
         """Teacher-forced decoding of all ``T`` steps at once (no input feeding).
 
         One cuDNN/fused RNN call over ``(B, T, E)``, then one batched attention over
@@ -517,9 +603,14 @@ class PlainDecoder(Decoder):
         self.attention = None
         self.embedding = nn.Embedding(config.target_vocab_size, embedding, padding_idx=PAD_INDEX)
         self.dropout = nn.Dropout(config.dropout)
-        self.rnn = _make_rnn(config.rnn_type, embedding + hidden, hidden, config.num_layers, config.dropout)
-        self.readout = nn.Linear(hidden + embedding + hidden, hidden)
-        self.generator = nn.Linear(hidden, config.target_vocab_size)
+        self.rnn = _make_rnn(
+            config.rnn_type, embedding + hidden, hidden, config.num_layers, config.dropout
+        )
+        readout = embedding if config.tie_embeddings else hidden
+        self.readout = nn.Linear(hidden + embedding + hidden, readout)
+        self.generator = nn.Linear(readout, config.target_vocab_size)
+        if config.tie_embeddings:
+            self.generator.weight = self.embedding.weight
 
     def step_features(self, previous_tokens, state, memory, step):
         embedded = self.dropout(self.embedding(previous_tokens))
@@ -550,7 +641,9 @@ class Seq2Seq(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = SelfAttentionEncoder(config) if config.encoder == "self_attention" else Encoder(config)
+        self.encoder = (
+            SelfAttentionEncoder(config) if config.encoder == "self_attention" else Encoder(config)
+        )
         if config.decoder == "plain":
             self.decoder: Decoder = PlainDecoder(config)
         else:
@@ -568,7 +661,10 @@ class Seq2Seq(nn.Module):
         self.target_vocab: Vocabulary | None = None
 
     def attach_vocabularies(self, source_vocab: Vocabulary, target_vocab: Vocabulary) -> Seq2Seq:
-        if len(source_vocab) != self.config.source_vocab_size or len(target_vocab) != self.config.target_vocab_size:
+        if (
+            len(source_vocab) != self.config.source_vocab_size
+            or len(target_vocab) != self.config.target_vocab_size
+        ):
             raise ValueError(
                 f"vocabulary sizes {len(source_vocab)}/{len(target_vocab)} do not match the config's "
                 f"{self.config.source_vocab_size}/{self.config.target_vocab_size}"
@@ -598,14 +694,14 @@ class Seq2Seq(nn.Module):
         output_mask: Tensor | None = None,
     ) -> Seq2SeqOutput:
         """Args:
-            source: ``(B, S)`` source indices; source_lengths: ``(B,)``.
-            decoder_input: ``(B, T)`` ``<sos> y_1 … y_{T-1}`` (``batch.decoder_input``).
-            teacher_forcing_ratio: 1 feeds the gold tokens; below 1 feeds the model's
-                own predictions at that rate.
-            output_mask: optional ``(B, T)`` bool; logits are computed only where it
-                is True and come back flattened to ``(N, V)``. The output layer is
-                the most expensive part of a step (``H × V`` per token), so training
-                skips the padded positions with it.
+        source: ``(B, S)`` source indices; source_lengths: ``(B,)``.
+        decoder_input: ``(B, T)`` ``<sos> y_1 … y_{T-1}`` (``batch.decoder_input``).
+        teacher_forcing_ratio: 1 feeds the gold tokens; below 1 feeds the model's
+            own predictions at that rate.
+        output_mask: optional ``(B, T)`` bool; logits are computed only where it
+            is True and come back flattened to ``(N, V)``. The output layer is
+            the most expensive part of a step (``H × V`` per token), so training
+            skips the padded positions with it.
         """
         _check_source(source, source_lengths, self.config.source_vocab_size)
         if decoder_input.dim() != 2 or decoder_input.size(0) != source.size(0):
@@ -618,7 +714,9 @@ class Seq2Seq(nn.Module):
         features, attention = self.decoder(decoder_input, memory, teacher_forcing_ratio)
         if output_mask is not None:
             if output_mask.shape != decoder_input.shape:
-                raise ValueError(f"output_mask must be {tuple(decoder_input.shape)}, got {tuple(output_mask.shape)}")
+                raise ValueError(
+                    f"output_mask must be {tuple(decoder_input.shape)}, got {tuple(output_mask.shape)}"
+                )
             features = features[output_mask]
         return Seq2SeqOutput(self.decoder.output_layer(features), attention)
 
@@ -629,7 +727,9 @@ class Seq2Seq(nn.Module):
 
 def _check_source(source: Tensor, source_lengths: Tensor, vocab_size: int) -> None:
     if source.dim() != 2:
-        raise ValueError(f"source must be (batch, src_len) token indices, got shape {tuple(source.shape)}")
+        raise ValueError(
+            f"source must be (batch, src_len) token indices, got shape {tuple(source.shape)}"
+        )
     if source.dtype != torch.long:
         raise ValueError(f"source must hold int64 token indices, got {source.dtype}")
     if source_lengths.dim() != 1 or source_lengths.size(0) != source.size(0):

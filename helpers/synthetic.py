@@ -16,10 +16,21 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
-WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 # Each format is a list of pieces: a literal string or a field name. Fields are
 # rendered from the date and remembered with their character span.
@@ -100,9 +111,7 @@ def render_date(date: dt.date, format_index: int) -> DateExample:
         source_parts.append(text)
         offset += len(text)
     target = f"{date.year:04d}-{date.month:02d}-{date.day:02d}"
-    gold = (
-        [spans["year"]] * 4 + [None] + [spans["month"]] * 2 + [None] + [spans["day"]] * 2
-    )
+    gold = [spans["year"]] * 4 + [None] + [spans["month"]] * 2 + [None] + [spans["day"]] * 2
     return DateExample("".join(source_parts), target, tuple(gold))
 
 
@@ -150,4 +159,22 @@ def dates_splits(
 
 def character_lists(examples: Sequence[DateExample]) -> tuple[list[list[str]], list[list[str]]]:
     """The sources and targets of ``examples`` as lists of characters."""
-    return [list(example.source) for example in examples], [list(example.target) for example in examples]
+    return [list(example.source) for example in examples], [
+        list(example.target) for example in examples
+    ]
+
+
+def copy_sequences(
+    count: int, min_length: int, max_length: int, seed: int = 0, alphabet: str = "0123456789"
+) -> list[str]:
+    """Random strings for the copy task (output = input): the simplest task whose
+    difficulty grows with length, used to show the fixed-context bottleneck."""
+    if not 1 <= min_length <= max_length:
+        raise ValueError("need 1 <= min_length <= max_length")
+    generator = random.Random(seed)
+    return [
+        "".join(
+            generator.choice(alphabet) for _ in range(generator.randint(min_length, max_length))
+        )
+        for _ in range(count)
+    ]

@@ -27,7 +27,7 @@ from .batching import TranslationDataset, make_loader
 from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from .data import DEFAULT_MAX_PAIRS, get_tokenizer, load_pairs, split_by_source
 from .models import ModelConfig, Seq2Seq
-from .synthetic import DateExample, dates_splits
+from .synthetic import DateExample, copy_sequences, dates_splits
 from .training import TrainingHistory, select_device, set_seed, train
 from .vocab import Vocabulary
 
@@ -60,7 +60,9 @@ class TranslationTask:
     test_gold_spans: list[tuple] | None = None
     test_examples: list[DateExample] = field(default_factory=list)
 
-    def loaders(self, batch_size: int = 64, seed: int = 0, pin_memory: bool = False) -> tuple[DataLoader, DataLoader]:
+    def loaders(
+        self, batch_size: int = 64, seed: int = 0, pin_memory: bool = False
+    ) -> tuple[DataLoader, DataLoader]:
         """Bucketed training loader (reshuffled each epoch) and a fixed validation loader."""
         return (
             make_loader(self.train, batch_size, shuffle=True, seed=seed, pin_memory=pin_memory),
@@ -125,9 +127,13 @@ def tatoeba_task(
     )
 
 
-def dates_task(train_size: int = 8000, valid_size: int = 500, test_size: int = 500, seed: int = 0) -> TranslationTask:
+def dates_task(
+    train_size: int = 8000, valid_size: int = 500, test_size: int = 500, seed: int = 0
+) -> TranslationTask:
     """The synthetic dates task, character level, with gold alignments for the test set."""
-    train_examples, valid_examples, test_examples = dates_splits(train_size, valid_size, test_size, seed)
+    train_examples, valid_examples, test_examples = dates_splits(
+        train_size, valid_size, test_size, seed
+    )
     characters = get_tokenizer("chars")
     train_source = [characters(example.source) for example in train_examples]
     train_target = [characters(example.target) for example in train_examples]
@@ -154,6 +160,40 @@ def dates_task(train_size: int = 8000, valid_size: int = 500, test_size: int = 5
     )
 
 
+def copy_task(
+    train_size: int = 6000,
+    test_size: int = 400,
+    min_length: int = 3,
+    max_length: int = 30,
+    seed: int = 0,
+) -> TranslationTask:
+    """Copy a random digit string: the gold alignment of output ``i`` is input ``i``."""
+    sequences = copy_sequences(train_size + 2 * test_size, min_length, max_length, seed)
+    train_strings = sequences[:train_size]
+    valid_strings = sequences[train_size : train_size + test_size]
+    test_strings = sequences[train_size + test_size :]
+    vocab = Vocabulary.build([list("0123456789")])
+
+    def dataset(strings: list[str]) -> TranslationDataset:
+        return TranslationDataset(
+            [list(s) for s in strings], [list(s) for s in strings], vocab, vocab
+        )
+
+    return TranslationTask(
+        name="copy",
+        source_tokenizer="chars",
+        target_tokenizer="chars",
+        source_vocab=vocab,
+        target_vocab=vocab,
+        train=dataset(train_strings),
+        valid=dataset(valid_strings),
+        test_sources=test_strings,
+        test_references=[[s] for s in test_strings],
+        fingerprint=_fingerprint("copy", train_size, test_size, min_length, max_length, seed),
+        test_gold_spans=[tuple((i, i + 1) for i in range(len(s))) for s in test_strings],
+    )
+
+
 @dataclass
 class TrainSettings:
     """The training settings that, with the model config and data, determine a model."""
@@ -171,10 +211,21 @@ class TrainSettings:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def loop_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`helpers.training.train` these settings fix
+        (batch size and seed shape the data loader instead)."""
+        return {
+            key: value for key, value in self.to_dict().items() if key not in ("batch_size", "seed")
+        }
+
+
+# Bump when a change to the model or training code would make old checkpoints stale.
+CACHE_VERSION = 2
+
 
 def cache_key(config: ModelConfig, settings: TrainSettings, task: TranslationTask) -> str:
-    """A hash of everything that shapes a trained model."""
-    return _fingerprint(config.to_dict(), settings.to_dict(), task.fingerprint)
+    """A hash of everything that shapes a trained model, and of the code version."""
+    return _fingerprint(CACHE_VERSION, config.to_dict(), settings.to_dict(), task.fingerprint)
 
 
 def train_model(
@@ -182,25 +233,21 @@ def train_model(
     config: ModelConfig,
     settings: TrainSettings,
     device: torch.device | str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     description: str = "train",
 ) -> tuple[Seq2Seq, TrainingHistory]:
     """Seed, build, train; the model comes back with its vocabularies attached."""
     device = torch.device(device) if device is not None else select_device()
     set_seed(settings.seed)
     model = Seq2Seq(config).attach_vocabularies(task.source_vocab, task.target_vocab)
-    train_loader, valid_loader = task.loaders(settings.batch_size, settings.seed, pin_memory=device.type == "cuda")
+    train_loader, valid_loader = task.loaders(
+        settings.batch_size, settings.seed, pin_memory=device.type == "cuda"
+    )
     history = train(
         model,
         train_loader,
         valid_loader,
-        epochs=settings.epochs,
-        learning_rate=settings.learning_rate,
-        clip=settings.clip,
-        teacher_forcing_ratio=settings.teacher_forcing_ratio,
-        time_budget=settings.time_budget,
-        label_smoothing=settings.label_smoothing,
-        lr_decay=settings.lr_decay,
+        **settings.loop_arguments(),
         device=device,
         progress=progress,
         description=description,
@@ -214,7 +261,7 @@ def train_or_load(
     settings: TrainSettings,
     path: str | os.PathLike,
     device: torch.device | str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     description: str = "train",
 ) -> tuple[Seq2Seq, TrainingHistory, bool]:
     """Load the checkpoint at ``path`` if it was trained with exactly these settings,
@@ -228,12 +275,61 @@ def train_or_load(
     path = Path(path)
     if path.is_file():
         try:
-            model, extra = load_checkpoint(path, device, config, task.source_vocab, task.target_vocab)
+            model, extra = load_checkpoint(
+                path, device, config, task.source_vocab, task.target_vocab
+            )
             if extra.get("cache_key") == key:
                 return model, TrainingHistory.from_dict(extra["history"]), True
         except CheckpointMismatchError:
             pass
     model, history = train_model(task, config, settings, device, progress, description)
-    save_checkpoint(model, path, extra={"cache_key": key, "history": history.to_dict(), "settings": settings.to_dict()})
+    save_checkpoint(
+        model,
+        path,
+        extra={"cache_key": key, "history": history.to_dict(), "settings": settings.to_dict()},
+    )
     return model, history, False
 
+
+def tatoeba_recipe(
+    decoder: str, device: torch.device | str | None = None, quick: bool = False
+) -> tuple[dict[str, Any], TrainSettings]:
+    """The series' default English→German model and training settings.
+
+    Returns ``(model settings for TranslationTask.model_config, TrainSettings)``.
+    Notebooks 04 and 05 (and ``python -m helpers.train``) use the same recipe, so 05
+    finds 04's checkpoints in the cache.
+
+    On a CPU the model is small and trains for a fixed number of epochs (with a time
+    cap as a safety net on slow machines), which on two cores takes two to three minutes
+    per model (Bahdanau's step-by-step decoder costs more per epoch, so it gets fewer). With a GPU it trains a bigger model for longer. ``quick`` gives the
+    smaller budget notebook 07 uses to compare many variants.
+    """
+    device = torch.device(device) if device is not None else select_device()
+    attention = {"bahdanau": "additive", "luong": "general", "plain": "general"}[decoder]
+    model = dict(
+        embedding_size=128,
+        hidden_size=256,
+        dropout=0.2,
+        tie_embeddings=True,
+        decoder=decoder,
+        attention=attention,
+    )
+    epochs = {"bahdanau": 3, "luong": 7, "plain": 7}[decoder]
+    settings = TrainSettings(
+        epochs=epochs, batch_size=128, learning_rate=3e-3, lr_decay=0.8, time_budget=240, seed=0
+    )
+    if device.type == "cuda":
+        model.update(embedding_size=256, hidden_size=512)
+        settings = TrainSettings(
+            epochs=15, batch_size=256, learning_rate=2e-3, lr_decay=0.85, time_budget=600, seed=0
+        )
+    if quick:
+        settings = TrainSettings(
+            **{
+                **settings.to_dict(),
+                "epochs": 2,
+                "time_budget": 60 if device.type != "cuda" else 120,
+            }
+        )
+    return model, settings

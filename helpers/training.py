@@ -46,7 +46,9 @@ def set_seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def sequence_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+def sequence_loss(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """Cross-entropy over real target tokens only.
 
     Args:
@@ -59,7 +61,10 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str = "
     if logits.shape[:2] != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match target {tuple(target.shape)}")
     return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=PAD_INDEX, reduction=reduction
+        logits.reshape(-1, logits.size(-1)).float(),
+        target.reshape(-1),
+        ignore_index=PAD_INDEX,
+        reduction=reduction,
     )
 
 
@@ -92,11 +97,16 @@ class TrainingHistory:
         return min(record.valid_loss for record in self.epochs)
 
     def to_dict(self) -> dict:
-        return {"epochs": [record.__dict__ for record in self.epochs], "stopped_by_budget": self.stopped_by_budget}
+        return {
+            "epochs": [record.__dict__ for record in self.epochs],
+            "stopped_by_budget": self.stopped_by_budget,
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingHistory:
-        return cls([EpochRecord(**record) for record in values["epochs"]], values["stopped_by_budget"])
+        return cls(
+            [EpochRecord(**record) for record in values["epochs"]], values["stopped_by_budget"]
+        )
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -105,8 +115,21 @@ def _autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
+def _budget_spent(started: float, budget: float, synchronise: bool, device: torch.device) -> bool:
+    spent = time.perf_counter() - started > budget
+    if not synchronise:
+        return spent
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(spent)], device=device)  # gloo wants CPU tensors, nccl GPU ones
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, loader: DataLoader, device: torch.device | None = None, amp: bool = False) -> float:
+def evaluate_loss(
+    model: nn.Module, loader: DataLoader, device: torch.device | None = None, amp: bool = False
+) -> float:
     """Mean cross-entropy per real target token over ``loader`` (teacher forcing on)."""
     device = device or next(model.parameters()).device
     model.eval()
@@ -132,10 +155,11 @@ def train(
     time_budget: float | None = None,
     device: torch.device | str | None = None,
     amp: bool | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     label_smoothing: float = 0.0,
     lr_decay: float | None = None,
+    synchronise_budget: bool = False,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     description: str = "train",
 ) -> TrainingHistory:
@@ -148,12 +172,19 @@ def train(
         time_budget: seconds; training stops after the batch that crosses it, then
             validates, so the notebooks finish in a known time on any machine.
         amp: bf16 autocast on CUDA (default: on when the device is CUDA).
-        progress: show a tqdm progress bar per epoch.
+        progress: show a tqdm progress bar per epoch (default: yes, unless the
+            environment variable ``PAYING_ATTENTION_PROGRESS`` is ``0``, as when the
+            committed notebooks are executed, so their outputs hold no stale bars).
         label_smoothing: spread this much probability mass over all other tokens in
             the training loss (Szegedy et al. 2016); validation loss stays plain.
         lr_decay: multiply the learning rate by this after every epoch.
+        synchronise_budget: under DistributedDataParallel, agree across processes
+            on when the time budget is spent (otherwise one rank could stop while the
+            others wait for it forever).
     """
     device = torch.device(device) if device is not None else select_device()
+    if progress is None:
+        progress = os.environ.get("PAYING_ATTENTION_PROGRESS", "1") != "0"
     model.to(device)
     amp = device.type == "cuda" if amp is None else amp
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -165,15 +196,25 @@ def train(
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         token_count = 0
-        bar = tqdm(train_loader, desc=f"{description} epoch {epoch}", leave=False, disable=not progress)
+        bar = tqdm(
+            train_loader, desc=f"{description} epoch {epoch}", leave=False, disable=not progress
+        )
         for batch_number, batch in enumerate(bar):
             real_tokens = batch.target_token_count  # counted on the CPU copy: no device sync
             batch: Batch = batch.to(device, non_blocking=True)
             target = batch.decoder_target
             real = target != PAD_INDEX
             with _autocast(device, amp):
-                output = model(batch.source, batch.source_lengths, batch.decoder_input, teacher_forcing_ratio, real)
-            loss = F.cross_entropy(output.logits.float(), target[real], label_smoothing=label_smoothing)
+                output = model(
+                    batch.source,
+                    batch.source_lengths,
+                    batch.decoder_input,
+                    teacher_forcing_ratio,
+                    real,
+                )
+            loss = F.cross_entropy(
+                output.logits.float(), target[real], label_smoothing=label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -183,7 +224,9 @@ def train(
             token_count += real_tokens
             if progress and batch_number % 50 == 0:
                 bar.set_postfix(loss=f"{float(loss_sum) / max(token_count, 1):.3f}")
-            if time_budget is not None and time.perf_counter() - started > time_budget:
+            if time_budget is not None and _budget_spent(
+                started, time_budget, synchronise_budget, device
+            ):
                 history.stopped_by_budget = True
                 break
         bar.close()
@@ -192,7 +235,12 @@ def train(
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - epoch_start
-        valid_loss = evaluate_loss(model, valid_loader, device, amp) if valid_loader is not None else float("nan")
+        core = getattr(model, "module", model)  # validate the bare model, not a DDP wrapper
+        valid_loss = (
+            evaluate_loss(core, valid_loader, device, amp)
+            if valid_loader is not None
+            else float("nan")
+        )
         record = EpochRecord(
             epoch=epoch,
             train_loss=float(loss_sum) / max(token_count, 1),

@@ -57,7 +57,11 @@ def plot_attention(
     if gold is not None:
         gold_cells = np.argwhere(_as_array(gold) > 0)
         for row, column in gold_cells:
-            ax.add_patch(plt.Rectangle((column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2))
+            ax.add_patch(
+                plt.Rectangle(
+                    (column - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2
+                )
+            )
     if title:
         ax.set_title(title)
     if colorbar:
@@ -76,7 +80,9 @@ def plot_attention_grid(
     if not items:
         raise ValueError("nothing to plot")
     rows = -(-len(items) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(cell_size[0] * columns, cell_size[1] * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(cell_size[0] * columns, cell_size[1] * rows), squeeze=False
+    )
     for index, ax in enumerate(axes.flat):
         if index >= len(items):
             ax.axis("off")
@@ -99,7 +105,9 @@ def plot_loss_curves(histories: dict[str, TrainingHistory], ax: Axes | None = No
     """Training and validation loss per epoch, one colour per model."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
-    for (name, history), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+    for (name, history), color in zip(
+        histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False
+    ):
         frame = history.to_frame()
         ax.plot(frame.index, frame["train_loss"], "--", color=color, label=f"{name} train")
         ax.plot(frame.index, frame["valid_loss"], "-o", color=color, label=f"{name} validation")

@@ -63,7 +63,9 @@ class Vocabulary:
 
     pad_index, sos_index, eos_index, unk_index = PAD_INDEX, SOS_INDEX, EOS_INDEX, UNK_INDEX
 
-    def encode(self, tokens: Sequence[str], add_sos: bool = False, add_eos: bool = False) -> list[int]:
+    def encode(
+        self, tokens: Sequence[str], add_sos: bool = False, add_eos: bool = False
+    ) -> list[int]:
         """Tokens → indices; unknown tokens become ``<unk>``."""
         indices = [self.stoi.get(token, UNK_INDEX) for token in tokens]
         if add_sos:

@@ -84,7 +84,9 @@ def test_gradient_reaches_every_parameter_and_the_inputs(layer):
     assert query.grad is not None and query.grad.abs().sum() > 0
     assert keys.grad is not None and keys.grad.abs().sum() > 0
     for name, parameter in layer.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"no gradient for {name}"
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, (
+            f"no gradient for {name}"
+        )
 
 
 def test_context_is_the_weighted_sum_of_values(layer):
@@ -100,13 +102,21 @@ def test_scores_match_the_paper_formulas():
     q, k = query[0, 0], keys[0, 1]
     general = GeneralAttention(D)
     expected_general = q @ general.W_a.weight @ k  # q^T W_a k
-    assert torch.isclose(general.score(query, general.project_keys(keys))[0, 0, 1], expected_general, atol=1e-5)
+    assert torch.isclose(
+        general.score(query, general.project_keys(keys))[0, 0, 1], expected_general, atol=1e-5
+    )
     additive = AdditiveAttention(D, D, 5)
-    expected_additive = additive.v_a.weight[0] @ torch.tanh(additive.W_a.weight @ q + additive.U_a.weight @ k)
-    assert torch.isclose(additive.score(query, additive.project_keys(keys))[0, 0, 1], expected_additive, atol=1e-5)
+    expected_additive = additive.v_a.weight[0] @ torch.tanh(
+        additive.W_a.weight @ q + additive.U_a.weight @ k
+    )
+    assert torch.isclose(
+        additive.score(query, additive.project_keys(keys))[0, 0, 1], expected_additive, atol=1e-5
+    )
     concat = ConcatAttention(D, D, 5)
     expected_concat = concat.v_a.weight[0] @ torch.tanh(concat.W_a.weight @ torch.cat([q, k]))
-    assert torch.isclose(concat.score(query, concat.project_keys(keys))[0, 0, 1], expected_concat, atol=1e-5)
+    assert torch.isclose(
+        concat.score(query, concat.project_keys(keys))[0, 0, 1], expected_concat, atol=1e-5
+    )
     torch.testing.assert_close(
         concat.score(query, concat.project_keys(keys)), concat.score_by_concatenation(query, keys)
     )
@@ -119,7 +129,9 @@ def test_general_with_identity_matrix_is_dot():
     general = GeneralAttention(D)
     with torch.no_grad():
         general.W_a.weight.copy_(torch.eye(D))
-    torch.testing.assert_close(general(query, keys, keys, mask), DotAttention(D)(query, keys, keys, mask))
+    torch.testing.assert_close(
+        general(query, keys, keys, mask), DotAttention(D)(query, keys, keys, mask)
+    )
 
 
 def test_scaled_dot_agrees_with_torch_sdpa():
@@ -174,7 +186,9 @@ def test_local_m_window_is_centred_on_the_step():
 def test_local_p_predicts_a_centre_inside_the_sentence_and_applies_the_gaussian():
     torch.manual_seed(0)
     query, keys, mask = make_inputs()
-    layer = LocalAttention(DotAttention(D), window=2, predictive=True, query_size=D, renormalize=False)
+    layer = LocalAttention(
+        DotAttention(D), window=2, predictive=True, query_size=D, renormalize=False
+    )
     lengths = mask.sum(-1)
     centres = layer.aligned_positions(query, lengths)
     assert bool((centres >= 0).all()) and bool((centres <= (lengths - 1)[:, None]).all())
@@ -198,7 +212,10 @@ def test_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
     ("make_call", "message"),
     [
         (lambda layer, q, k, m: layer(q, k[:2], k[:2], m[:2]), "batch sizes differ"),
-        (lambda layer, q, k, m: layer(q, torch.randn(3, 6, D + 1), torch.randn(3, 6, D + 1), m), "d_k"),
+        (
+            lambda layer, q, k, m: layer(q, torch.randn(3, 6, D + 1), torch.randn(3, 6, D + 1), m),
+            "d_k",
+        ),
         (lambda layer, q, k, m: layer(q, k, k, m[:, :5]), "mask has shape"),
         (lambda layer, q, k, m: layer(q, k, k, m.float()), "bool"),
         (lambda layer, q, k, m: layer(q, k, k, torch.zeros_like(m)), "no real position"),

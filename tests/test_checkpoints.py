@@ -14,14 +14,18 @@ def make_model(hidden_size=16, tokens=("a", "b", "c")):
     torch.manual_seed(0)
     source_vocab = Vocabulary.build([list(tokens)])
     target_vocab = Vocabulary.build([["x", "y"]])
-    config = ModelConfig(len(source_vocab), len(target_vocab), embedding_size=8, hidden_size=hidden_size)
+    config = ModelConfig(
+        len(source_vocab), len(target_vocab), embedding_size=8, hidden_size=hidden_size
+    )
     return Seq2Seq(config).attach_vocabularies(source_vocab, target_vocab).eval()
 
 
 def test_round_trip_gives_identical_outputs(tmp_path):
     model = make_model()
     path = save_checkpoint(model, tmp_path / "model.pt", extra={"bleu": 41.5})
-    loaded, extra = load_checkpoint(path, expected_config=model.config, source_vocab=model.source_vocab)
+    loaded, extra = load_checkpoint(
+        path, expected_config=model.config, source_vocab=model.source_vocab
+    )
     assert extra == {"bleu": 41.5}
     assert loaded.source_vocab == model.source_vocab and loaded.target_vocab == model.target_vocab
     source = torch.tensor([[4, 5, 6]])
@@ -37,7 +41,9 @@ def test_round_trip_gives_identical_outputs(tmp_path):
 def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     path = save_checkpoint(make_model(hidden_size=16), tmp_path / "model.pt")
     other = make_model(hidden_size=32).config
-    with pytest.raises(CheckpointMismatchError, match="hidden_size: expected 32, checkpoint has 16"):
+    with pytest.raises(
+        CheckpointMismatchError, match="hidden_size: expected 32, checkpoint has 16"
+    ):
         load_checkpoint(path, expected_config=other)
 
 

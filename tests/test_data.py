@@ -33,7 +33,9 @@ def write(path: Path, text: str, newline: str = "\n") -> Path:
 
 def test_two_and_three_columns_parse(tmp_path):
     two = write(tmp_path / "two.tsv", "Go.\tGeh.\nHi.\tHallo!\n")
-    three = write(tmp_path / "three.txt", "Go.\tGeh.\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272\n")
+    three = write(
+        tmp_path / "three.txt", "Go.\tGeh.\tCC-BY 2.0 (France) Attribution: tatoeba.org #2877272\n"
+    )
     assert read_pairs(two) == [("Go.", "Geh."), ("Hi.", "Hallo!")]
     assert read_pairs(three) == [("Go.", "Geh.")]
 
@@ -100,7 +102,11 @@ class Server:
                 server.user_agents.append(self.headers.get("User-Agent"))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/zip")
-                length = server.declared_length if server.declared_length is not None else len(server.body)
+                length = (
+                    server.declared_length
+                    if server.declared_length is not None
+                    else len(server.body)
+                )
                 self.send_header("Content-Length", str(length))
                 self.end_headers()
                 self.wfile.write(server.body)  # may be shorter than declared: a cut transfer
@@ -127,7 +133,9 @@ def server():
 
 
 def test_download_extracts_deu_txt_into_the_cache(server, tmp_path):
-    server.body = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\nHi.\tHallo!\tCC-BY\n", "_about.txt": "about"})
+    server.body = make_zip(
+        {"deu.txt": "Go.\tGeh.\tCC-BY\nHi.\tHallo!\tCC-BY\n", "_about.txt": "about"}
+    )
     cached = download_tatoeba(server.url, tmp_path, timeout=10)
     assert cached == tmp_path / "deu-eng.tsv"
     assert read_pairs(cached) == [("Go.", "Geh."), ("Hi.", "Hallo!")]
@@ -187,7 +195,9 @@ def test_resolution_order_argument_then_environment_then_cache(tmp_path, monkeyp
         resolve_data_path(tmp_path / "nope.tsv")
 
 
-def test_resolution_downloads_into_the_cache_when_nothing_else_is_there(server, tmp_path, monkeypatch):
+def test_resolution_downloads_into_the_cache_when_nothing_else_is_there(
+    server, tmp_path, monkeypatch
+):
     monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
     server.body = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\n"})
     path = resolve_data_path(data_dir=tmp_path, url=server.url)
@@ -250,8 +260,14 @@ def test_round_trip_holds_on_the_real_corpus():
     english, german = Tokenizer("en"), Tokenizer("de")
     sources = [source for source, _ in pairs]
     targets = [target for _, target in pairs]
-    failures = sum(detokenize(tokens) != normalize_text(text) for tokens, text in zip(english.tokenize_many(sources), sources, strict=True))
-    failures += sum(detokenize(tokens) != normalize_text(text) for tokens, text in zip(german.tokenize_many(targets), targets, strict=True))
+    failures = sum(
+        detokenize(tokens) != normalize_text(text)
+        for tokens, text in zip(english.tokenize_many(sources), sources, strict=True)
+    )
+    failures += sum(
+        detokenize(tokens) != normalize_text(text)
+        for tokens, text in zip(german.tokenize_many(targets), targets, strict=True)
+    )
     assert failures / (2 * len(pairs)) < 0.001, f"{failures} sentences do not round-trip"
 
 
@@ -287,7 +303,9 @@ def test_test_sentences_keep_all_their_translations():
         index = int(example.source.split()[1].rstrip("."))
         assert len(example.references) == 1 + index % 3
         assert all(reference.startswith(f"Deutsch {index}/") for reference in example.references)
-    assert sum(len(e.references) for e in split.test) + len(split.train) + len(split.valid) == len(corpus())
+    assert sum(len(e.references) for e in split.test) + len(split.train) + len(split.valid) == len(
+        corpus()
+    )
 
 
 def test_split_rejects_impossible_fractions():

@@ -8,7 +8,7 @@ from helpers.decoding import beam_search, greedy_decode, length_penalty, transla
 from helpers.models import ModelConfig, Seq2Seq
 from helpers.vocab import EOS_INDEX, SOS_INDEX, Vocabulary
 
-WORDS = "the cat sat on a mat dog ran".split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
 
 
 def tiny_model(decoder="luong", attention="general", **settings):
@@ -31,16 +31,24 @@ def tiny_model(decoder="luong", attention="general", **settings):
 
 
 def source_batch():
-    examples = [(torch.tensor(ids), torch.tensor([SOS_INDEX])) for ids in ([4, 5, 6, 7], [8, 9], [4, 10, 11, 5, 6])]
+    examples = [
+        (torch.tensor(ids), torch.tensor([SOS_INDEX]))
+        for ids in ([4, 5, 6, 7], [8, 9], [4, 10, 11, 5, 6])
+    ]
     return collate_batch(examples)
 
 
-@pytest.mark.parametrize("decoder,attention", [("luong", "general"), ("bahdanau", "additive"), ("luong", "local-m"), ("plain", "general")])
+@pytest.mark.parametrize(
+    "decoder,attention",
+    [("luong", "general"), ("bahdanau", "additive"), ("luong", "local-m"), ("plain", "general")],
+)
 def test_beam_of_width_one_is_greedy(decoder, attention):
     model = tiny_model(decoder, attention)
     batch = source_batch()
     greedy = greedy_decode(model, batch.source, batch.source_lengths, max_length=9)
-    beam = beam_search(model, batch.source, batch.source_lengths, beam_size=1, max_length=9, alpha=0.0)
+    beam = beam_search(
+        model, batch.source, batch.source_lengths, beam_size=1, max_length=9, alpha=0.0
+    )
     for left, right in zip(greedy, beam, strict=True):
         assert left.token_ids == right.token_ids
         torch.testing.assert_close(left.attention, right.attention)
@@ -73,7 +81,9 @@ def test_search_stops_at_max_length_when_eos_never_comes():
     batch = source_batch()
     for hypothesis in greedy_decode(model, batch.source, batch.source_lengths, max_length=7):
         assert len(hypothesis.token_ids) == 7 and not hypothesis.finished
-    for hypothesis in beam_search(model, batch.source, batch.source_lengths, beam_size=3, max_length=7):
+    for hypothesis in beam_search(
+        model, batch.source, batch.source_lengths, beam_size=3, max_length=7
+    ):
         assert len(hypothesis.token_ids) == 7 and not hypothesis.finished
 
 
@@ -81,7 +91,9 @@ def test_beam_search_finds_at_least_the_greedy_score_without_penalty():
     model = tiny_model()
     batch = source_batch()
     greedy = greedy_decode(model, batch.source, batch.source_lengths, max_length=9)
-    beam = beam_search(model, batch.source, batch.source_lengths, beam_size=4, max_length=9, alpha=0.0)
+    beam = beam_search(
+        model, batch.source, batch.source_lengths, beam_size=4, max_length=9, alpha=0.0
+    )
     for left, right in zip(greedy, beam, strict=True):
         if left.finished:
             assert right.score >= left.score - 1e-4

@@ -50,16 +50,29 @@ def test_notebooks_are_committed_executed_top_to_bottom():
     assert len(notebooks) >= 1
     for path in notebooks:
         notebook = json.loads(path.read_text())
-        code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code" and "".join(cell["source"]).strip()]
+        code = [
+            cell
+            for cell in notebook["cells"]
+            if cell["cell_type"] == "code" and "".join(cell["source"]).strip()
+        ]
         counts = [cell.get("execution_count") for cell in code]
         assert counts == list(range(1, len(code) + 1)), f"{path.name}: execution counts {counts}"
-        errors = [o for cell in code for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        errors = [
+            o for cell in code for o in cell.get("outputs", []) if o.get("output_type") == "error"
+        ]
         assert not errors, f"{path.name} was committed with an error output"
-        assert "sys.path" not in "".join("".join(cell["source"]) for cell in code), f"{path.name} edits sys.path"
+        assert "sys.path" not in "".join("".join(cell["source"]) for cell in code), (
+            f"{path.name} edits sys.path"
+        )
 
 
 def test_the_offline_data_is_ignored_by_git():
-    for name in ("data/deu-eng.tsv", "data/deu-eng-50k.tsv", "checkpoints/model.pt", ".venv/bin/python"):
+    for name in (
+        "data/deu-eng.tsv",
+        "data/deu-eng-50k.tsv",
+        "checkpoints/model.pt",
+        ".venv/bin/python",
+    ):
         result = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
         assert result.returncode == 0, f"{name} is not ignored by .gitignore"
     result = subprocess.run(["git", "check-ignore", "-q", "data/README.md"], cwd=ROOT)

@@ -39,11 +39,17 @@ ATTENTIONS = ["dot", "scaled_dot", "general", "concat", "additive", "local-m", "
 @pytest.mark.parametrize("attention", ATTENTIONS)
 def test_luong_parallel_path_equals_the_step_loop(attention, rnn_type):
     torch.manual_seed(0)
-    model = Seq2Seq(config(decoder="luong", attention=attention, rnn_type=rnn_type, num_layers=2)).eval()
+    model = Seq2Seq(
+        config(decoder="luong", attention=attention, rnn_type=rnn_type, num_layers=2)
+    ).eval()
     batch = toy_batch()
     memory = model.encode(batch.source, batch.source_lengths)
-    parallel_features, parallel_attention = model.decoder.forward_parallel(batch.decoder_input, memory)
-    step_features, step_attention = super(type(model.decoder), model.decoder).forward(batch.decoder_input, memory)
+    parallel_features, parallel_attention = model.decoder.forward_parallel(
+        batch.decoder_input, memory
+    )
+    step_features, step_attention = super(type(model.decoder), model.decoder).forward(
+        batch.decoder_input, memory
+    )
     torch.testing.assert_close(parallel_features, step_features, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(parallel_attention, step_attention, atol=1e-6, rtol=1e-5)
 
@@ -76,7 +82,9 @@ def test_output_shapes_and_padding_invariance(settings):
         assert output.attention.shape == (3, steps, batch.source.size(1))
         torch.testing.assert_close(output.attention.sum(-1), torch.ones(3, steps))
         assert bool((output.attention.masked_select(~batch.source_mask[:, None, :]) == 0).all())
-        torch.testing.assert_close(padded.attention[..., : batch.source.size(1)], output.attention, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            padded.attention[..., : batch.source.size(1)], output.attention, atol=1e-6, rtol=1e-5
+        )
 
 
 def test_each_sentence_is_decoded_independently_of_its_batch():
@@ -116,7 +124,11 @@ def test_gradients_reach_every_parameter_for_every_attention():
         model = Seq2Seq(config(decoder="luong", attention=attention, input_feeding=True))
         batch = toy_batch()
         model(batch.source, batch.source_lengths, batch.decoder_input).logits.sum().backward()
-        missing = [name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+        missing = [
+            name
+            for name, p in model.named_parameters()
+            if p.grad is None or p.grad.abs().sum() == 0
+        ]
         assert not missing, f"{attention}: no gradient for {missing}"
 
 

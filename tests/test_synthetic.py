@@ -24,7 +24,11 @@ def test_each_gold_span_holds_the_field_it_claims():
                 assert text == str(year) == output
             elif positions[0] < 7:
                 assert int(output) == month
-                assert text.isdigit() and int(text) == month or text.lower() in {m.lower() for m in MONTHS} | {m[:3].lower() for m in MONTHS}
+                assert (
+                    text.isdigit()
+                    and int(text) == month
+                    or text.lower() in {m.lower() for m in MONTHS} | {m[:3].lower() for m in MONTHS}
+                )
                 if not text.isdigit():
                     assert MONTHS[month - 1].lower().startswith(text.lower())
             else:

@@ -22,7 +22,9 @@ def test_loss_ignores_padding():
     changed[0, 2] = 100.0  # garbage at padded positions must not matter
     changed[1, 1:] = -100.0
     assert sequence_loss(changed, target) == pytest.approx(float(sequence_loss(logits, target)))
-    manual = torch.nn.functional.cross_entropy(torch.stack([logits[0, 0], logits[0, 1], logits[1, 0]]), torch.tensor([4, 5, 6]))
+    manual = torch.nn.functional.cross_entropy(
+        torch.stack([logits[0, 0], logits[0, 1], logits[1, 0]]), torch.tensor([4, 5, 6])
+    )
     assert float(sequence_loss(logits, target)) == pytest.approx(float(manual))
     with pytest.raises(ValueError, match="do not match"):
         sequence_loss(logits, target[:, :2])
@@ -38,15 +40,29 @@ def test_device_is_chosen_by_calling_cuda_is_available(monkeypatch):
 
 
 def test_a_cpu_run_repeats_exactly_with_the_same_seed(small_dates):
-    config = small_dates.model_config(embedding_size=8, hidden_size=16, decoder="bahdanau", attention="additive")
+    config = small_dates.model_config(
+        embedding_size=8, hidden_size=16, decoder="bahdanau", attention="additive"
+    )
     settings = TrainSettings(epochs=2, batch_size=32, seed=7, teacher_forcing_ratio=0.5)
     first, first_history = train_model(small_dates, config, settings, device="cpu", progress=False)
-    second, second_history = train_model(small_dates, config, settings, device="cpu", progress=False)
-    for (name, left), (_, right) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
+    second, second_history = train_model(
+        small_dates, config, settings, device="cpu", progress=False
+    )
+    for (name, left), (_, right) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
         assert torch.equal(left, right), name
     assert first_history.epochs[-1].valid_loss == second_history.epochs[-1].valid_loss
-    third, _ = train_model(small_dates, config, TrainSettings(epochs=2, batch_size=32, seed=8), device="cpu", progress=False)
-    assert not torch.equal(first.decoder.generator.weight, third.decoder.generator.weight), "another seed must differ"
+    third, _ = train_model(
+        small_dates,
+        config,
+        TrainSettings(epochs=2, batch_size=32, seed=8),
+        device="cpu",
+        progress=False,
+    )
+    assert not torch.equal(first.decoder.generator.weight, third.decoder.generator.weight), (
+        "another seed must differ"
+    )
 
 
 def test_time_budget_stops_training_and_still_validates(small_dates):
@@ -62,26 +78,49 @@ def test_train_or_load_caches_by_settings_and_never_serves_stale_models(small_da
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     settings = TrainSettings(epochs=1, batch_size=32)
     path = tmp_path / "cached.pt"
-    model, _, cached = train_or_load(small_dates, config, settings, path, device="cpu", progress=False)
+    model, _, cached = train_or_load(
+        small_dates, config, settings, path, device="cpu", progress=False
+    )
     assert not cached
-    again, _, cached = train_or_load(small_dates, config, settings, path, device="cpu", progress=False)
+    again, _, cached = train_or_load(
+        small_dates, config, settings, path, device="cpu", progress=False
+    )
     assert cached
     for left, right in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(left, right)
-    _, _, cached = train_or_load(small_dates, config, TrainSettings(epochs=1, batch_size=32, learning_rate=5e-3), path, device="cpu", progress=False)
+    _, _, cached = train_or_load(
+        small_dates,
+        config,
+        TrainSettings(epochs=1, batch_size=32, learning_rate=5e-3),
+        path,
+        device="cpu",
+        progress=False,
+    )
     assert not cached, "another learning rate must retrain"
     other_config = small_dates.model_config(embedding_size=8, hidden_size=16, attention="dot")
-    _, _, cached = train_or_load(small_dates, other_config, settings, path, device="cpu", progress=False)
+    _, _, cached = train_or_load(
+        small_dates, other_config, settings, path, device="cpu", progress=False
+    )
     assert not cached, "another attention must retrain"
 
 
 def test_bahdanau_learns_the_gold_alignment_of_the_dates_task():
     """The issue's acceptance check: a small Bahdanau model, CPU, alignment ≥ 0.9."""
     task = dates_task(train_size=6000, valid_size=300, test_size=300, seed=0)
-    config = task.model_config(embedding_size=32, hidden_size=64, decoder="bahdanau", attention="additive", dropout=0.0)
-    model, history = train_model(task, config, TrainSettings(epochs=4, batch_size=64, learning_rate=3e-3), device="cpu", progress=False)
+    config = task.model_config(
+        embedding_size=32, hidden_size=64, decoder="bahdanau", attention="additive", dropout=0.0
+    )
+    model, history = train_model(
+        task,
+        config,
+        TrainSettings(epochs=4, batch_size=64, learning_rate=3e-3),
+        device="cpu",
+        progress=False,
+    )
     translations = translate_batch(model, task.test_sources)
-    exact = sum(t.text == refs[0] for t, refs in zip(translations, task.test_references, strict=True)) / len(translations)
+    exact = sum(
+        t.text == refs[0] for t, refs in zip(translations, task.test_references, strict=True)
+    ) / len(translations)
     alignment = alignment_accuracy([t.attention for t in translations], task.test_gold_spans)
     print(f"dates: exact match {exact:.3f}, gold-alignment accuracy {alignment:.3f}")
     assert exact >= 0.95

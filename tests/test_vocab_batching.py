@@ -5,7 +5,13 @@ import random
 import pytest
 import torch
 
-from helpers.batching import BucketBatchSampler, TranslationDataset, collate_batch, make_loader, padding_fraction
+from helpers.batching import (
+    BucketBatchSampler,
+    TranslationDataset,
+    collate_batch,
+    make_loader,
+    padding_fraction,
+)
 from helpers.vocab import EOS_INDEX, PAD_INDEX, SOS_INDEX, UNK_INDEX, Vocabulary
 
 SENTENCES = [["the", "cat", "sat"], ["the", "dog"], ["a", "cat", "ran", "far"], ["the"]]
@@ -45,11 +51,21 @@ def test_collate_pads_and_returns_lengths_and_a_mask():
     batch = collate_batch([dataset[0], dataset[3], dataset[2]])
     assert batch.source.shape == (3, 4)
     assert batch.source_lengths.tolist() == [3, 1, 4]
-    assert batch.source_mask.tolist() == [[True, True, True, False], [True, False, False, False], [True] * 4]
+    assert batch.source_mask.tolist() == [
+        [True, True, True, False],
+        [True, False, False, False],
+        [True] * 4,
+    ]
     assert bool((batch.source[~batch.source_mask] == PAD_INDEX).all())
     assert batch.target.shape == (3, 6)  # <sos> + 4 tokens + <eos>
     assert batch.decoder_input[:, 0].tolist() == [SOS_INDEX] * 3
-    assert batch.decoder_target[1].tolist() == [vocab.stoi["the"], EOS_INDEX, PAD_INDEX, PAD_INDEX, PAD_INDEX]
+    assert batch.decoder_target[1].tolist() == [
+        vocab.stoi["the"],
+        EOS_INDEX,
+        PAD_INDEX,
+        PAD_INDEX,
+        PAD_INDEX,
+    ]
     assert batch.target_token_count == 4 + 2 + 5
 
 
@@ -63,7 +79,10 @@ def test_empty_sentences_are_refused():
 
 def random_corpus(size=2000, seed=0):
     generator = random.Random(seed)
-    sentences = [[f"w{generator.randrange(50)}" for _ in range(generator.randint(1, 20))] for _ in range(size)]
+    sentences = [
+        [f"w{generator.randrange(50)}" for _ in range(generator.randint(1, 20))]
+        for _ in range(size)
+    ]
     return sentences
 
 

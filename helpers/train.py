@@ -1,0 +1,223 @@
+"""Train a translator from the command line — on one process, or many with torchrun.
+
+Single process (CPU or the GPU when there is one)::
+
+    python -m helpers.train --task tatoeba --decoder luong --output checkpoints/luong.pt
+
+Several processes on one machine, or several machines, with PyTorch
+DistributedDataParallel (gloo on CPUs, nccl on GPUs)::
+
+    torchrun --standalone --nproc_per_node=4 -m helpers.train --task tatoeba --output checkpoints/luong.pt
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
+        -m helpers.train --task tatoeba --batch-size 1024 --output checkpoints/luong.pt
+
+Each global batch is split across the processes, gradients are averaged, and rank 0 alone
+validates, scores BLEU and writes the checkpoint (the same format the notebooks load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from .attention import ATTENTION_NAMES
+from .batching import BucketBatchSampler, collate_batch, make_loader
+from .checkpoints import save_checkpoint
+from .decoding import translate_batch
+from .files import atomic_write_bytes
+from .metrics import alignment_accuracy, corpus_scores
+from .models import Seq2Seq
+from .tasks import TrainSettings, dates_task, tatoeba_recipe, tatoeba_task
+from .training import select_device, set_seed, train
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Gives each of ``world_size`` processes its share of every global batch.
+
+    The wrapped sampler yields *global* batches (identical on every rank, thanks to the
+    shared seed); rank ``r`` keeps ``batch[r::world_size]``. One distributed step therefore
+    sees exactly the examples one single-process step would. Global batches smaller than
+    ``world_size`` are skipped so that every rank runs the same number of steps (DDP
+    would hang otherwise).
+    """
+
+    def __init__(self, batches: Sampler[list[int]], rank: int, world_size: int) -> None:
+        self.batches, self.rank, self.world_size = batches, rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            if len(batch) >= self.world_size:
+                yield batch[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--task", choices=["tatoeba", "dates"], default="tatoeba")
+    parser.add_argument(
+        "--data",
+        help="sentence-pair file (default: $PAYING_ATTENTION_DATA, the cache, or a download)",
+    )
+    parser.add_argument("--decoder", choices=["bahdanau", "luong", "plain"], default="luong")
+    parser.add_argument(
+        "--attention", choices=ATTENTION_NAMES, help="scoring function (default: the decoder's own)"
+    )
+    parser.add_argument("--embedding-size", type=int)
+    parser.add_argument("--hidden-size", type=int)
+    parser.add_argument("--dropout", type=float)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--time-budget", type=float, help="seconds of training at most")
+    parser.add_argument("--batch-size", type=int, help="global batch size, split across processes")
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: the GPU when there is one)")
+    parser.add_argument(
+        "--output", required=True, help="checkpoint path (written by rank 0, atomically)"
+    )
+    parser.add_argument("--summary", help="also write the final figures as JSON here")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def _settings_for(arguments: argparse.Namespace, device: torch.device):
+    if arguments.task == "tatoeba":
+        model, settings = tatoeba_recipe(arguments.decoder, device)
+    else:
+        model = dict(
+            embedding_size=32,
+            hidden_size=64,
+            dropout=0.0,
+            decoder=arguments.decoder,
+            attention="additive" if arguments.decoder == "bahdanau" else "general",
+            max_target_length=12,
+        )
+        settings = TrainSettings(epochs=5, batch_size=64, learning_rate=3e-3)
+    for option, key in (
+        ("embedding_size", "embedding_size"),
+        ("hidden_size", "hidden_size"),
+        ("dropout", "dropout"),
+        ("attention", "attention"),
+    ):
+        if getattr(arguments, option) is not None:
+            model[key] = getattr(arguments, option)
+    overrides = {
+        "epochs": arguments.epochs,
+        "time_budget": arguments.time_budget,
+        "batch_size": arguments.batch_size,
+        "learning_rate": arguments.learning_rate,
+    }
+    values = settings.to_dict() | {
+        key: value for key, value in overrides.items() if value is not None
+    }
+    values["seed"] = arguments.seed
+    return model, TrainSettings(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world_size > 1
+    device = select_device(arguments.device)
+    rank = 0
+    if distributed:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank = dist.get_rank()
+        if device.type == "cpu":
+            # Each process gets its share of the cores instead of all of them fighting.
+            torch.set_num_threads(
+                max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
+            )
+    is_main = rank == 0
+
+    task = tatoeba_task(arguments.data) if arguments.task == "tatoeba" else dates_task()
+    model_settings, settings = _settings_for(arguments, device)
+    config = task.model_config(**model_settings)
+    set_seed(settings.seed)  # identical initial weights on every rank
+    model = Seq2Seq(config).attach_vocabularies(task.source_vocab, task.target_vocab).to(device)
+    global_batches = BucketBatchSampler(
+        task.train.length_keys, settings.batch_size, shuffle=True, seed=settings.seed
+    )
+    train_loader = DataLoader(
+        task.train,
+        batch_sampler=ShardedBatchSampler(global_batches, rank, world_size),
+        collate_fn=collate_batch,
+        pin_memory=device.type == "cuda",
+    )
+    valid_loader = (
+        make_loader(task.valid, 4 * settings.batch_size, shuffle=False) if is_main else None
+    )
+    trained = DistributedDataParallel(model, broadcast_buffers=False) if distributed else model
+    if is_main:
+        print(
+            f"{arguments.task}: {task.summary()} | {world_size} process(es) on {device}", flush=True
+        )
+    start = time.perf_counter()
+    history = train(
+        trained,
+        train_loader,
+        valid_loader,
+        **settings.loop_arguments(),
+        device=device,
+        progress=is_main and not arguments.no_progress,
+        synchronise_budget=distributed,
+    )
+    seconds = time.perf_counter() - start
+    if is_main:
+        model.eval()
+        translations = translate_batch(model, task.test_sources, beam_size=1)
+        scores = corpus_scores([t.text for t in translations], task.test_references)
+        summary = {
+            "task": arguments.task,
+            "processes": world_size,
+            "device": str(device),
+            "epochs": len(history.epochs),
+            "train_seconds": seconds,
+            "final_valid_loss": history.epochs[-1].valid_loss,
+            "test_bleu": scores.bleu,
+            "test_chrf": scores.chrf,
+            "bleu_signature": scores.bleu_signature,
+        }
+        if task.test_gold_spans is not None:
+            summary["gold_alignment"] = alignment_accuracy(
+                [t.attention for t in translations], task.test_gold_spans
+            )
+        save_checkpoint(
+            model,
+            arguments.output,
+            extra={
+                "history": history.to_dict(),
+                "settings": settings.to_dict(),
+                "summary": summary,
+            },
+        )
+        if arguments.summary:
+            atomic_write_bytes(Path(arguments.summary), json.dumps(summary, indent=2).encode())
+        print(json.dumps(summary, indent=2), flush=True)
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The benchmark runs end to end and reports its figures (no timing is asserted)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers.data import DataNotFoundError, resolve_data_path
+
+
+def test_benchmark_prints_both_speeds_and_the_ratio_last():
+    try:
+        resolve_data_path(download=False)
+    except DataNotFoundError:
+        pytest.skip("no data file available")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "helpers.benchmark",
+            "--duration",
+            "2",
+            "--hidden-size",
+            "64",
+            "--max-pairs",
+            "4000",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert any(line.startswith("(a) article's loop") for line in lines)
+    assert any(line.startswith("(b) helpers.training.train") for line in lines)
+    assert any(line.startswith("decoding, beam 5") for line in lines)
+    match = re.fullmatch(r"speed-up \(b\)/\(a\): ([0-9.]+)x", lines[-1])
+    assert match and float(match.group(1)) > 0
