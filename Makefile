@@ -62,6 +62,10 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Progress bars off under nbval: it reads a cell's outputs only after the cell ends, and
+# minutes of widget updates overflow the kernel's output queue (messages get dropped).
+test notebooks: export PAYING_ATTENTION_PROGRESS = 0
+
 # One pytest run: unit tests and nbval re-executing every notebook, one summary line.
 test: setup lint
 	$(BIN)/python -m pytest --durations=15 --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks

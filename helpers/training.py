@@ -197,7 +197,11 @@ def train(
         loss_sum = torch.zeros((), device=device)
         token_count = 0
         bar = tqdm(
-            train_loader, desc=f"{description} epoch {epoch}", leave=False, disable=not progress
+            train_loader,
+            desc=f"{description} epoch {epoch}",
+            leave=False,
+            disable=not progress,
+            mininterval=1.0,  # one refresh a second is plenty, and cheap in a notebook
         )
         for batch_number, batch in enumerate(bar):
             real_tokens = batch.target_token_count  # counted on the CPU copy: no device sync
