@@ -41,7 +41,12 @@ from .data import (
     split_by_source,
 )
 from .decoding import Translation, beam_search, decode, greedy_decode, translate, translate_batch
-from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy
+from .metrics import (
+    alignment_accuracy,
+    attention_row_entropies,
+    corpus_scores,
+    mean_attention_entropy,
+)
 from .models import (
     BahdanauDecoder,
     Encoder,

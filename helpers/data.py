@@ -17,7 +17,6 @@ Run ``python -m helpers fetch`` to fill the cache (the Makefile does this).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import io
 import os
@@ -71,15 +70,6 @@ def default_data_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def sha256_of(path: Path) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_pairs(path: str | os.PathLike, max_pairs: int | None = None) -> list[Pair]:

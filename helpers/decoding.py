@@ -65,7 +65,8 @@ def _resolve_max_length(model: Seq2Seq, source_lengths: Tensor, max_length: int 
     return min(model.config.max_target_length, int(source_lengths.max()) * 2 + 10)
 
 
-def _empty_attention(model: Seq2Seq, batch: int, source_length: int, device) -> Tensor:
+def _empty_attention(batch: int, source_length: int, device: torch.device) -> Tensor:
+    """Stand-in weights for a model without attention (the plain decoder)."""
     return torch.zeros(batch, source_length, device=device)
 
 
@@ -94,9 +95,7 @@ def greedy_decode(
         scores += torch.where(finished, torch.zeros_like(best_scores), best_scores)
         emitted.append(tokens)
         attentions.append(
-            weights
-            if weights is not None
-            else _empty_attention(model, batch, source_length, model.device)
+            weights if weights is not None else _empty_attention(batch, source_length, model.device)
         )
         finished |= tokens == EOS_INDEX
         if bool(finished.all()):
@@ -162,7 +161,7 @@ def beam_search(
     for step in range(limit):
         logits, state, weights = model.decoder.step(tokens, state, memory, step)
         if weights is None:
-            weights = _empty_attention(model, batch * beam_size, source_length, device)
+            weights = _empty_attention(batch * beam_size, source_length, device)
         log_probabilities = torch.log_softmax(logits.float(), dim=-1)
         vocab_size = log_probabilities.size(-1)
         totals = (beam_scores.view(-1, 1) + log_probabilities).view(batch, -1)

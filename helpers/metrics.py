@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,9 +94,23 @@ def alignment_accuracy(
     return hits / total
 
 
-def mean_attention_entropy(attentions: Sequence[Tensor]) -> float:
-    """Mean entropy (nats) over every row of every ``(T, S)`` attention matrix."""
-    rows = [attention_entropy(attention) for attention in attentions if attention.numel()]
+def attention_row_entropies(attentions: Sequence[Tensor], normalise: bool = False) -> Tensor:
+    """Entropy of every row of every ``(T, S)`` attention matrix, concatenated.
+
+    With ``normalise=True`` each row's entropy is divided by ``log S`` — 0 for a one-hot
+    row, 1 for a uniform one — so sentences of different lengths compare; matrices
+    over a single source token (where ``log S = 0``) are skipped then.
+    """
+    rows = [
+        attention_entropy(attention) / (math.log(attention.shape[1]) if normalise else 1.0)
+        for attention in attentions
+        if attention.numel() and (attention.shape[1] > 1 or not normalise)
+    ]
     if not rows:
         raise ValueError("no attention to measure")
-    return float(torch.cat(rows).mean())
+    return torch.cat(rows)
+
+
+def mean_attention_entropy(attentions: Sequence[Tensor], normalise: bool = False) -> float:
+    """Mean of :func:`attention_row_entropies`: nats, or a 0–1 share with ``normalise``."""
+    return float(attention_row_entropies(attentions, normalise).mean())

@@ -291,6 +291,29 @@ def train_or_load(
     return model, history, False
 
 
+def dates_recipe(
+    decoder: str = "bahdanau", attention: str | None = None, **model_overrides: Any
+) -> tuple[dict[str, Any], TrainSettings]:
+    """The small model and settings the series uses on the dates task (seconds on a CPU).
+
+    Returns ``(model settings for TranslationTask.model_config, TrainSettings)``;
+    ``attention`` defaults to the decoder's own score (additive for Bahdanau, general
+    for Luong) and ``model_overrides`` change any model setting (e.g. ``local_window``).
+    """
+    model = dict(
+        embedding_size=32,
+        hidden_size=64,
+        dropout=0.0,
+        max_target_length=12,
+        decoder=decoder,
+        attention=attention or ("additive" if decoder == "bahdanau" else "general"),
+    )
+    model.update(model_overrides)
+    return model, TrainSettings(
+        epochs=5, batch_size=64, learning_rate=3e-3, time_budget=120, seed=0
+    )
+
+
 def tatoeba_recipe(
     decoder: str, device: torch.device | str | None = None, quick: bool = False
 ) -> tuple[dict[str, Any], TrainSettings]:

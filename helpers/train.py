@@ -37,7 +37,7 @@ from .decoding import translate_batch
 from .files import atomic_write_bytes
 from .metrics import alignment_accuracy, corpus_scores
 from .models import Seq2Seq
-from .tasks import TrainSettings, dates_task, tatoeba_recipe, tatoeba_task
+from .tasks import TrainSettings, dates_recipe, dates_task, tatoeba_recipe, tatoeba_task
 from .training import select_device, set_seed, train
 
 
@@ -99,23 +99,10 @@ def _settings_for(arguments: argparse.Namespace, device: torch.device):
     if arguments.task == "tatoeba":
         model, settings = tatoeba_recipe(arguments.decoder, device)
     else:
-        model = dict(
-            embedding_size=32,
-            hidden_size=64,
-            dropout=0.0,
-            decoder=arguments.decoder,
-            attention="additive" if arguments.decoder == "bahdanau" else "general",
-            max_target_length=12,
-        )
-        settings = TrainSettings(epochs=5, batch_size=64, learning_rate=3e-3)
-    for option, key in (
-        ("embedding_size", "embedding_size"),
-        ("hidden_size", "hidden_size"),
-        ("dropout", "dropout"),
-        ("attention", "attention"),
-    ):
-        if getattr(arguments, option) is not None:
-            model[key] = getattr(arguments, option)
+        model, settings = dates_recipe(arguments.decoder)
+    for name in ("embedding_size", "hidden_size", "dropout", "attention"):
+        if getattr(arguments, name) is not None:
+            model[name] = getattr(arguments, name)
     overrides = {
         "epochs": arguments.epochs,
         "time_budget": arguments.time_budget,

@@ -126,6 +126,31 @@ def _budget_spent(started: float, budget: float, synchronise: bool, device: torc
     return bool(flag.item())
 
 
+def batch_loss(
+    model: nn.Module,
+    batch: Batch,
+    teacher_forcing_ratio: float = 1.0,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy of ``model`` on a batch (already on its device), real tokens only.
+
+    The output layer — a softmax over the whole target vocabulary, the most expensive
+    part of a step — is computed only where the target is not padding
+    (``Seq2Seq(..., output_mask=...)``), for training and validation alike.
+    """
+    real = batch.decoder_target != PAD_INDEX
+    output = model(
+        batch.source, batch.source_lengths, batch.decoder_input, teacher_forcing_ratio, real
+    )
+    return F.cross_entropy(
+        output.logits.float(),
+        batch.decoder_target[real],
+        label_smoothing=label_smoothing,
+        reduction=reduction,
+    )
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module, loader: DataLoader, device: torch.device | None = None, amp: bool = False
@@ -139,8 +164,7 @@ def evaluate_loss(
         tokens += batch.target_token_count  # counted on the CPU copy: no device sync
         batch = batch.to(device, non_blocking=True)
         with _autocast(device, amp):
-            output = model(batch.source, batch.source_lengths, batch.decoder_input)
-        total += sequence_loss(output.logits, batch.decoder_target, reduction="sum").double()
+            total += batch_loss(model, batch, reduction="sum").double()
     return float(total) / max(tokens, 1)
 
 
@@ -206,19 +230,8 @@ def train(
         for batch_number, batch in enumerate(bar):
             real_tokens = batch.target_token_count  # counted on the CPU copy: no device sync
             batch: Batch = batch.to(device, non_blocking=True)
-            target = batch.decoder_target
-            real = target != PAD_INDEX
             with _autocast(device, amp):
-                output = model(
-                    batch.source,
-                    batch.source_lengths,
-                    batch.decoder_input,
-                    teacher_forcing_ratio,
-                    real,
-                )
-            loss = F.cross_entropy(
-                output.logits.float(), target[real], label_smoothing=label_smoothing
-            )
+                loss = batch_loss(model, batch, teacher_forcing_ratio, label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), clip)

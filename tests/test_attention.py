@@ -208,6 +208,19 @@ def test_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
     assert attention_entropy(uniform).item() == pytest.approx(math.log(4))
 
 
+def test_normalised_row_entropies_lie_between_zero_and_one():
+    from helpers.metrics import attention_row_entropies, mean_attention_entropy
+
+    sharp = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    uniform = torch.full((1, 5), 0.2)
+    single = torch.ones(2, 1)  # one source token: log S = 0, skipped when normalising
+    rows = attention_row_entropies([sharp, uniform, single], normalise=True)
+    assert rows.tolist() == pytest.approx([0.0, 0.0, 1.0], abs=1e-6)
+    assert mean_attention_entropy([uniform]) == pytest.approx(math.log(5))
+    with pytest.raises(ValueError, match="no attention"):
+        mean_attention_entropy([single], normalise=True)
+
+
 @pytest.mark.parametrize(
     ("make_call", "message"),
     [
