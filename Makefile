@@ -16,7 +16,6 @@ SHARED_DATA := $(wildcard $(CURDIR)/../shared/data/deu-eng-50k.tsv)
 ifneq ($(SHARED_DATA),)
 export PAYING_ATTENTION_DATA ?= $(abspath $(SHARED_DATA))
 endif
-export MPLBACKEND ?= Agg
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: lab test setup data unit notebooks lint format bench train clean help
@@ -37,6 +36,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
 
+# The test-only pins (Playwright, repo2docker) on top, for `make test` only.
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) -r requirements-test.txt
+	@touch $@
+
 setup: $(VENV)/.installed data
 
 data: $(VENV)/.installed
@@ -45,8 +49,13 @@ data: $(VENV)/.installed
 # Jupyter refuses to start as root (containers, some CI machines) without --allow-root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
+# Where JupyterLab opens (the browser test points it at a temporary copy).
+NOTEBOOK_DIR ?= notebooks
+
+# `env -u MPLBACKEND`: a backend inherited from the shell (Agg, say) would stop the
+# kernels from switching to inline plotting, and no figure would ever show.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $(ARGS)
+	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(NOTEBOOK_DIR) $(ROOT_FLAG) $(ARGS)
 
 unit: setup
 	$(BIN)/python -m pytest tests
@@ -66,8 +75,13 @@ format: $(VENV)/.installed
 # minutes of widget updates overflow the kernel's output queue (messages get dropped).
 test notebooks: export PAYING_ATTENTION_PROGRESS = 0
 
+# Agg (no display) only where nothing is shown: never for `lab`, whose kernels must
+# stay free to pick Jupyter's inline backend (an exported MPLBACKEND=Agg there would
+# silently blank every figure). The browser test checks exactly that.
+test notebooks unit bench results reproducibility: export MPLBACKEND = Agg
+
 # One pytest run: unit tests and nbval re-executing every notebook, one summary line.
-test: setup lint
+test: setup lint $(VENV)/.installed-test
 	$(BIN)/python -m pytest --durations=15 --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
 
 bench: setup

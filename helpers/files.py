@@ -40,3 +40,15 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
         stream.write(payload)
         stream.flush()
         os.fsync(stream.fileno())
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the series keeps a trained model: ``$PAYING_ATTENTION_CHECKPOINTS/name``, or
+    ``checkpoints/name`` at the top of the repository (ignored by git).
+
+    One place for every notebook, wherever the notebook itself was opened from (the
+    browser test runs a temporary copy of ``notebooks/``), so 05 finds 04's models.
+    """
+    folder = os.environ.get("PAYING_ATTENTION_CHECKPOINTS")
+    root = Path(folder) if folder else Path(__file__).resolve().parent.parent / "checkpoints"
+    return root / name
