@@ -18,7 +18,7 @@ export PAYING_ATTENTION_DATA ?= $(abspath $(SHARED_DATA))
 endif
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: lab test setup data unit notebooks lint format bench train clean help
+.PHONY: lab test setup data unit notebooks lint format bench results reproducibility clean help
 
 help:
 	@echo "make lab    - set up and open JupyterLab on notebooks/ (ARGS=--no-browser for headless)"
@@ -57,7 +57,7 @@ NOTEBOOK_DIR ?= notebooks
 lab: setup
 	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(NOTEBOOK_DIR) $(ROOT_FLAG) $(ARGS)
 
-unit: setup
+unit: setup $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests
 
 notebooks: setup
@@ -86,6 +86,14 @@ test: setup lint $(VENV)/.installed-test
 
 bench: setup
 	$(BIN)/python -m helpers.benchmark
+
+# The full-budget comparison behind notebook 07 (hours on a 2-core CPU; resumable).
+results: setup
+	$(BIN)/python -m helpers.experiments
+
+# Same numbers on a busy machine: 04's recipe unloaded, beside a busy loop, on 1 thread.
+reproducibility: setup
+	$(BIN)/python -m helpers.reproducibility
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache checkpoints

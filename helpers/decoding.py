@@ -7,6 +7,7 @@ for every sentence, the output tokens and the attention matrix that produced the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from torch import Tensor
 from .batching import collate_batch
 from .data import get_tokenizer
 from .models import Seq2Seq
-from .vocab import EOS_INDEX
+from .vocab import EOS_INDEX, EOS_TOKEN, PAD_TOKEN, SOS_TOKEN, UNK_TOKEN
 
 
 @dataclass
@@ -108,7 +109,10 @@ def greedy_decode(
         length = ids.index(EOS_INDEX) + 1 if EOS_INDEX in ids else len(ids)
         real = int(source_lengths[row])
         hypotheses.append(
-            Hypothesis(ids[:length], attention_matrix[row, :length, :real], float(scores[row]))
+            # clone(): a view would keep the whole batch's matrix alive with each result
+            Hypothesis(
+                ids[:length], attention_matrix[row, :length, :real].clone(), float(scores[row])
+            )
         )
     return hypotheses
 
@@ -186,7 +190,7 @@ def beam_search(
                     finished[sentence].append(
                         Hypothesis(
                             ids,
-                            attention[:, :real].float().cpu(),
+                            attention[:, :real].float().cpu().clone(),
                             score / length_penalty(len(ids), alpha),
                         )
                     )
@@ -230,7 +234,8 @@ def beam_search(
                     candidates.append(
                         Hypothesis(
                             ids,
-                            attention_history[row, :, :real].float().cpu(),
+                            # clone(): a view would keep this step's whole history alive
+                            attention_history[row, :, :real].float().cpu().clone(),
                             score / length_penalty(len(ids), alpha),
                         )
                     )
@@ -278,13 +283,21 @@ def translate_batch(
     max_length: int | None = None,
     alpha: float = 0.6,
 ) -> list[Translation]:
-    """Translate raw sentences in length-sorted batches; results keep the input order."""
+    """Translate raw sentences in length-sorted batches; results keep the input order.
+
+    ``batch_size`` bounds the hypotheses decoded at once: greedy search takes
+    ``batch_size`` sentences per batch, beam search ``batch_size // beam_size`` (each
+    sentence carries ``beam_size`` hypotheses), so memory stays about the same — a beam
+    of 5 over 256 sentences at once would need five times the memory (over 1 GB for
+    notebook 04's models), more than a Binder machine has to spare.
+    """
     source_tokens = [_prepare_source(model, sentence) for sentence in sentences]
     target_tokenizer = get_tokenizer(model.config.target_tokenizer)
     order = sorted(range(len(sentences)), key=lambda index: len(source_tokens[index]))
     results: list[Translation | None] = [None] * len(sentences)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    sentences_per_batch = max(1, batch_size // max(beam_size, 1))
+    for start in range(0, len(order), sentences_per_batch):
+        chunk = order[start : start + sentences_per_batch]
         examples = [
             (torch.tensor(model.source_vocab.encode(source_tokens[index])), torch.tensor([0]))
             for index in chunk
@@ -324,3 +337,77 @@ def translate(
     return translate_batch(
         model, [sentence], beam_size=beam_size, max_length=max_length, alpha=alpha
     )[0]
+
+
+# ------------------------------------------------------------------- unknown words
+
+
+def unknown_source_tokens(model: Seq2Seq, source_tokens: Sequence[str]) -> list[str]:
+    """The source tokens the model never saw in training (read as ``<unk>``), in order.
+
+    A word counts once per occurrence, so ``len(...)`` is how many ``<unk>`` the encoder
+    reads. Raises ``ValueError`` for a model without vocabularies.
+    """
+    if model.source_vocab is None:
+        raise ValueError("the model has no source vocabulary")
+    return [token for token in source_tokens if token not in model.source_vocab]
+
+
+def replace_unknown_tokens(
+    output_tokens: Sequence[str],
+    source_tokens: Sequence[str],
+    attention: Tensor | Sequence[Sequence[float]],
+) -> list[str]:
+    """Luong et al. (2015)'s *unk replacement* (OpenNMT's ``replace_unk``).
+
+    Every ``<unk>`` the model emitted becomes the source token with the highest attention
+    weight in that output row: a name or rare word the model could not spell is most often
+    copied across unchanged, so this turns "Ich heiße <unk>." into "Ich heiße Zorblax.".
+
+    Args:
+        output_tokens: the ``T`` emitted tokens (``<eos>`` included or not).
+        source_tokens: the ``S`` *raw* source tokens (the words as typed, not ``<unk>``).
+        attention: ``(T, S)`` weights (tensor, array or nested lists); row ``t`` is the
+            attention used to emit ``output_tokens[t]``.
+
+    Returns:
+        A new list of ``T`` tokens. A row with no attention at all (a model without
+        attention gives all-zero rows) has nothing to point at: its ``<unk>`` stays.
+
+    Example:
+        >>> replace_unknown_tokens(["Ich", "<unk>"], ["I", "Zorblax"], [[0.9, 0.1], [0.2, 0.8]])
+        ['Ich', 'Zorblax']
+    """
+    weights = torch.as_tensor(attention, dtype=torch.float32)
+    if weights.dim() != 2 or tuple(weights.shape) != (len(output_tokens), len(source_tokens)):
+        raise ValueError(
+            f"attention has shape {tuple(weights.shape)} but there are {len(output_tokens)} "
+            f"output and {len(source_tokens)} source tokens"
+        )
+    replaced = list(output_tokens)
+    for row, token in enumerate(output_tokens):
+        if token != UNK_TOKEN or not bool((weights[row] > 0).any()):
+            continue
+        replaced[row] = source_tokens[int(weights[row].argmax())]
+    return replaced
+
+
+def with_unknown_tokens_replaced(model: Seq2Seq, translation: Translation) -> Translation:
+    """``translation`` with :func:`replace_unknown_tokens` applied to its tokens and text.
+
+    ``output_tokens`` keep ``<eos>``; ``text`` is detokenised again from the new tokens.
+    The attention matrix is unchanged (it is still the picture of what the model did).
+    """
+    output_tokens = replace_unknown_tokens(
+        translation.output_tokens, translation.source_tokens, translation.attention
+    )
+    if output_tokens == translation.output_tokens:
+        return translation
+    words = []
+    for token in output_tokens:
+        if token == EOS_TOKEN:
+            break
+        if token not in (PAD_TOKEN, SOS_TOKEN):
+            words.append(token)
+    text = get_tokenizer(model.config.target_tokenizer).detokenize(words)
+    return dataclasses.replace(translation, output_tokens=output_tokens, text=text)

@@ -114,3 +114,67 @@ def attention_row_entropies(attentions: Sequence[Tensor], normalise: bool = Fals
 def mean_attention_entropy(attentions: Sequence[Tensor], normalise: bool = False) -> float:
     """Mean of :func:`attention_row_entropies`: nats, or a 0–1 share with ``normalise``."""
     return float(attention_row_entropies(attentions, normalise).mean())
+
+
+def paired_bootstrap(
+    baseline: tuple[str, Sequence[str]],
+    systems: Sequence[tuple[str, Sequence[str]]],
+    references: Sequence[Sequence[str]],
+    samples: int = 1000,
+    seed: int = 12345,
+) -> list[dict[str, float | str]]:
+    """sacreBLEU's paired bootstrap resampling (Koehn 2004) of BLEU, ``systems`` against
+    ``baseline`` on the same test sentences.
+
+    A thin wrapper around :class:`sacrebleu.significance.PairedTest` (never hand-rolled):
+    it resamples the test set ``samples`` times with replacement and counts how often a
+    system's BLEU advantage over the baseline disappears. Returns one row per system:
+    ``system``, ``bleu``, ``baseline_bleu``, ``difference`` and ``p_value`` (the
+    probability of a difference at least this large by chance; below 0.05 is the usual
+    bar for "significant").
+
+    Args:
+        baseline, systems: ``(name, detokenised hypotheses)``; all as long as ``references``.
+        references: for each sentence, every reference translation.
+        seed: the resampling seed (sacreBLEU reads it from ``SACREBLEU_SEED``), so the
+            p-values repeat exactly.
+    """
+    import os
+
+    from sacrebleu.significance import PairedTest
+
+    if not systems:
+        raise ValueError("nothing to compare the baseline with")
+    for name, hypotheses in [baseline, *systems]:
+        if len(hypotheses) != len(references):
+            raise ValueError(
+                f"{name!r} has {len(hypotheses)} hypotheses for {len(references)} sentences"
+            )
+    previous_seed = os.environ.get("SACREBLEU_SEED")
+    os.environ["SACREBLEU_SEED"] = str(seed)
+    try:
+        test = PairedTest(
+            [(baseline[0], list(baseline[1])), *[(n, list(h)) for n, h in systems]],
+            {"BLEU": BLEU()},
+            references_as_streams(references),
+            test_type="bs",
+            n_samples=samples,
+        )
+        _, scores = test()
+    finally:
+        if previous_seed is None:
+            os.environ.pop("SACREBLEU_SEED", None)
+        else:
+            os.environ["SACREBLEU_SEED"] = previous_seed
+    results = scores["BLEU"]
+    baseline_bleu = results[0].score
+    return [
+        {
+            "system": name,
+            "bleu": result.score,
+            "baseline_bleu": baseline_bleu,
+            "difference": result.score - baseline_bleu,
+            "p_value": result.p_value,
+        }
+        for (name, _), result in zip(systems, results[1:], strict=True)
+    ]

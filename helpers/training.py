@@ -1,8 +1,8 @@
-"""The training loop: masked loss, clipping, validation perplexity, a time budget.
+"""The training loop: masked loss, clipping, validation perplexity, early stopping.
 
-Written once here so every notebook trains the same way::
+Written once here so every notebook trains the same way, for a set number of epochs::
 
-    history = train(model, train_loader, valid_loader, epochs=10, time_budget=120)
+    history = train(model, train_loader, valid_loader, epochs=10)
 """
 
 from __future__ import annotations
@@ -38,7 +38,15 @@ def select_device(preferred: str | None = None) -> torch.device:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch so a CPU run repeats exactly."""
+    """Seed Python, NumPy and PyTorch so a CPU run repeats exactly.
+
+    What "exactly" means: on the same CPU with the same number of PyTorch threads
+    (``torch.get_num_threads()``), a run is bit-identical, however busy the machine is.
+    A different thread count or CPU (another SIMD instruction set, another BLAS kernel)
+    sums floating-point numbers in another order, so losses differ in the last digits and
+    the difference grows a little over training; ``results/reproducibility.json`` measures
+    by how much.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -84,6 +92,8 @@ class TrainingHistory:
 
     epochs: list[EpochRecord] = field(default_factory=list)
     stopped_by_budget: bool = False
+    stopped_early: bool = False
+    best_epoch: int | None = None
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([record.__dict__ for record in self.epochs]).set_index("epoch")
@@ -100,12 +110,17 @@ class TrainingHistory:
         return {
             "epochs": [record.__dict__ for record in self.epochs],
             "stopped_by_budget": self.stopped_by_budget,
+            "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch,
         }
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainingHistory:
         return cls(
-            [EpochRecord(**record) for record in values["epochs"]], values["stopped_by_budget"]
+            [EpochRecord(**record) for record in values["epochs"]],
+            values["stopped_by_budget"],
+            values.get("stopped_early", False),
+            values.get("best_epoch"),
         )
 
 
@@ -168,6 +183,13 @@ def evaluate_loss(
     return float(total) / max(tokens, 1)
 
 
+def _total_batches(loader: DataLoader, epochs: int) -> int | None:
+    try:
+        return epochs * len(loader)
+    except TypeError:  # a sampler without a length: the bar then counts without an ETA
+        return None
+
+
 def train(
     model: nn.Module,
     train_loader: DataLoader,
@@ -183,29 +205,51 @@ def train(
     optimizer: torch.optim.Optimizer | None = None,
     label_smoothing: float = 0.0,
     lr_decay: float | None = None,
+    early_stopping_patience: int | None = None,
+    early_stopping_min_delta: float = 0.0,
     synchronise_budget: bool = False,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     description: str = "train",
 ) -> TrainingHistory:
-    """Train ``model`` with Adam; return the per-epoch history.
+    """Train ``model`` with Adam for a set number of epochs; return the per-epoch history.
+
+    The amount of training is fixed by ``epochs`` (and, optionally, early stopping on the
+    validation loss), never by the clock, so a slow laptop, Binder or a busy machine gets
+    the same model as a fast one — only later. With the same seed, the same thread count
+    and the same CPU, the run repeats bit for bit.
 
     Args:
         epochs: the most epochs to run.
         clip: gradient-norm clipping threshold (RNNs' gradients occasionally explode).
         teacher_forcing_ratio: share of steps fed the gold previous token.
-        time_budget: seconds; training stops after the batch that crosses it, then
-            validates, so the notebooks finish in a known time on any machine.
+        time_budget: **opt-in, command line only**: seconds after which training stops
+            (after the batch that crosses it, then validates). A run stopped this way
+            depends on the machine's speed, so nothing the series reports uses it.
         amp: bf16 autocast on CUDA (default: on when the device is CUDA).
-        progress: show a tqdm progress bar per epoch (default: yes, unless the
+        progress: one tqdm bar over the whole run, with an ETA (default: yes, unless the
             environment variable ``PAYING_ATTENTION_PROGRESS`` is ``0``, as when the
-            committed notebooks are executed, so their outputs hold no stale bars).
+            notebooks are executed for committing, so their outputs hold no stale bars).
         label_smoothing: spread this much probability mass over all other tokens in
             the training loss (Szegedy et al. 2016); validation loss stays plain.
         lr_decay: multiply the learning rate by this after every epoch.
+        early_stopping_patience: stop when the validation loss has not improved for this
+            many epochs, and put back the weights of the best epoch (needs a
+            ``valid_loader``). ``None``: run all ``epochs`` and keep the last weights.
+        early_stopping_min_delta: the relative improvement that counts (``0.005``: the
+            validation loss must fall by 0.5% of the best so far), as Keras' ``min_delta``;
+            smaller gains are treated as convergence.
         synchronise_budget: under DistributedDataParallel, agree across processes
             on when the time budget is spent (otherwise one rank could stop while the
             others wait for it forever).
+        description: names the run on its progress bar (e.g. the model's name).
     """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if early_stopping_patience is not None:
+        if valid_loader is None:
+            raise ValueError("early stopping needs a valid_loader")
+        if early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be >= 1, got {early_stopping_patience}")
     device = torch.device(device) if device is not None else select_device()
     if progress is None:
         progress = os.environ.get("PAYING_ATTENTION_PROGRESS", "1") != "0"
@@ -215,19 +259,23 @@ def train(
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay) if lr_decay else None
     history = TrainingHistory()
     started = time.perf_counter()
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_without_improvement = 0
+    # One bar for the whole run: its ETA is the time left for *all* epochs.
+    bar = tqdm(
+        total=_total_batches(train_loader, epochs),
+        desc=description,
+        unit="batch",
+        disable=not progress,
+        mininterval=1.0,  # one refresh a second is plenty, and cheap in a notebook
+    )
+    stop_reason = ""
     for epoch in range(1, epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         token_count = 0
-        bar = tqdm(
-            train_loader,
-            desc=f"{description} epoch {epoch}",
-            leave=False,
-            disable=not progress,
-            mininterval=1.0,  # one refresh a second is plenty, and cheap in a notebook
-        )
-        for batch_number, batch in enumerate(bar):
+        for batch_number, batch in enumerate(train_loader):
             real_tokens = batch.target_token_count  # counted on the CPU copy: no device sync
             batch: Batch = batch.to(device, non_blocking=True)
             with _autocast(device, amp):
@@ -239,14 +287,16 @@ def train(
             # Accumulate on the device; reading .item() every batch would stall a GPU.
             loss_sum += loss.detach() * real_tokens
             token_count += real_tokens
+            bar.update()
             if progress and batch_number % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss_sum) / max(token_count, 1):.3f}")
+                bar.set_postfix_str(
+                    f"epoch {epoch}/{epochs}, loss {float(loss_sum) / max(token_count, 1):.3f}"
+                )
             if time_budget is not None and _budget_spent(
                 started, time_budget, synchronise_budget, device
             ):
                 history.stopped_by_budget = True
                 break
-        bar.close()
         if scheduler is not None:
             scheduler.step()
         if device.type == "cuda":
@@ -270,5 +320,30 @@ def train(
         if on_epoch_end is not None:
             on_epoch_end(record)
         if history.stopped_by_budget:
+            stop_reason = f"stopped by the {time_budget:g} s time budget in epoch {epoch}"
             break
+        if early_stopping_patience is not None:
+            previous_best = min((r.valid_loss for r in history.epochs[:-1]), default=math.inf)
+            if valid_loss < previous_best:  # keep the best weights, however small the gain
+                history.best_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in core.state_dict().items()}
+            if valid_loss < previous_best * (1 - early_stopping_min_delta):
+                epochs_without_improvement = 0
+            else:
+                epochs_without_improvement += 1
+                if epochs_without_improvement >= early_stopping_patience:
+                    history.stopped_early = True
+                    stop_reason = (
+                        f"stopped early after epoch {epoch}: validation loss no better "
+                        f"for {early_stopping_patience} epoch(s); best was epoch {history.best_epoch}"
+                    )
+                    break
+    if best_state is not None and history.best_epoch != len(history.epochs):
+        core.load_state_dict(best_state)  # the weights of the best validation epoch
+    if stop_reason:
+        # End the bar at its own position, so it closes as finished (not as a red,
+        # broken bar) and says why it ended before its total.
+        bar.total = bar.n
+        bar.set_postfix_str(stop_reason)
+    bar.close()
     return history

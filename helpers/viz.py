@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -12,11 +13,110 @@ from matplotlib.figure import Figure
 
 from .training import TrainingHistory
 
+# The inline backend draws at 100 dpi and a notebook's output area is about 1,000 px wide:
+# a wider figure is scaled down to fit, and its 9 pt labels shrink to a few pixels with it.
+# So a heatmap grows with its sentence only up to these sizes (inches).
+MAX_FIGURE_WIDTH = 10.0
+MAX_FIGURE_HEIGHT = 9.0
+LABEL_POINTS = 9.0  # tick label size whenever the labels have room
+MIN_LABEL_POINTS = 7.0  # below this a label cannot be read: label fewer ticks instead
+# Room one label needs along its axis, as a multiple of its font size: the text's own
+# height (about 1.17 × the size for DejaVu Sans, descenders included) plus a small gap.
+LABEL_SPACING = 1.3
+# Share of the axes' current length that labels may count on: a later tight_layout() can
+# shrink the axes a little to make room for long rotated labels.
+LAYOUT_MARGIN = 0.9
+
 
 def _as_array(matrix) -> np.ndarray:
     if isinstance(matrix, torch.Tensor):
         return matrix.detach().float().cpu().numpy()
     return np.asarray(matrix, dtype=float)
+
+
+def attention_figure_size(source_length: int, output_length: int) -> tuple[float, float]:
+    """``(width, height)`` in inches for one heatmap of ``output_length × source_length``.
+
+    About half an inch per token, with a floor for tiny sentences and a cap
+    (:data:`MAX_FIGURE_WIDTH` × :data:`MAX_FIGURE_HEIGHT`) so that a long sentence is not
+    drawn wider than the notebook shows it.
+    """
+    width = min(MAX_FIGURE_WIDTH, max(3.0, 0.45 * source_length + 1.5))
+    height = min(MAX_FIGURE_HEIGHT, max(2.5, 0.4 * output_length + 1.0))
+    return width, height
+
+
+def tick_label_plan(
+    count: int, room_points: float, footprint: float = LABEL_SPACING
+) -> tuple[int, float]:
+    """How to label ``count`` evenly spaced ticks on ``room_points`` of axis.
+
+    Returns ``(step, font_size)``: label every ``step``-th tick at ``font_size`` points.
+    Every tick gets a :data:`LABEL_POINTS` label when there is room; then the labels shrink,
+    but never below :data:`MIN_LABEL_POINTS`; past that, only every ``step``-th tick is
+    labelled, at the largest size (≤ :data:`LABEL_POINTS`) the wider spacing allows.
+    ``footprint`` is the room one label needs, in multiples of its font size.
+    """
+    if count <= 0:
+        return 1, LABEL_POINTS
+    pitch = room_points / count  # points between neighbouring ticks
+    if pitch >= LABEL_POINTS * footprint:
+        return 1, LABEL_POINTS
+    step = max(1, math.ceil(MIN_LABEL_POINTS * footprint / pitch))
+    return step, min(LABEL_POINTS, step * pitch / footprint)
+
+
+def _ordinal(number: int) -> str:
+    suffix = {1: "st", 2: "nd", 3: "rd"}.get(number % 10 if number % 100 not in (11, 12, 13) else 0)
+    return f"{number}{suffix or 'th'}"
+
+
+def _axes_size_points(ax: Axes) -> tuple[float, float]:
+    """The axes' current width and height in points (72 per inch)."""
+    box = ax.get_position()
+    width, height = ax.figure.get_size_inches()
+    return box.width * width * 72, box.height * height * 72
+
+
+def _label_ticks(ax: Axes, source_tokens: Sequence[str], output_tokens: Sequence[str]) -> None:
+    """Tick labels that stay readable however long the sentence.
+
+    Short sentences: every token labelled at 9 pt, source labels slanted at 60°. Long ones:
+    source labels turn vertical (they then need only their height of room), shrink to no
+    less than 7 pt, and past that only every k-th token is labelled — the others keep a
+    small tick, so the rows and columns can still be counted.
+    """
+    width_points, height_points = _axes_size_points(ax)
+    slanted = LABEL_SPACING / math.sin(math.radians(60))  # room a label slanted at 60° needs
+    x_step, x_size = tick_label_plan(len(source_tokens), width_points * LAYOUT_MARGIN, slanted)
+    rotation, alignment = 60, "right"
+    if x_step > 1 or x_size < LABEL_POINTS:
+        x_step, x_size = tick_label_plan(len(source_tokens), width_points * LAYOUT_MARGIN)
+        rotation, alignment = 90, "center"
+    y_step, y_size = tick_label_plan(len(output_tokens), height_points * LAYOUT_MARGIN)
+
+    x_positions = range(0, len(source_tokens), x_step)
+    y_positions = range(0, len(output_tokens), y_step)
+    ax.set_xticks(
+        list(x_positions),
+        labels=[source_tokens[i] for i in x_positions],
+        rotation=rotation,
+        ha=alignment,
+    )
+    ax.set_yticks(list(y_positions), labels=[output_tokens[i] for i in y_positions])
+    if x_step > 1:
+        ax.set_xticks(range(len(source_tokens)), minor=True)
+    if y_step > 1:
+        ax.set_yticks(range(len(output_tokens)), minor=True)
+    ax.tick_params(axis="x", labelsize=x_size)
+    ax.tick_params(axis="y", labelsize=y_size)
+    x_label, y_label = "source token (attended to)", "output token (being produced)"
+    if x_step > 1:
+        x_label += f"; every {_ordinal(x_step)} labelled"
+    if y_step > 1:
+        y_label += f"; every {_ordinal(y_step)} labelled"
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
 
 
 def plot_attention(
@@ -35,7 +135,11 @@ def plot_attention(
         attention: ``(len(output_tokens), len(source_tokens))`` weights.
         gold: optional 0/1 matrix of the same shape; gold cells are outlined in red.
 
-    Every tick is labelled: a heatmap without its words cannot be read.
+    A heatmap without its words cannot be read, so every tick is labelled while the labels
+    have room (9 pt). A new figure grows with the sentence up to
+    :func:`attention_figure_size`'s cap; in it (or in a small ``ax``) a long sentence gets
+    vertical source labels, then smaller ones (never below 7 pt), then a label on every
+    k-th token only — the axis title says so.
     """
     weights = _as_array(attention)
     if weights.shape != (len(output_tokens), len(source_tokens)):
@@ -44,16 +148,8 @@ def plot_attention(
             f"and {len(source_tokens)} source tokens"
         )
     if ax is None:
-        width = max(3.0, 0.45 * len(source_tokens) + 1.5)
-        height = max(2.5, 0.4 * len(output_tokens) + 1.0)
-        _, ax = plt.subplots(figsize=(width, height))
+        _, ax = plt.subplots(figsize=attention_figure_size(len(source_tokens), len(output_tokens)))
     image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(source_tokens)), labels=list(source_tokens), rotation=60, ha="right")
-    ax.set_yticks(range(len(output_tokens)), labels=list(output_tokens))
-    ax.tick_params(axis="x", labelsize=9)
-    ax.tick_params(axis="y", labelsize=9)
-    ax.set_xlabel("source token (attended to)")
-    ax.set_ylabel("output token (being produced)")
     if gold is not None:
         gold_cells = np.argwhere(_as_array(gold) > 0)
         for row, column in gold_cells:
@@ -66,6 +162,8 @@ def plot_attention(
         ax.set_title(title)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
+    # Last: the colorbar takes its room from the axes, and the labels must fit what is left.
+    _label_ticks(ax, source_tokens, output_tokens)
     return ax
 
 

@@ -38,6 +38,16 @@ def test_environment_yml_names_the_same_packages_and_versions_as_requirements():
     assert "python=3.11" in text and "conda-forge" in text
 
 
+def test_environment_yml_gets_python_and_pytorch_where_binder_does():
+    """Conda users and Binder (.binder/, see test_binder.py) get the same Python and the
+    same CPU-only PyTorch index."""
+    binder = ROOT / ".binder"
+    assert (binder / "runtime.txt").read_text().strip() == "python-3.11"
+    index = "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert index in (binder / "requirements.txt").read_text().splitlines()
+    assert f"      - {index}" in environment_pip_section()
+
+
 def test_every_requirement_is_pinned_exactly():
     for line in (ROOT / "requirements.txt").read_text().splitlines():
         line = line.split("#", 1)[0].strip()

@@ -65,7 +65,7 @@ def test_a_cpu_run_repeats_exactly_with_the_same_seed(small_dates):
     )
 
 
-def test_time_budget_stops_training_and_still_validates(small_dates):
+def test_opt_in_time_budget_stops_training_and_still_validates(small_dates):
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     settings = TrainSettings(epochs=50, batch_size=8, time_budget=0.5)
     _, history = train_model(small_dates, config, settings, device="cpu", progress=False)

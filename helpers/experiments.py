@@ -1,0 +1,462 @@
+"""The full-budget experiments behind the series' comparison, with their provenance.
+
+Notebook 07 compares every attention variant under one controlled recipe. A 2-core CPU
+cannot train eight models to convergence, several times over, inside a notebook, so
+this module does it once, at full budget, and commits small result files that the
+notebook reads (and replicates in small, live)::
+
+    python -m helpers.experiments                 # every variant x seeds 0, 1, 2; resumable
+    python -m helpers.experiments --seeds 0 --variants "Luong general"
+    make results                                  # the same, through the Makefile
+
+What it writes under ``results/comparison/``:
+
+* ``runs/<variant>_seed<k>.json`` — one run: every metric, the per-epoch history, the
+  exact config and settings (a rerun skips runs whose file matches its settings);
+* ``runs.csv`` — one row per (variant, seed); ``summary.csv`` — mean and spread over
+  seeds per variant;
+* ``significance.csv`` — sacreBLEU's paired bootstrap (1,000 resamples) for every pair
+  of variants, per seed;
+* ``provenance.json`` — commit, command, hardware, thread count, library versions and
+  wall time.
+
+The Bahdanau and "Luong general" rows are notebook 04's two models (same architecture
+and data) trained at this full budget instead of 04's few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import gzip
+import itertools
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .decoding import translate_batch
+from .files import atomic_write_bytes, checkpoint_path
+from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
+from .models import count_parameters
+from .tasks import (
+    TrainSettings,
+    TranslationTask,
+    cache_key,
+    dates_recipe,
+    dates_task,
+    tatoeba_task,
+    train_or_load,
+)
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "comparison"
+
+#: The variants: only the attention changes (and, for the last two rows, the encoder or
+#: input feeding). Everything else is :data:`SHARED_MODEL` and the same training settings.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "no attention": dict(decoder="plain"),
+    "Bahdanau (additive)": dict(decoder="bahdanau", attention="additive"),
+    "Luong dot": dict(decoder="luong", attention="dot"),
+    "Luong general": dict(decoder="luong", attention="general"),
+    "Luong concat": dict(decoder="luong", attention="concat"),
+    "Luong local-p": dict(decoder="luong", attention="local-p", local_window=2),
+    "Luong general + input feeding": dict(decoder="luong", attention="general", input_feeding=True),
+    "self-attention encoder": dict(
+        decoder="luong",
+        attention="general",
+        encoder="self_attention",
+        encoder_heads=4,
+        encoder_layers=2,
+    ),
+}
+
+#: Notebook 04's model size, shared by every variant.
+SHARED_MODEL: dict[str, Any] = dict(
+    embedding_size=128, hidden_size=256, dropout=0.2, tie_embeddings=True
+)
+
+#: The full budget: notebook 04's recipe (Adam 3e-3, x0.8 per epoch, batch 128), run to
+#: convergence: up to 15 epochs, stopping once the validation loss improves by less than
+#: 0.5% in an epoch, with the best epoch's weights kept.
+FULL_EPOCHS = 15
+FULL_LR_DECAY = 0.8
+FULL_PATIENCE = 1
+FULL_MIN_DELTA = 0.005
+SEEDS = (0, 1, 2)
+
+
+def slug(variant: str) -> str:
+    """``"Luong general + input feeding"`` → ``"luong-general-input-feeding"``."""
+    return re.sub(r"[^a-z0-9]+", "-", variant.lower().split(" (")[0]).strip("-")
+
+
+def full_settings(seed: int) -> TrainSettings:
+    """The full-budget training settings of every variant."""
+    return TrainSettings(
+        epochs=FULL_EPOCHS,
+        batch_size=128,
+        learning_rate=3e-3,
+        lr_decay=FULL_LR_DECAY,
+        early_stopping_patience=FULL_PATIENCE,
+        early_stopping_min_delta=FULL_MIN_DELTA,
+        seed=seed,
+    )
+
+
+def quick_settings(seed: int, epochs: int = 1) -> TrainSettings:
+    """The small budget of 07's live replication: same recipe, a few epochs, no stopping."""
+    return TrainSettings(
+        epochs=epochs, batch_size=128, learning_rate=3e-3, lr_decay=FULL_LR_DECAY, seed=seed
+    )
+
+
+@functools.cache
+def _tasks() -> tuple[TranslationTask, TranslationTask]:
+    return tatoeba_task(seed=0), dates_task(train_size=8000, valid_size=500, test_size=500, seed=0)
+
+
+def run_variant(
+    variant: str,
+    settings: TrainSettings,
+    task: TranslationTask,
+    dates: TranslationTask | None = None,
+    device: torch.device | str | None = None,
+    prefix: str = "full",
+    beam_size: int = 5,
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Train (or load) one variant and measure it.
+
+    Returns ``(row, outputs)``: ``row`` holds every metric, ``outputs`` the detokenised
+    greedy and beam test translations (for significance tests). The checkpoint goes to
+    ``checkpoint_path(f"{prefix}_{slug}_seed{seed}.pt")``. With ``dates`` given, the same
+    attention is also trained on the dates task and scored against its gold alignment.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    overrides = VARIANTS[variant]
+    config = task.model_config(**SHARED_MODEL, **overrides)
+    name = f"{prefix}_{slug(variant)}_seed{settings.seed}"
+    model, history, cached = train_or_load(
+        task, config, settings, checkpoint_path(f"{name}.pt"), device=device, description=variant
+    )
+    greedy = translate_batch(model, task.test_sources, beam_size=1)
+    greedy_scores = corpus_scores([t.text for t in greedy], task.test_references)
+    row: dict[str, Any] = {
+        "variant": variant,
+        "seed": settings.seed,
+        "parameters": count_parameters(model),
+        "epochs run": len(history.epochs),
+        "best epoch": history.best_epoch or len(history.epochs),
+        "train seconds": history.total_seconds,
+        "target tokens/s": sum(r.target_tokens_per_second * r.seconds for r in history.epochs)
+        / max(history.total_seconds, 1e-9),
+        "valid loss": min(r.valid_loss for r in history.epochs),
+        "valid perplexity": float(np.exp(min(r.valid_loss for r in history.epochs))),
+        # Convergence evidence: how much the best validation loss improved in the last
+        # epoch it ran (relative). Near zero, or an early stop, means training had levelled off.
+        "last-epoch valid improvement": _last_epoch_improvement(history),
+        "test BLEU (greedy)": greedy_scores.bleu,
+        "test chrF (greedy)": greedy_scores.chrf,
+        "attention entropy": np.nan,
+        "dates gold alignment": np.nan,
+        "bleu signature": greedy_scores.bleu_signature,
+        "cache key": cache_key(config, settings, task),
+        "loaded from cache": cached,
+    }
+    outputs = {"greedy": [t.text for t in greedy]}
+    if beam_size > 1:
+        beam = translate_batch(model, task.test_sources, beam_size=beam_size)
+        beam_scores = corpus_scores([t.text for t in beam], task.test_references)
+        row[f"test BLEU (beam {beam_size})"] = beam_scores.bleu
+        row[f"test chrF (beam {beam_size})"] = beam_scores.chrf
+        outputs[f"beam {beam_size}"] = [t.text for t in beam]
+    if overrides["decoder"] != "plain":
+        row["attention entropy"] = mean_attention_entropy(
+            [t.attention for t in greedy], normalise=True
+        )
+        if dates is not None:
+            dates_model_settings, dates_training = dates_recipe(**overrides)
+            dates_training = TrainSettings(**{**dates_training.to_dict(), "seed": settings.seed})
+            dates_model, _, _ = train_or_load(
+                dates,
+                dates.model_config(**dates_model_settings),
+                dates_training,
+                checkpoint_path(f"{prefix}_dates_{slug(variant)}_seed{settings.seed}.pt"),
+                device=device,
+                description=f"dates, {variant}",
+            )
+            dates_out = translate_batch(dates_model, dates.test_sources)
+            row["dates gold alignment"] = alignment_accuracy(
+                [t.attention for t in dates_out], dates.test_gold_spans
+            )
+    row["history"] = history.to_dict()
+    row["config"] = config.to_dict()
+    row["settings"] = settings.to_dict()
+    return row, outputs
+
+
+def _last_epoch_improvement(history) -> float:
+    losses = [r.valid_loss for r in history.epochs]
+    if len(losses) < 2:
+        return float("nan")
+    before, after = min(losses[:-1]), min(losses)
+    return (before - after) / before
+
+
+def _job(variant: str, seed: int, threads: int, out_dir: str) -> str:
+    """One (variant, seed) run in a worker process; writes its JSON, returns its path."""
+    torch.set_num_threads(threads)
+    task, dates = _tasks()
+    row, outputs = run_variant(variant, full_settings(seed), task, dates, device="cpu")
+    runs = Path(out_dir) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / f"{slug(variant)}_seed{seed}.json"
+    atomic_write_bytes(path, json.dumps(row, indent=1, default=float).encode())
+    # The test translations, compressed (~25 kB): the significance tests need them, and
+    # with them anyone can re-score a run without retraining it.
+    atomic_write_bytes(
+        _translations_path(Path(out_dir), variant, seed),
+        gzip.compress(json.dumps(outputs, ensure_ascii=False).encode(), mtime=0),
+    )
+    return str(path)
+
+
+def _translations_path(out_dir: Path, variant: str, seed: int) -> Path:
+    return out_dir / "translations" / f"{slug(variant)}_seed{seed}.json.gz"
+
+
+def _read_translations(out_dir: Path, variant: str, seed: int) -> dict[str, list[str]] | None:
+    path = _translations_path(out_dir, variant, seed)
+    return json.loads(gzip.decompress(path.read_bytes())) if path.is_file() else None
+
+
+def _done(variant: str, seed: int, out_dir: Path) -> bool:
+    path = out_dir / "runs" / f"{slug(variant)}_seed{seed}.json"
+    if (
+        not path.is_file()
+        or not checkpoint_path(f"translations/{slug(variant)}_seed{seed}.json").is_file()
+    ):
+        return False
+    task, _ = _tasks()
+    config = task.model_config(**SHARED_MODEL, **VARIANTS[variant])
+    return json.loads(path.read_text())["cache key"] == cache_key(config, full_settings(seed), task)
+
+
+def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
+    """Aggregate the runs on disk: ``runs.csv``, ``summary.csv``, ``significance.csv``."""
+    rows = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob("*.json"))]
+    if not rows:
+        raise FileNotFoundError(f"no runs under {out_dir / 'runs'}: run the experiments first")
+    order = {name: index for index, name in enumerate(VARIANTS)}
+    runs = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows])
+    runs = runs.sort_values(
+        ["seed", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c
+    )
+    runs.to_csv(out_dir / "runs.csv", index=False, float_format="%.6g")
+    metrics = [c for c in runs.columns if runs[c].dtype.kind in "fi" and c != "seed"]
+    grouped = runs.groupby("variant", sort=False)[metrics]
+    summary = (
+        grouped.mean()
+        .join(grouped.std().add_suffix(" std"))
+        .join(runs.groupby("variant", sort=False)["seed"].count().rename("seeds"))
+    )
+    summary = summary.loc[sorted(summary.index, key=order.get)]
+    summary.to_csv(out_dir / "summary.csv", float_format="%.6g")
+    significance = _pairwise_significance(runs, out_dir, samples)
+    if significance is not None:
+        significance.to_csv(out_dir / "significance.csv", index=False, float_format="%.6g")
+    return summary
+
+
+def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> pd.DataFrame | None:
+    """Paired bootstrap on greedy test BLEU for every pair of variants, seed by seed."""
+    task, _ = _tasks()
+    rows = []
+    for seed, group in runs.groupby("seed"):
+        outputs = {}
+        for variant in group["variant"]:
+            translations = _read_translations(out_dir, variant, seed)
+            if translations is not None:
+                outputs[variant] = translations["greedy"]
+        names = [v for v in VARIANTS if v in outputs]
+        for index, baseline in enumerate(names[:-1]):
+            others = [(name, outputs[name]) for name in names[index + 1 :]]
+            for result in paired_bootstrap(
+                (baseline, outputs[baseline]), others, task.test_references, samples
+            ):
+                rows.append(
+                    {
+                        "seed": seed,
+                        "variant A": baseline,
+                        "variant B": result["system"],
+                        "BLEU A": result["baseline_bleu"],
+                        "BLEU B": result["bleu"],
+                        "B - A": result["difference"],
+                        "p value": result["p_value"],
+                    }
+                )
+    return pd.DataFrame(rows) if rows else None
+
+
+def _provenance(arguments: argparse.Namespace, started: float, argv: Sequence[str]) -> dict:
+    def git(*command: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *command], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "unknown"
+
+    cpu = "unknown"
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown"
+    import sacrebleu
+
+    return {
+        "command": "python -m helpers.experiments " + " ".join(argv),
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted changes": bool(git("status", "--porcelain", "--", "helpers")),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "wall seconds": round(time.perf_counter() - started, 1),
+        "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
+        "device": "cpu",
+        "workers": arguments.workers,
+        "torch threads per worker": arguments.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sacrebleu": sacrebleu.__version__,
+        "seeds": arguments.seeds,
+        "variants": arguments.variants,
+        "budget": {
+            "max epochs": FULL_EPOCHS,
+            "lr decay per epoch": FULL_LR_DECAY,
+            "early stopping patience": FULL_PATIENCE,
+            "early stopping min relative improvement": FULL_MIN_DELTA,
+            "shared model": SHARED_MODEL,
+        },
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.experiments", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--summarise-only", action="store_true", help="only aggregate the runs on disk"
+    )
+    arguments = parser.parse_args(argv)
+    unknown = [v for v in arguments.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    if arguments.workers < 1 or arguments.threads < 1:
+        parser.error("--workers and --threads must be at least 1")
+    started = time.perf_counter()
+    out_dir: Path = arguments.output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not arguments.summarise_only:
+        jobs = [
+            (variant, seed)
+            for seed, variant in itertools.product(arguments.seeds, arguments.variants)
+            if not _done(variant, seed, out_dir)
+        ]
+        print(f"{len(jobs)} run(s) to do, {arguments.workers} at a time", flush=True)
+        context = get_context("spawn")  # a clean interpreter per worker: no forked torch state
+        with ProcessPoolExecutor(arguments.workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(_job, variant, seed, arguments.threads, str(out_dir)): (variant, seed)
+                for variant, seed in jobs
+            }
+            for future in as_completed(futures):
+                variant, seed = futures[future]
+                row = json.loads(Path(future.result()).read_text())
+                print(
+                    f"{variant:>30} seed {seed}: BLEU {row['test BLEU (greedy)']:.1f} greedy, "
+                    f"{row['epochs run']} epochs, {row['train seconds']:.0f} s",
+                    flush=True,
+                )
+    summary = summarise(out_dir)
+    provenance = _provenance(arguments, started, argv)
+    atomic_write_bytes(out_dir / "provenance.json", json.dumps(provenance, indent=1).encode())
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(summary.round(3))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+def load_results(out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
+    """The committed full-budget results: ``runs`` and ``summary`` tables, ``significance``
+    (may be ``None``), per-run ``histories`` and the ``provenance`` record."""
+    runs = pd.read_csv(out_dir / "runs.csv")
+    summary = pd.read_csv(out_dir / "summary.csv", index_col="variant")
+    significance_file = out_dir / "significance.csv"
+    histories = {}
+    for path in sorted((out_dir / "runs").glob("*.json")):
+        row = json.loads(path.read_text())
+        histories[row["variant"], row["seed"]] = pd.DataFrame(row["history"]["epochs"])
+    return {
+        "runs": runs,
+        "summary": summary,
+        "significance": pd.read_csv(significance_file) if significance_file.is_file() else None,
+        "histories": histories,
+        "provenance": json.loads((out_dir / "provenance.json").read_text()),
+    }
+
+
+def pairwise_verdicts(significance: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """One verdict per pair of variants from the per-seed paired bootstrap tests.
+
+    A difference counts as **significant** only when every seed's test gives
+    ``p < alpha`` *and* every seed agrees on which variant is better — a conservative
+    rule: a difference that one retraining can reverse is not a finding. Returns one row
+    per pair with the mean BLEU difference ``B - A``, the number of seeds, how many were
+    significant, and the verdict (``"B better"``, ``"A better"`` or ``"not significant"``).
+    """
+    rows = []
+    for (first, second), group in significance.groupby(["variant A", "variant B"], sort=False):
+        signs = set(np.sign(group["B - A"]))
+        all_significant = bool((group["p value"] < alpha).all())
+        if all_significant and signs == {1.0}:
+            verdict = "B better"
+        elif all_significant and signs == {-1.0}:
+            verdict = "A better"
+        else:
+            verdict = "not significant"
+        rows.append(
+            {
+                "variant A": first,
+                "variant B": second,
+                "mean B - A (BLEU)": group["B - A"].mean(),
+                "seeds": len(group),
+                f"seeds with p < {alpha}": int((group["p value"] < alpha).sum()),
+                "verdict": verdict,
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,160 @@
+"""Proof that the series' numbers do not depend on how fast or busy the machine is.
+
+Trains notebook 04's recipe (the model whose test BLEU the notebook asserts) several
+times, each in a fresh process, and compares the per-epoch losses and the test scores:
+
+* ``unloaded``: the default thread count, nothing else running;
+* ``loaded``: the same, while a busy loop pinned to one core competes for the CPU;
+* ``1 thread``: a different thread count (the sums inside matrix products are split
+  differently, so the last digits change).
+
+::
+
+    python -m helpers.reproducibility                  # 04's Luong recipe, all 7 epochs
+    python -m helpers.reproducibility --epochs 2       # a quicker check
+
+It prints a table and writes ``results/reproducibility.json``. Runs on the same machine
+and thread count must agree bit for bit, loaded or not (exit code 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write_bytes
+
+RESULT = Path(__file__).resolve().parent.parent / "results" / "reproducibility.json"
+
+
+def _busy_loop(core: int) -> None:  # pragma: no cover - runs in a child process
+    """Burn one core: the competing load of a busy laptop or a shared CI machine."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, {core})
+    while True:
+        pass
+
+
+def _train_once(decoder: str, epochs: int | None, threads: int | None, queue) -> None:
+    """Child process: train the recipe from scratch and report its numbers."""
+    os.environ["PAYING_ATTENTION_PROGRESS"] = "0"
+    if threads is not None:
+        torch.set_num_threads(threads)
+    from .decoding import translate_batch
+    from .metrics import corpus_scores
+    from .tasks import TrainSettings, tatoeba_recipe, tatoeba_task, train_model
+
+    task = tatoeba_task(seed=0)
+    model_settings, settings = tatoeba_recipe(decoder, "cpu")
+    if epochs is not None:
+        settings = TrainSettings(**{**settings.to_dict(), "epochs": epochs})
+    started = time.perf_counter()
+    model, history = train_model(task, task.model_config(**model_settings), settings, "cpu")
+    seconds = time.perf_counter() - started
+    translations = translate_batch(model, task.test_sources)
+    scores = corpus_scores([t.text for t in translations], task.test_references)
+    queue.put(
+        {
+            "threads": torch.get_num_threads(),
+            "train seconds": round(seconds, 1),
+            "train loss": [r.train_loss for r in history.epochs],
+            "valid loss": [r.valid_loss for r in history.epochs],
+            "test BLEU (greedy)": scores.bleu,
+            "test chrF (greedy)": scores.chrf,
+        }
+    )
+
+
+def run(decoder: str, epochs: int | None, threads: int | None, load: bool) -> dict:
+    """One training run in a fresh process, optionally beside a busy loop on core 0."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    hog = context.Process(target=_busy_loop, args=(0,), daemon=True) if load else None
+    if hog is not None:
+        hog.start()
+    try:
+        worker = context.Process(target=_train_once, args=(decoder, epochs, threads, queue))
+        worker.start()
+        result = queue.get()
+        worker.join()
+    finally:
+        if hog is not None:
+            hog.terminate()
+            hog.join()
+    return result
+
+
+def compare(reference: dict, other: dict) -> dict:
+    """Largest absolute differences between two runs' numbers."""
+
+    def largest(key: str) -> float:
+        return max(abs(a - b) for a, b in zip(reference[key], other[key], strict=True))
+
+    return {
+        "max |train loss difference|": largest("train loss"),
+        "max |valid loss difference|": largest("valid loss"),
+        "|test BLEU difference|": abs(
+            reference["test BLEU (greedy)"] - other["test BLEU (greedy)"]
+        ),
+        "|test chrF difference|": abs(
+            reference["test chrF (greedy)"] - other["test chrF (greedy)"]
+        ),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.reproducibility", description=__doc__)
+    parser.add_argument("--decoder", default="luong", choices=["luong", "bahdanau"])
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--output", type=Path, default=RESULT)
+    arguments = parser.parse_args(argv)
+    if arguments.epochs is not None and arguments.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    runs = {}
+    for name, threads, load in [
+        ("unloaded", None, False),
+        ("loaded (busy loop on core 0)", None, True),
+        ("1 thread", 1, False),
+    ]:
+        print(f"training: {name} ...", flush=True)
+        runs[name] = run(arguments.decoder, arguments.epochs, threads, load)
+        print(
+            f"  {runs[name]['threads']} thread(s), {runs[name]['train seconds']:.0f} s, "
+            f"test BLEU {runs[name]['test BLEU (greedy)']:.2f}",
+            flush=True,
+        )
+    reference = runs["unloaded"]
+    report = {
+        "decoder": arguments.decoder,
+        "epochs": len(reference["valid loss"]),
+        "cpu cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "runs": runs,
+        "loaded vs unloaded": compare(reference, runs["loaded (busy loop on core 0)"]),
+        "1 thread vs unloaded": compare(reference, runs["1 thread"]),
+    }
+    atomic_write_bytes(arguments.output, json.dumps(report, indent=1).encode())
+    for key in ("loaded vs unloaded", "1 thread vs unloaded"):
+        print(key, {k: f"{v:.3g}" for k, v in report[key].items()})
+    identical = all(v == 0 for v in report["loaded vs unloaded"].values())
+    print(
+        "loaded and unloaded runs are bit-identical ✓"
+        if identical
+        else "loaded and unloaded runs DIFFER ✗"
+    )
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""tools/execute_notebooks.py on a small temporary notebook (never on the series' own: they
+take minutes)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location(
+        "execute_notebooks", ROOT / "tools" / "execute_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_notebook(path: Path, *sources: str) -> Path:
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    notebook.cells = [nbformat.v4.new_markdown_cell("# a test notebook")] + [
+        nbformat.v4.new_code_cell(source) for source in sources
+    ]
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_executes_strips_widget_clutter_and_records_memory(tool, tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # must not reach the kernel
+    notebook = small_notebook(
+        tmp_path / "small.ipynb",
+        "import os\nprint(os.getcwd())\nprint(os.environ.get('MPLBACKEND', 'no backend set'))\n"
+        "print(os.environ['PAYING_ATTENTION_PROGRESS'])",
+        # a widget view: its text/plain repr and the notebook's widget state must go
+        "import ipywidgets\nipywidgets.IntSlider(value=3, description='beam')",
+        # with Agg leaking in, this figure would never be saved
+        "import matplotlib.pyplot as plt\nplt.plot([0, 1], [1, 0])\nplt.show()",
+        # ~40 MiB that the kernel must hold at once: the peak memory must see it
+        "block = bytearray(40 * 1024 * 1024)\nblock[::4096] = b'x' * len(block[::4096])\n6 * 7",
+    )
+    resources = tmp_path / "results" / "notebook-resources.csv"
+    resources.parent.mkdir()
+    resources.write_text(
+        "notebook,seconds,peak_memory_mib,cpu,torch_threads,date\n"
+        "other.ipynb,12.0,345,some cpu,2,2026-01-01\n"
+        "small.ipynb,999.0,1,stale,1,2000-01-01\n"
+    )
+
+    assert tool.main([str(notebook), "--resources", str(resources)]) == 0
+
+    executed = json.loads(notebook.read_text())
+    assert "widgets" not in executed["metadata"]
+    assert executed["metadata"]["language_info"]["name"] == "python"
+    code = [cell for cell in executed["cells"] if cell["cell_type"] == "code"]
+    assert [cell["execution_count"] for cell in code] == [1, 2, 3, 4]
+    printed = "".join(code[0]["outputs"][0]["text"]).splitlines()
+    # the notebook's folder as cwd; ipykernel's own inline backend, not our Agg; no bars
+    assert printed == [str(tmp_path), "module://matplotlib_inline.backend_inline", "0"]
+    (view,) = code[1]["outputs"]
+    assert set(view["data"]) == {"application/vnd.jupyter.widget-view+json"}
+    assert view["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] == ""
+    assert [output["data"]["image/png"][:4] for output in code[2]["outputs"]] == ["iVBO"]
+    assert "".join(code[3]["outputs"][0]["data"]["text/plain"]) == "42"
+    assert notebook.read_text().endswith("}\n")
+    assert not list(tmp_path.glob(".small.ipynb.*"))  # no temporary file left behind
+
+    with open(resources, newline="") as stream:
+        rows = {row["notebook"]: row for row in csv.DictReader(stream)}
+    assert list(rows) == ["other.ipynb", "small.ipynb"]
+    assert rows["other.ipynb"]["peak_memory_mib"] == "345"  # other rows are kept
+    row = rows["small.ipynb"]
+    assert 40 + 10 < float(row["peak_memory_mib"]) < 2000  # the 40 MiB block, plus Python
+    assert 0 < float(row["seconds"]) < 120
+    assert row["cpu"] and row["cpu"] != "stale" and row["date"] != "2000-01-01"
+    assert row["torch_threads"] == ""  # torch was never imported: not imported to ask
+
+
+def test_a_failing_cell_fails_loudly_and_leaves_the_file_alone(tool, tmp_path, capsys):
+    notebook = small_notebook(tmp_path / "broken.ipynb", "x = 1", "raise ValueError('boom')")
+    before = notebook.read_bytes()
+    resources = tmp_path / "resources.csv"
+    assert tool.main([str(notebook), "--resources", str(resources)]) == 1
+    assert notebook.read_bytes() == before
+    error = capsys.readouterr().err
+    assert "FAILED" in error and "ValueError" in error and "boom" in error
+    assert not resources.exists()
+
+
+def test_strip_widget_clutter_keeps_figures_and_text(tool):
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["widgets"] = {"state": {}}
+    cell = nbformat.v4.new_code_cell("x")
+    view = {"model_id": "abc123", "version_major": 2, "version_minor": 0}
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={"application/vnd.jupyter.widget-view+json": view, "text/plain": "VBox(...)"},
+        ),
+        nbformat.v4.new_output("display_data", data={"image/png": "iVBOR", "text/plain": "Fig"}),
+    ]
+    notebook.cells = [cell]
+    tool.strip_widget_clutter(notebook)
+    assert "widgets" not in notebook.metadata
+    assert dict(cell.outputs[0]["data"]) == {
+        "application/vnd.jupyter.widget-view+json": {**view, "model_id": ""}
+    }
+    assert dict(cell.outputs[1]["data"]) == {"image/png": "iVBOR", "text/plain": "Fig"}
+
+
+def test_a_notebook_edited_while_it_runs_is_not_overwritten(tool, tmp_path, capsys):
+    notebook = small_notebook(
+        tmp_path / "edited.ipynb",
+        # stands for a person saving the notebook in JupyterLab during the run
+        "with open('edited.ipynb', 'a') as stream:\n    stream.write(' ')",
+    )
+    assert tool.main([str(notebook), "--resources", str(tmp_path / "r.csv")]) == 1
+    assert "changed on disk" in capsys.readouterr().err
+    assert notebook.read_text().endswith("}\n ")  # the edit is still there

@@ -1,0 +1,410 @@
+"""The attention explorer (helpers.explorer) driven as a reader drives it, without a browser:
+set the widgets' values, read what the widgets show. Plus unk replacement and the readable
+heatmap of a long sentence (helpers.viz)."""
+
+from __future__ import annotations
+
+import base64
+import math
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+
+from helpers.decoding import (  # noqa: E402
+    replace_unknown_tokens,
+    translate,
+    unknown_source_tokens,
+    with_unknown_tokens_replaced,
+)
+from helpers.explorer import EMPTY_INPUT_MESSAGE, AttentionExplorer  # noqa: E402
+from helpers.models import Seq2Seq  # noqa: E402
+from helpers.tasks import dates_task  # noqa: E402
+from helpers.viz import (  # noqa: E402
+    MAX_FIGURE_HEIGHT,
+    MAX_FIGURE_WIDTH,
+    MIN_LABEL_POINTS,
+    plot_attention,
+)
+from helpers.vocab import UNK_INDEX, UNK_TOKEN  # noqa: E402
+
+MAX_SOURCE_LENGTH = 40  # characters: the dates task reads one character per token
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def task():
+    return dates_task(train_size=300, valid_size=20, test_size=20, seed=0)
+
+
+def small_model(task, decoder: str, seed: int = 0, max_source_length: int = MAX_SOURCE_LENGTH):
+    """A real, untrained Seq2Seq on the dates task: it writes nonsense dates, but through
+    exactly the code paths a trained model uses."""
+    torch.manual_seed(seed)
+    config = task.model_config(
+        embedding_size=8,
+        hidden_size=16,
+        dropout=0.0,
+        decoder=decoder,
+        attention="additive" if decoder == "bahdanau" else "general",
+        max_source_length=max_source_length,
+        max_target_length=12,
+    )
+    return Seq2Seq(config).attach_vocabularies(task.source_vocab, task.target_vocab).eval()
+
+
+@pytest.fixture(scope="module")
+def models(task):
+    return {"luong": small_model(task, "luong"), "bahdanau": small_model(task, "bahdanau", 1)}
+
+
+@pytest.fixture
+def explorer(models, task):
+    return AttentionExplorer(models, task.test_sources[:6], beam_size=3)
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    assert png.startswith(PNG_MAGIC)
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def shown_png(explorer: AttentionExplorer) -> bytes:
+    """The image the heatmap Output widget holds, decoded, as the front end gets it."""
+    (output,) = explorer.heatmap.outputs
+    assert output["output_type"] == "display_data"
+    return base64.b64decode(output["data"]["image/png"])
+
+
+def expected_text(model, sentence: str, beam_size: int) -> str:
+    return with_unknown_tokens_replaced(model, translate(model, sentence, beam_size)).text
+
+
+# --- what a reader sees first -----------------------------------------------------------
+
+
+def test_first_view_shows_the_translation_as_text_and_a_heatmap(explorer, models, task):
+    first = task.test_sources[0]
+    assert explorer.sentence_picker.value == first and explorer.text_box.value == ""
+    text = expected_text(models["luong"], first, 3)
+    assert explorer.translation_text == f"→ {text}"
+    assert "→" in explorer.translation_line.value and explorer.translation_line.value.strip()
+    assert explorer.messages == [] and explorer.message_line.value == ""
+    width, height = png_size(shown_png(explorer))
+    assert 200 <= width <= MAX_FIGURE_WIDTH * 100 and 150 <= height <= MAX_FIGURE_HEIGHT * 100
+    assert explorer.heatmap_png == shown_png(explorer)
+
+
+def test_controls_are_standard_widgets_with_clear_descriptions(explorer):
+    """The browser test finds the parts by widget class and description."""
+    assert explorer.sentence_picker.description == "sentence"
+    assert explorer.text_box.description == "your text"
+    assert explorer.model_picker.description == "model"
+    assert explorer.beam_slider.description == "beam size"
+    assert explorer.translation_line.description == "translation"
+    assert list(explorer.model_picker.options) == ["luong", "bahdanau"]
+    # Enter (or leaving the box) submits: no on_submit, no value change per keystroke.
+    assert explorer.text_box.continuous_update is False
+    # The placeholder must fit: at most ~0.6 em per character in a box of 34 em, less the
+    # 80 px (about 6 em) description.
+    assert explorer.text_box.layout.width == "34em"
+    assert len(explorer.text_box.placeholder) * 0.6 <= 34 - 6
+    assert explorer.text_box.placeholder.endswith("press Enter")
+
+
+# --- the last input used wins -----------------------------------------------------------
+
+
+def test_typed_text_is_translated_and_the_dropdown_lets_go(explorer, models):
+    typed = "Mar 3 2001"
+    explorer.text_box.value = typed
+    assert explorer.view.sentence == typed
+    assert explorer.translation_text == f"→ {expected_text(models['luong'], typed, 3)}"
+    assert explorer.sentence_picker.value is None  # nothing picked while typed text shows
+
+
+def test_a_dropdown_pick_clears_the_text_box_and_is_translated(explorer, models, task):
+    explorer.text_box.value = "Mar 3 2001"
+    picked = task.test_sources[2]
+    explorer.sentence_picker.value = picked
+    assert explorer.text_box.value == ""
+    assert explorer.view.sentence == picked
+    assert explorer.translation_text == f"→ {expected_text(models['luong'], picked, 3)}"
+    assert explorer.messages == []
+
+
+def test_picking_the_sentence_shown_before_typing_counts_as_a_pick(explorer, task):
+    first = task.test_sources[0]
+    explorer.text_box.value = "Mar 3 2001"
+    explorer.sentence_picker.value = first  # the same sentence as at the start
+    assert explorer.view.sentence == first and explorer.text_box.value == ""
+
+
+def test_model_and_beam_changes_translate_the_same_input_again(explorer, models):
+    typed = "1 May 1999"
+    explorer.text_box.value = typed
+    images = [shown_png(explorer)]
+    explorer.model_picker.value = "bahdanau"
+    assert explorer.view.sentence == typed and explorer.view.model_name == "bahdanau"
+    assert explorer.translation_text == f"→ {expected_text(models['bahdanau'], typed, 3)}"
+    images.append(shown_png(explorer))
+    explorer.beam_slider.value = 1
+    assert explorer.view.sentence == typed and explorer.view.beam_size == 1
+    assert explorer.translation_text == f"→ {expected_text(models['bahdanau'], typed, 1)}"
+    images.append(shown_png(explorer))
+    assert len(set(images)) == 3  # a new image each time: the reader sees it was redone
+
+
+# --- bad input: a message, never a traceback or a silent fallback ---------------------------
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t \n"])
+def test_empty_input_shows_a_message(explorer, text):
+    explorer.text_box.value = "Mar 3 2001"
+    explorer.text_box.value = text
+    assert explorer.messages == [EMPTY_INPUT_MESSAGE]
+    assert "Nothing to translate" in explorer.message_line.value
+    assert explorer.translation_text == "" and explorer.translation_line.value == ""
+    assert explorer.heatmap.outputs == () and explorer.figure is None
+    # ...and it does not fall back to the dropdown's sentence
+    assert explorer.sentence_picker.value is None
+    explorer.model_picker.value = "bahdanau"  # still nothing to translate
+    assert explorer.messages == [EMPTY_INPUT_MESSAGE]
+
+
+def test_too_long_input_gives_a_one_line_message(explorer):
+    explorer.text_box.value = "1" * (MAX_SOURCE_LENGTH + 5)
+    (message,) = explorer.messages
+    assert message.startswith("Too long: 45 tokens")
+    assert f"at most {MAX_SOURCE_LENGTH}" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert explorer.message_line.value.count("<div") == 1
+    assert explorer.translation_text == "" and explorer.heatmap.outputs == ()
+    # one token fewer than the limit is fine again
+    explorer.text_box.value = "1" * MAX_SOURCE_LENGTH
+    assert explorer.view.problem is None and explorer.translation_text
+
+
+def test_an_error_while_translating_becomes_a_one_line_message(explorer, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the model broke\nwith a second line")
+
+    monkeypatch.setattr("helpers.explorer.translate", broken)
+    explorer.text_box.value = "Mar 3 2001"
+    (message,) = explorer.messages
+    assert message == "Cannot translate this: the model broke with a second line"
+    assert explorer.translation_text == "" and explorer.heatmap.outputs == ()
+
+
+def test_unknown_words_are_counted_and_named(explorer, task):
+    for character in "@#":
+        assert character not in task.source_vocab
+    explorer.text_box.value = "3 @ May # 2001 @"
+    assert explorer.view.unknown_words == ["@", "#", "@"]
+    assert explorer.messages[0].startswith("3 unknown words (never seen in training")
+    assert "'@', '#'" in explorer.messages[0]
+    assert "&lt;unk&gt;" in explorer.message_line.value  # escaped, so it shows
+    assert explorer.translation_text  # still translated
+    explorer.text_box.value = "3 May 2001"
+    assert explorer.messages == []
+
+
+# --- <unk> replacement --------------------------------------------------------------------
+
+
+def test_replace_unknown_tokens_picks_the_most_attended_source_word():
+    source = ["My", "name", "is", "Zorblax", "."]
+    output = ["Ich", "heiße", UNK_TOKEN, ".", "<eos>"]
+    attention = torch.tensor(
+        [
+            [0.7, 0.1, 0.1, 0.05, 0.05],
+            [0.1, 0.6, 0.2, 0.05, 0.05],
+            [0.05, 0.1, 0.15, 0.6, 0.1],  # the <unk> row looks at "Zorblax"
+            [0.0, 0.0, 0.1, 0.1, 0.8],
+            [0.4, 0.1, 0.1, 0.1, 0.3],
+        ]
+    )
+    assert replace_unknown_tokens(output, source, attention) == [
+        "Ich",
+        "heiße",
+        "Zorblax",
+        ".",
+        "<eos>",
+    ]
+    # the argmax, not the first or the last source word
+    attention[2] = torch.tensor([0.1, 0.5, 0.2, 0.1, 0.1])
+    assert replace_unknown_tokens(output, source, attention)[2] == "name"
+    assert output[2] == UNK_TOKEN  # the input list is left alone
+
+
+def test_replace_unknown_tokens_keeps_unk_without_attention_and_checks_shapes():
+    source, output = ["a", "b"], [UNK_TOKEN, "x"]
+    assert replace_unknown_tokens(output, source, [[0.0, 0.0], [0.5, 0.5]]) == output
+    with pytest.raises(ValueError, match="shape"):
+        replace_unknown_tokens(output, source, [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+def test_unknown_source_tokens_counts_every_occurrence(models):
+    model = models["luong"]
+    assert unknown_source_tokens(model, list("1 @ 2 @ ~")) == ["@", "@", "~"]
+    assert unknown_source_tokens(model, list("3 May 2001")) == []
+
+
+@pytest.fixture
+def unk_writer(task):
+    """A model that writes nothing but <unk>: every output row is replaced."""
+    model = small_model(task, "luong", seed=2)
+    with torch.no_grad():
+        model.decoder.W_s.bias[UNK_INDEX] = 1e4
+    return model
+
+
+def test_the_explorer_replaces_unk_and_says_so(unk_writer, task):
+    explorer = AttentionExplorer({"luong": unk_writer}, task.test_sources[:3], beam_size=1)
+    explorer.text_box.value = "3 May 2001"
+    view = explorer.view
+    raw = view.model_output
+    assert raw.output_tokens.count(UNK_TOKEN) == len(raw.output_tokens) > 0
+    expected = [raw.source_tokens[int(row.argmax())] for row in raw.attention]
+    assert view.translation.output_tokens == expected
+    assert [word for _, word in view.replaced] == expected
+    assert UNK_TOKEN not in explorer.translation_text
+    assert explorer.translation_text == "→ " + "".join(expected)
+    assert any(m.startswith("<unk> in the output replaced") for m in explorer.messages)
+    labels = [label.get_text() for label in explorer.figure.axes[0].get_yticklabels()]
+    assert labels[0] == f"{UNK_TOKEN}→{expected[0]}"  # the heatmap still shows what the model did
+
+
+def test_without_replacement_unk_is_shown_escaped(unk_writer, task):
+    explorer = AttentionExplorer(
+        {"luong": unk_writer}, task.test_sources[:3], beam_size=1, replace_unknown=False
+    )
+    assert UNK_TOKEN in explorer.translation_text
+    assert "&lt;unk&gt;" in explorer.translation_line.value  # escaped, or the browser hides it
+    assert not any("replaced" in m for m in explorer.messages)
+
+
+# --- long sentences: a bounded figure with readable labels --------------------------------
+
+
+def label_report(ax):
+    """Font sizes and overlaps of the visible tick labels, after a real draw."""
+    figure = ax.figure
+    canvas = figure.canvas
+    if not isinstance(canvas, FigureCanvasAgg):  # the explorer's figure is not pyplot's
+        canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    report = {}
+    for axis, labels in [("x", ax.get_xticklabels()), ("y", ax.get_yticklabels())]:
+        visible = [label for label in labels if label.get_text() and label.get_visible()]
+        boxes = sorted(
+            (label.get_window_extent(renderer) for label in visible),
+            key=lambda box: box.x0 if axis == "x" else box.y0,
+        )
+        overlaps = sum(
+            (left.x1 > right.x0) if axis == "x" else (left.y1 > right.y0)
+            for left, right in zip(boxes, boxes[1:], strict=False)
+        )
+        report[axis] = {
+            "count": len(visible),
+            "smallest": min(label.get_fontsize() for label in visible),
+            "overlaps": overlaps,
+            "rotation": visible[0].get_rotation(),
+        }
+    return report
+
+
+def random_attention(rows: int, columns: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(rows, columns, generator=generator).softmax(-1)
+
+
+def test_a_60_token_heatmap_stays_bounded_and_readable():
+    source = [f"word{i}" for i in range(60)]
+    output = [f"Wort{i}" for i in range(66)]
+    ax = plot_attention(random_attention(66, 60), source, output, title="60 tokens")
+    ax.figure.tight_layout()
+    width, height = ax.figure.get_size_inches()
+    assert width <= MAX_FIGURE_WIDTH and height <= MAX_FIGURE_HEIGHT
+    report = label_report(ax)
+    for axis, count in [("x", 60), ("y", 66)]:
+        assert report[axis]["smallest"] >= MIN_LABEL_POINTS, report
+        assert report[axis]["overlaps"] == 0, report
+        assert count / 4 <= report[axis]["count"] < count, report  # thinned, not gutted
+    assert report["x"]["rotation"] == 90
+    assert "every 2nd labelled" in ax.get_xlabel()
+    # the heatmap itself keeps every cell
+    assert ax.images[0].get_array().shape == (66, 60)
+    plt.close(ax.figure)
+
+
+def test_a_short_heatmap_labels_every_token_as_before():
+    source, output = ["She", "kissed", "him", "."], ["Sie", "küsste", "ihn", ".", "<eos>"]
+    ax = plot_attention(random_attention(5, 4), source, output)
+    report = label_report(ax)
+    assert report["x"]["count"] == 4 and report["y"]["count"] == 5
+    assert report["x"]["smallest"] == report["y"]["smallest"] == 9
+    assert report["x"]["rotation"] == 60
+    assert ax.get_xlabel() == "source token (attended to)"
+    plt.close(ax.figure)
+
+
+def test_grid_cells_get_readable_labels_too():
+    """plot_attention_grid draws into small axes: the same rules apply there."""
+    from helpers.viz import plot_attention_grid
+
+    source = [f"w{i}" for i in range(45)]
+    output = [f"W{i}" for i in range(50)]
+    items = [(random_attention(50, 45), source, output)] * 2
+    figure = plot_attention_grid(items, columns=2, cell_size=(5.2, 4.0))
+    for ax in figure.axes:
+        report = label_report(ax)
+        assert report["y"]["smallest"] >= MIN_LABEL_POINTS and report["y"]["overlaps"] == 0
+        assert report["x"]["smallest"] >= MIN_LABEL_POINTS and report["x"]["overlaps"] == 0
+    plt.close(figure)
+
+
+def test_the_explorer_draws_a_long_sentence_readably(task):
+    model = small_model(task, "luong", max_source_length=80)
+    explorer = AttentionExplorer({"luong": model}, task.test_sources[:2], beam_size=1)
+    sentence = ("Tuesday 24 November 2026, " * 3)[:60]
+    explorer.text_box.value = sentence
+    assert len(explorer.view.model_output.source_tokens) == 60
+    width, height = explorer.figure.get_size_inches()
+    assert width <= MAX_FIGURE_WIDTH and height <= MAX_FIGURE_HEIGHT
+    png_width, png_height = png_size(shown_png(explorer))
+    assert png_width <= MAX_FIGURE_WIDTH * 100 and png_height <= MAX_FIGURE_HEIGHT * 100
+    report = label_report(explorer.figure.axes[0])
+    assert report["x"]["smallest"] >= MIN_LABEL_POINTS and report["x"]["overlaps"] == 0
+
+
+# --- a static view for pages read without a kernel ------------------------------------------
+
+
+def test_plot_view_draws_the_current_view_with_its_translation(explorer, task):
+    figure = explorer.plot_view()
+    title = figure.axes[0].get_title()
+    assert task.test_sources[0] in title and explorer.view.translation.text in title
+    assert figure in map(plt.figure, plt.get_fignums())  # a pyplot figure: plt.show() shows it
+    plt.close(figure)
+    explorer.text_box.value = " "
+    with pytest.raises(ValueError, match="Nothing to translate"):
+        explorer.plot_view()
+    other = explorer.plot_view("3 May 2001")  # any sentence, with the current settings
+    assert "3 May 2001" in other.axes[0].get_title()
+    plt.close(other)
+
+
+def test_the_explorer_refuses_bad_settings_early(models, task):
+    with pytest.raises(ValueError, match="sentence"):
+        AttentionExplorer(models, [])
+    with pytest.raises(ValueError, match="unknown model"):
+        AttentionExplorer(models, task.test_sources[:2], model="transformer")
+    with pytest.raises(ValueError, match="beam_size"):
+        AttentionExplorer(models, task.test_sources[:2], beam_size=9)
+    assert math.isfinite(AttentionExplorer(models, ["1 May 1999"] * 3).view.model_output.score)

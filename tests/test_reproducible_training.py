@@ -1,0 +1,193 @@
+"""Training is defined by epochs, never by the clock: recipes, early stopping, the
+progress bar, the full-budget experiment runner and its significance test."""
+
+import io
+import json
+
+import pytest
+import torch
+from tqdm.auto import tqdm
+
+import helpers.training as training
+from helpers.experiments import VARIANTS, quick_settings, run_variant, slug
+from helpers.metrics import paired_bootstrap
+from helpers.tasks import TrainSettings, dates_recipe, dates_task, tatoeba_recipe, train_model
+
+
+@pytest.fixture(scope="module")
+def small_dates():
+    return dates_task(train_size=400, valid_size=80, test_size=40, seed=5)
+
+
+@pytest.mark.parametrize("decoder", ["bahdanau", "luong", "plain"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_recipes_train_for_epochs_not_seconds(decoder, device):
+    _, settings = tatoeba_recipe(decoder, torch.device(device))
+    assert settings.time_budget is None and settings.epochs >= 3
+    _, dates_settings = dates_recipe(decoder)
+    assert dates_settings.time_budget is None
+
+
+def test_no_notebook_trains_under_a_time_budget():
+    from pathlib import Path
+
+    for notebook in sorted(Path(__file__).resolve().parent.parent.glob("notebooks/*.ipynb")):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        code = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert "time_budget" not in code, f"{notebook.name} trains under a wall-clock budget"
+
+
+def test_same_seed_same_numbers_even_when_the_clock_says_otherwise(small_dates, monkeypatch):
+    """The clock must not change anything: pretend every batch takes an hour."""
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    settings = TrainSettings(epochs=2, batch_size=32, seed=1)
+    _, fast = train_model(small_dates, config, settings, device="cpu", progress=False)
+    clock = iter(range(0, 10**9, 3600))
+    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(clock)))
+    _, slow = train_model(small_dates, config, settings, device="cpu", progress=False)
+    assert [r.valid_loss for r in fast.epochs] == [r.valid_loss for r in slow.epochs]
+    assert [r.train_loss for r in fast.epochs] == [r.train_loss for r in slow.epochs]
+    assert not slow.stopped_by_budget
+
+
+def test_early_stopping_keeps_the_best_epoch(small_dates, monkeypatch):
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    settings = TrainSettings(epochs=8, batch_size=32, seed=0, early_stopping_patience=2)
+    # Validation losses that improve, then get worse: stop 2 epochs after the best (3).
+    losses = iter([3.0, 2.0, 1.0, 1.5, 1.7, 0.5, 0.4, 0.3])
+    saved = {}
+
+    def fake_validation(model, loader, device=None, amp=False):
+        value = next(losses)
+        saved[value] = {k: v.clone() for k, v in model.state_dict().items()}
+        return value
+
+    monkeypatch.setattr(training, "evaluate_loss", fake_validation)
+    model, history = train_model(small_dates, config, settings, device="cpu", progress=False)
+    assert [r.valid_loss for r in history.epochs] == [3.0, 2.0, 1.0, 1.5, 1.7]
+    assert history.stopped_early and history.best_epoch == 3
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[1.0][name]), f"{name} is not the best epoch's"
+    with pytest.raises(ValueError, match="valid_loader"):
+        training.train(model, [], None, epochs=1, early_stopping_patience=1, device="cpu")
+    with pytest.raises(ValueError, match="epochs"):
+        training.train(model, [], None, epochs=0, device="cpu")
+
+
+def test_one_progress_bar_with_an_eta_that_names_the_model(small_dates, monkeypatch):
+    bars = []
+
+    class RecordingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = io.StringIO()
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(training, "tqdm", RecordingBar)
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    train_loader, valid_loader = small_dates.loaders(32)
+    model = __import__("helpers").Seq2Seq(config)
+    training.train(
+        model, train_loader, valid_loader, epochs=2, device="cpu", progress=True, description="tiny"
+    )
+    assert len(bars) == 1, "one bar for the whole run, so its ETA covers every epoch"
+    bar = bars[0]
+    assert bar.desc == "tiny" and bar.total == 2 * len(train_loader) == bar.n
+    assert "epoch 2/2" in bar.postfix
+
+
+def test_a_bar_stopped_early_closes_as_finished_and_says_why(small_dates, monkeypatch):
+    bars = []
+
+    class RecordingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["file"] = io.StringIO()
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(training, "tqdm", RecordingBar)
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    train_loader, valid_loader = small_dates.loaders(32)
+    model = __import__("helpers").Seq2Seq(config)
+    history = training.train(
+        model, train_loader, valid_loader, epochs=50, time_budget=0.0, device="cpu", progress=True
+    )
+    assert history.stopped_by_budget
+    bar = bars[0]
+    assert bar.total == bar.n, "a bar that ends below its total is drawn as failed (red)"
+    assert "time budget" in bar.postfix
+
+
+def test_variant_names_and_slugs_are_distinct():
+    slugs = [slug(name) for name in VARIANTS]
+    assert len(set(slugs)) == len(slugs)
+    assert slug("Luong general + input feeding") == "luong-general-input-feeding"
+    assert slug("Bahdanau (additive)") == "bahdanau"
+
+
+def test_run_variant_measures_a_real_model(small_dates, tmp_path, monkeypatch):
+    monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("PAYING_ATTENTION_PROGRESS", "0")
+    row, outputs = run_variant(
+        "Luong dot", quick_settings(seed=0, epochs=1), small_dates, small_dates, "cpu", "t", 2
+    )
+    assert row["variant"] == "Luong dot" and row["epochs run"] == 1
+    assert 0 <= row["test BLEU (greedy)"] <= 100 and 0 <= row["dates gold alignment"] <= 1
+    assert 0 < row["attention entropy"] <= 1
+    assert len(outputs["greedy"]) == len(outputs["beam 2"]) == len(small_dates.test_sources)
+    assert (tmp_path / "t_luong-dot_seed0.pt").is_file()
+    again, _ = run_variant(
+        "Luong dot", quick_settings(seed=0, epochs=1), small_dates, None, "cpu", "t", 1
+    )
+    assert again["loaded from cache"] and again["test BLEU (greedy)"] == row["test BLEU (greedy)"]
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_variant("Luong cosine", quick_settings(0), small_dates)
+
+
+def test_paired_bootstrap_separates_a_real_difference_from_none():
+    references = [["Ich bin müde."], ["Er schläft.", "Er pennt."], ["Das ist gut."]] * 40
+    good = ["Ich bin müde.", "Er schläft.", "Das ist gut."] * 40
+    bad = ["Ich bin.", "Sie läuft.", "Das ist gut."] * 40
+    (row,) = paired_bootstrap(("good", good), [("bad", bad)], references, samples=300)
+    assert row["difference"] < -20 and row["p_value"] < 0.05
+    # One sentence in 120 differs: a small difference, which the test must not call real.
+    nearly = ["Ich bin.", *good[1:]]
+    (close,) = paired_bootstrap(("good", good), [("nearly", nearly)], references, samples=300)
+    assert -5 < close["difference"] < 0 and close["p_value"] > 0.05
+    with pytest.raises(ValueError, match="hypotheses"):
+        paired_bootstrap(("good", good), [("short", good[:3])], references)
+
+
+def test_a_difference_is_significant_only_if_every_seed_agrees():
+    import pandas as pd
+
+    from helpers.experiments import pairwise_verdicts
+
+    rows = []
+    for seed in range(3):
+        rows += [
+            {"seed": seed, "variant A": "x", "variant B": "y", "B - A": 2.0, "p value": 0.001},
+            # z beats x in two seeds, loses in one: not a finding
+            {
+                "seed": seed,
+                "variant A": "x",
+                "variant B": "z",
+                "B - A": -1.0 if seed == 2 else 1.5,
+                "p value": 0.01,
+            },
+            # w is worse in every seed, but one test is not significant
+            {
+                "seed": seed,
+                "variant A": "x",
+                "variant B": "w",
+                "B - A": -3.0,
+                "p value": 0.2 if seed == 1 else 0.001,
+            },
+            {"seed": seed, "variant A": "y", "variant B": "w", "B - A": -5.0, "p value": 0.001},
+        ]
+    verdicts = pairwise_verdicts(pd.DataFrame(rows)).set_index(["variant A", "variant B"])
+    assert verdicts.loc[("x", "y"), "verdict"] == "B better"
+    assert verdicts.loc[("x", "z"), "verdict"] == "not significant"
+    assert verdicts.loc[("x", "w"), "verdict"] == "not significant"
+    assert verdicts.loc[("y", "w"), "verdict"] == "A better"
+    assert verdicts.loc[("x", "y"), "mean B - A (BLEU)"] == 2.0

@@ -1,0 +1,297 @@
+"""Execute notebooks for committing: the one way the series' committed outputs are made.
+
+    python tools/execute_notebooks.py notebooks/05_visualization.ipynb [more.ipynb ...]
+
+Each notebook runs top to bottom in a fresh kernel (nbclient), from its own folder, with
+``PAYING_ATTENTION_PROGRESS=0`` (no progress bars: minutes of widget updates in a saved
+file) and *without* ``MPLBACKEND`` (an inherited Agg would stop the inline backend, and the
+figures would never be saved as PNG). A cell that fails stops the run with the error and
+leaves the notebook file as it was.
+
+The executed notebook is written back atomically (temporary file, then ``os.replace``) with
+the widget clutter stripped: notebook-level widget state (``metadata.widgets``, a
+snapshot of every widget's state, images included, that only a live kernel could use), the
+``text/plain`` repr of widget views (``VBox(children=(...))`` on GitHub) and their stale
+model ids (so that JupyterLab hides an un-run widget instead of reporting it missing).
+
+For each notebook it records the wall time and the kernel's peak resident memory (VmHWM
+of the kernel process, read just before the kernel shuts down) in
+``results/notebook-resources.csv``: one row per notebook, replaced when it is run again.
+Linux only (it reads ``/proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import datetime as dt
+import io
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parents[1]
+RESOURCES_CSV = ROOT / "results" / "notebook-resources.csv"
+RESOURCE_COLUMNS = ["notebook", "seconds", "peak_memory_mib", "cpu", "torch_threads", "date"]
+CELL_TIMEOUT = 900  # seconds: notebook 04 trains for minutes inside one cell
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# Asked of the kernel after the last cell, without importing torch if the notebook did not.
+TORCH_THREADS_EXPRESSION = (
+    "__import__('sys').modules['torch'].get_num_threads() "
+    "if 'torch' in __import__('sys').modules else ''"
+)
+
+
+class NotebookChangedError(RuntimeError):
+    """The notebook file was edited while it executed: writing would lose the edit."""
+
+
+@dataclass
+class RunRecord:
+    """What one execution cost."""
+
+    notebook: str
+    seconds: float
+    peak_memory_mib: float | None
+    cpu: str
+    torch_threads: str
+    date: str
+
+    def row(self) -> dict[str, str]:
+        return {
+            "notebook": self.notebook,
+            "seconds": f"{self.seconds:.1f}",
+            "peak_memory_mib": ""
+            if self.peak_memory_mib is None
+            else f"{self.peak_memory_mib:.0f}",
+            "cpu": self.cpu,
+            "torch_threads": self.torch_threads,
+            "date": self.date,
+        }
+
+
+# --- the kernel's environment and resources --------------------------------------------
+
+
+def kernel_environment() -> dict[str, str]:
+    """Ours, minus MPLBACKEND, with progress bars off."""
+    environment = {key: value for key, value in os.environ.items() if key != "MPLBACKEND"}
+    environment["PAYING_ATTENTION_PROGRESS"] = "0"
+    return environment
+
+
+def peak_resident_mib(pid: int) -> float | None:
+    """The process's peak resident set size (VmHWM) in MiB, or None when unreadable."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            kibibytes = int(line.split()[1])  # "VmHWM:   123456 kB"
+            return kibibytes / 1024
+    return None
+
+
+def cpu_description() -> str:
+    """The CPU model and the cores this process may use, e.g. "AMD EPYC 7B13 (2 cores)"."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores)"
+
+
+# --- the notebook file -------------------------------------------------------------------
+
+
+def strip_widget_clutter(notebook: nbformat.NotebookNode) -> None:
+    """Drop what only a live kernel could use: the saved widget state, the text repr of
+    widget views and their model ids. Figures and text outputs stay."""
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data:
+                data.pop("text/plain", None)
+                # A random id that changes on every run and points at no saved state: with
+                # an empty one, JupyterLab hides the un-run widget instead of showing
+                # "Error displaying widget: model not found".
+                data[WIDGET_VIEW] = {**data[WIDGET_VIEW], "model_id": ""}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write beside ``path``, then rename over it: never half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def update_resources(csv_path: Path, records: list[RunRecord]) -> None:
+    """Replace the rows of the notebooks just run, keep the others, sorted by notebook."""
+    rows: dict[str, dict[str, str]] = {}
+    if csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as stream:
+            for row in csv.DictReader(stream):
+                rows[row["notebook"]] = {column: row.get(column, "") for column in RESOURCE_COLUMNS}
+    for record in records:
+        rows[record.notebook] = record.row()
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESOURCE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for name in sorted(rows):
+        writer.writerow(rows[name])
+    write_atomically(csv_path, buffer.getvalue())
+
+
+# --- executing ---------------------------------------------------------------------------
+
+
+async def _execute(client: NotebookClient, environment: dict[str, str]) -> tuple[float | None, str]:
+    """Run every cell (as ``NotebookClient.async_execute`` does), then, with the kernel
+    still alive, ask it for torch's thread count and read its peak memory.
+
+    Returns ``(peak resident MiB, torch threads)``.
+    """
+    client.reset_execution_trackers()
+    async with client.async_setup_kernel(env=environment):
+        assert client.kc is not None and client.km is not None
+        info = await client.async_wait_for_reply(await _maybe_await(client.kc.kernel_info()))
+        if info is not None and "language_info" in info["content"]:
+            client.nb.metadata["language_info"] = info["content"]["language_info"]
+        for index, cell in enumerate(client.nb.cells):
+            await client.async_execute_cell(
+                cell, index, execution_count=client.code_cells_executed + 1
+            )
+        # store_history=False: no execution count used, nothing in the notebook.
+        message_id = await _maybe_await(
+            client.kc.execute(
+                "",
+                silent=True,
+                store_history=False,
+                user_expressions={"threads": TORCH_THREADS_EXPRESSION},
+            )
+        )
+        reply = await client.async_wait_for_reply(message_id)
+        threads = ""
+        if reply is not None:
+            result = reply["content"].get("user_expressions", {}).get("threads", {})
+            threads = result.get("data", {}).get("text/plain", "").strip("'\"")
+        # The kernel is the process the provisioner started (python -m ipykernel_launcher).
+        process = getattr(client.km.provisioner, "process", None)
+        peak = peak_resident_mib(process.pid) if process is not None else None
+    return peak, threads
+
+
+async def _maybe_await(value):
+    return await value if asyncio.iscoroutine(value) or asyncio.isfuture(value) else value
+
+
+def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT) -> RunRecord:
+    """Execute ``path`` in a fresh kernel and write it back; return what it cost.
+
+    Raises ``CellExecutionError`` when a cell fails and ``NotebookChangedError`` when the
+    file was edited while it ran; either way the file is left as it is.
+    """
+    path = path.resolve()
+    original = path.read_bytes()
+    notebook = nbformat.reads(original.decode("utf-8"), as_version=4)
+    kernel_name = notebook.metadata.get("kernelspec", {}).get("name", "python3")
+    client = NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name=kernel_name,
+        resources={"metadata": {"path": str(path.parent)}},  # the kernel's cwd
+        allow_errors=False,
+    )
+    started = time.monotonic()
+    peak, threads = asyncio.run(_execute(client, kernel_environment()))
+    seconds = time.monotonic() - started
+    strip_widget_clutter(notebook)
+    nbformat.validate(notebook)
+    if path.read_bytes() != original:  # someone saved it meanwhile: keep their version
+        raise NotebookChangedError(
+            f"{path} changed on disk while it ran; not overwritten: run it again"
+        )
+    text = nbformat.writes(notebook)
+    write_atomically(path, text if text.endswith("\n") else text + "\n")
+    return RunRecord(
+        notebook=path.name,
+        seconds=seconds,
+        peak_memory_mib=peak,
+        cpu=cpu_description(),
+        torch_threads=threads,
+        date=dt.date.today().isoformat(),
+    )
+
+
+def main(arguments: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="+", type=Path, help="the .ipynb files to execute")
+    parser.add_argument(
+        "--resources",
+        type=Path,
+        default=RESOURCES_CSV,
+        help=f"CSV of time and memory per notebook (default: {RESOURCES_CSV.relative_to(ROOT)})",
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=CELL_TIMEOUT, help="seconds allowed per cell"
+    )
+    options = parser.parse_args(arguments)
+    missing = [str(path) for path in options.notebooks if not path.is_file()]
+    if missing:
+        parser.error(f"no such notebook: {', '.join(missing)}")
+    records: list[RunRecord] = []
+    try:
+        for path in options.notebooks:
+            print(f"executing {path} ...", flush=True)
+            try:
+                record = execute_notebook(path, options.timeout)
+            except CellExecutionError as error:
+                print(
+                    f"FAILED: {path}: a cell raised; the file is unchanged.\n{error}",
+                    file=sys.stderr,
+                )
+                return 1
+            except NotebookChangedError as error:
+                print(f"FAILED: {error}", file=sys.stderr)
+                return 1
+            records.append(record)
+            memory = "?" if record.peak_memory_mib is None else f"{record.peak_memory_mib:.0f} MiB"
+            print(
+                f"  {record.seconds:.0f} s, kernel peak {memory}, torch threads "
+                f"{record.torch_threads or '-'}",
+                flush=True,
+            )
+    finally:  # what did run is recorded, even when a later notebook fails
+        if records:
+            update_resources(options.resources, records)
+            print(f"recorded in {options.resources}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
