@@ -74,7 +74,9 @@ def test_early_stopping_keeps_the_best_epoch(small_dates, monkeypatch):
         training.train(model, [], None, epochs=0, device="cpu")
 
 
-def test_one_progress_bar_with_an_eta_that_names_the_model(small_dates, monkeypatch):
+@pytest.fixture
+def recorded_bars(monkeypatch):
+    """The progress bars ``train`` creates, drawn into a string instead of the terminal."""
     bars = []
 
     class RecordingBar(tqdm):
@@ -84,6 +86,11 @@ def test_one_progress_bar_with_an_eta_that_names_the_model(small_dates, monkeypa
             bars.append(self)
 
     monkeypatch.setattr(training, "tqdm", RecordingBar)
+    return bars
+
+
+def test_one_progress_bar_with_an_eta_that_names_the_model(small_dates, recorded_bars):
+    bars = recorded_bars
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     train_loader, valid_loader = small_dates.loaders(32)
     model = __import__("helpers").Seq2Seq(config)
@@ -96,16 +103,8 @@ def test_one_progress_bar_with_an_eta_that_names_the_model(small_dates, monkeypa
     assert "epoch 2/2" in bar.postfix
 
 
-def test_a_bar_stopped_early_closes_as_finished_and_says_why(small_dates, monkeypatch):
-    bars = []
-
-    class RecordingBar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["file"] = io.StringIO()
-            super().__init__(*args, **kwargs)
-            bars.append(self)
-
-    monkeypatch.setattr(training, "tqdm", RecordingBar)
+def test_a_bar_stopped_early_closes_as_finished_and_says_why(small_dates, recorded_bars):
+    bars = recorded_bars
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     train_loader, valid_loader = small_dates.loaders(32)
     model = __import__("helpers").Seq2Seq(config)
