@@ -275,16 +275,22 @@ def shutdown_kernels(lab) -> None:
 # --- a quick notebook: figures render at all ------------------------------------------------
 
 
+def run_and_check_figures(page, lab, name: str, timeout: float, steps: Steps) -> None:
+    """Open ``name``, run all its cells, and check every plt.show() drew an image and no
+    cell shows an error: what a reader does first with any notebook."""
+    open_notebook(page, lab, name, steps)
+    run_all_cells(page, lab, name, timeout, steps)
+    assert_figures_rendered(page, lab, name, steps)
+    assert_no_errors(page)
+
+
 def test_figures_render_in_a_quick_notebook(lab, page, artifacts):
     """Notebook 02 (the quickest with figures: one small model on synthetic dates) run from
     JupyterLab's Run menu shows an image under each of its plt.show() cells."""
     name = "02_bahdanau_attention.ipynb"
     steps = Steps(page, artifacts)
     try:
-        open_notebook(page, lab, name, steps)
-        run_all_cells(page, lab, name, QUICK_NOTEBOOK_RUN, steps)
-        assert_figures_rendered(page, lab, name, steps)
-        assert_no_errors(page)
+        run_and_check_figures(page, lab, name, QUICK_NOTEBOOK_RUN, steps)
     finally:
         shutdown_kernels(lab)
 
@@ -461,10 +467,7 @@ def test_visualization_notebook_and_its_explorer(lab, page, artifacts):
     name = "05_visualization.ipynb"
     steps = Steps(page, artifacts)
     try:
-        open_notebook(page, lab, name, steps)
-        run_all_cells(page, lab, name, VISUALIZATION_RUN, steps)
-        assert_figures_rendered(page, lab, name, steps)
-        assert_no_errors(page)
+        run_and_check_figures(page, lab, name, VISUALIZATION_RUN, steps)
 
         explorer = Explorer(page, lab, name, steps)
         initial = wait_for(
