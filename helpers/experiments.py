@@ -216,11 +216,12 @@ def _last_epoch_improvement(history) -> float:
     return (before - after) / before
 
 
-def _job(variant: str, seed: int, threads: int, out_dir: str) -> str:
+def _job(variant: str, seed: int, threads: int, out_dir: str, code: dict[str, Any]) -> str:
     """One (variant, seed) run in a worker process; writes its JSON, returns its path."""
     torch.set_num_threads(threads)
     task, dates = _tasks()
     row, outputs = run_variant(variant, full_settings(seed), task, dates, device="cpu")
+    row["code"] = code
     runs = Path(out_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     path = runs / f"{slug(variant)}_seed{seed}.json"
@@ -245,10 +246,7 @@ def _read_translations(out_dir: Path, variant: str, seed: int) -> dict[str, list
 
 def _done(variant: str, seed: int, out_dir: Path) -> bool:
     path = out_dir / "runs" / f"{slug(variant)}_seed{seed}.json"
-    if (
-        not path.is_file()
-        or not checkpoint_path(f"translations/{slug(variant)}_seed{seed}.json").is_file()
-    ):
+    if not path.is_file() or not _translations_path(out_dir, variant, seed).is_file():
         return False
     task, _ = _tasks()
     config = task.model_config(**SHARED_MODEL, **VARIANTS[variant])
@@ -311,15 +309,31 @@ def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> p
     return pd.DataFrame(rows) if rows else None
 
 
-def _provenance(arguments: argparse.Namespace, started: float, argv: Sequence[str]) -> dict:
-    def git(*command: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *command], capture_output=True, text=True, check=True, timeout=10
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return "unknown"
+def _git(*command: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *command],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
+
+def code_state() -> dict[str, Any]:
+    """The code a run came from: the commit, and whether ``helpers/`` had uncommitted edits."""
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "uncommitted changes": bool(_git("status", "--porcelain", "--", ".")),
+    }
+
+
+def _provenance(
+    arguments: argparse.Namespace, wall_seconds: float, argv: Sequence[str], out_dir: Path
+) -> dict:
     cpu = "unknown"
     try:
         cpu = next(
@@ -331,12 +345,16 @@ def _provenance(arguments: argparse.Namespace, started: float, argv: Sequence[st
         cpu = platform.processor() or "unknown"
     import sacrebleu
 
+    # Each run records the code it was trained with (runs can come from several
+    # resumed invocations); list them all, not just the commit checked out now.
+    runs = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob("*.json"))]
+    codes = sorted({json.dumps(r.get("code", {"commit": "unknown"}), sort_keys=True) for r in runs})
     return {
         "command": "python -m helpers.experiments " + " ".join(argv),
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted changes": bool(git("status", "--porcelain", "--", "helpers")),
+        "code of the runs": [json.loads(c) for c in codes],
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "wall seconds": round(time.perf_counter() - started, 1),
+        "wall seconds": round(wall_seconds, 1),
+        "train seconds, all runs": round(sum(r["train seconds"] for r in runs), 1),
         "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
         "device": "cpu",
         "workers": arguments.workers,
@@ -378,7 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     out_dir: Path = arguments.output
     out_dir.mkdir(parents=True, exist_ok=True)
+    provenance_file = out_dir / "provenance.json"
+    # --summarise-only trains nothing: keep the wall time of the invocation that trained.
+    wall_before = 0.0
+    if provenance_file.is_file():
+        wall_before = json.loads(provenance_file.read_text()).get("wall seconds", 0.0)
     if not arguments.summarise_only:
+        code = code_state()  # now, before any edits made while the runs train
         jobs = [
             (variant, seed)
             for seed, variant in itertools.product(arguments.seeds, arguments.variants)
@@ -388,7 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = get_context("spawn")  # a clean interpreter per worker: no forked torch state
         with ProcessPoolExecutor(arguments.workers, mp_context=context) as pool:
             futures = {
-                pool.submit(_job, variant, seed, arguments.threads, str(out_dir)): (variant, seed)
+                pool.submit(_job, variant, seed, arguments.threads, str(out_dir), code): (
+                    variant,
+                    seed,
+                )
                 for variant, seed in jobs
             }
             for future in as_completed(futures):
@@ -400,15 +427,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
     summary = summarise(out_dir)
-    provenance = _provenance(arguments, started, argv)
-    atomic_write_bytes(out_dir / "provenance.json", json.dumps(provenance, indent=1).encode())
+    wall = time.perf_counter() - started
+    if arguments.summarise_only:
+        wall = wall_before
+    provenance = _provenance(arguments, wall, argv, out_dir)
+    atomic_write_bytes(provenance_file, json.dumps(provenance, indent=1).encode())
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary.round(3))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 def load_results(out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
@@ -460,3 +486,7 @@ def pairwise_verdicts(significance: pd.DataFrame, alpha: float = 0.05) -> pd.Dat
             }
         )
     return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
