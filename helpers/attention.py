@@ -185,8 +185,6 @@ class Attention(nn.Module):
         """
         validate_attention_inputs(query, keys, values, mask, self.query_size, self.key_size)
         single_step = query.dim() == 2
-        if isinstance(positions, int):
-            positions = torch.tensor([positions], device=query.device)
         context, weights = self.attend(
             query.unsqueeze(1) if single_step else query, keys, values, mask, positions=positions
         )
@@ -201,7 +199,7 @@ class Attention(nn.Module):
         values: Tensor,
         mask: Tensor | None = None,
         projected_keys: Tensor | None = None,
-        positions: Tensor | None = None,
+        positions: Tensor | int | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Attention without input checks.
 
@@ -431,38 +429,50 @@ class LocalAttention(Attention):
         return self.score_layer.score(query, projected_keys)
 
     def aligned_positions(
-        self, query: Tensor, source_lengths: Tensor, positions: Tensor | None = None
+        self, query: Tensor, source_lengths: Tensor, positions: Tensor | int | None = None
     ) -> Tensor:
         """The window centres :math:`p_t`, ``(B, T)`` floats.
 
         Args:
             query: ``(B, T, d_q)``.
-            source_lengths: ``(B,)`` real source lengths.
-            positions: local-m only: ``(B, T)`` or ``(T,)`` decoder step indices;
-                defaults to ``0 … T−1``. Clamped to the last real token.
+            source_lengths: ``(B,)`` real source lengths, or ``(B, T)`` — one per query
+                step, when the mask is per step.
+            positions: local-m only: the decoder step — an int for a single query (a
+                decoder step passes its index; no tensor is copied to the device), or
+                ``(B, T)`` / ``(T,)`` step indices; defaults to ``0 … T−1``. Must be
+                ≥ 0; clamped to the last real token.
         """
-        last = (source_lengths - 1).to(query.dtype).unsqueeze(1)
+        last = (source_lengths - 1).to(query.dtype)
+        last = last.unsqueeze(1) if last.dim() == 1 else last
         if self.predictive:
             gate = torch.sigmoid(self.v_p(torch.tanh(self.W_p(query)))).squeeze(-1)
             return last * gate
         if positions is None:
             positions = torch.arange(query.size(1), device=query.device)
+        elif isinstance(positions, int):
+            if positions < 0:
+                raise ValueError(f"local-m needs a decoder step >= 0, got {positions}")
+            positions = torch.full((1,), positions, device=query.device)
+        elif positions.device.type == "cpu" and bool((positions < 0).any()):
+            raise ValueError("local-m needs decoder steps >= 0, got a negative position")
         positions = positions.to(query.dtype).expand(query.size(0), query.size(1))
         return torch.minimum(positions, last)
 
     def attend(self, query, keys, values, mask=None, projected_keys=None, positions=None):
-        """As :meth:`Attention.attend`; ``positions`` are the decoder steps for local-m."""
+        """As :meth:`Attention.attend`; ``positions`` are the decoder steps for local-m.
+
+        A ``(B, T, S)`` mask gives each query step its own sentence length (the window
+        and local-p's :math:`S` follow it); a ``(B, S)`` mask one per sentence.
+        """
         batch, source_length = keys.size(0), keys.size(1)
         if mask is None:
-            base_mask = torch.ones(batch, source_length, dtype=torch.bool, device=keys.device)
-        else:
-            base_mask = mask if mask.dim() == 2 else mask[:, 0]
-        source_lengths = base_mask.sum(dim=-1)
+            mask = torch.ones(batch, source_length, dtype=torch.bool, device=keys.device)
+        source_lengths = mask.sum(dim=-1)  # (B,) or, for a per-step mask, (B, T)
         centres = self.aligned_positions(query, source_lengths, positions)  # (B, T)
         source_positions = torch.arange(source_length, device=keys.device, dtype=query.dtype)
         distance = source_positions.view(1, 1, -1) - centres.unsqueeze(-1)  # (B, T, S)
         window_mask = distance.abs() <= self.window
-        full_mask = window_mask & (_steps_mask(mask) if mask is not None else True)
+        full_mask = window_mask & _steps_mask(mask)
         if projected_keys is None:
             projected_keys = self.project_keys(keys)
         weights = masked_softmax(self.score(query, projected_keys), full_mask)

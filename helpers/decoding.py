@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 from .batching import collate_batch
 from .data import get_tokenizer
 from .models import Seq2Seq
-from .vocab import EOS_INDEX, EOS_TOKEN, PAD_TOKEN, SOS_TOKEN, UNK_TOKEN
+from .vocab import EOS_INDEX, EOS_TOKEN, PAD_INDEX, PAD_TOKEN, SOS_INDEX, SOS_TOKEN, UNK_TOKEN
 
 
 @dataclass
@@ -29,7 +30,10 @@ class Hypothesis:
         token_ids: target indices, ending with ``<eos>`` when the search emitted it.
         attention: ``(len(token_ids), source_length)`` — row ``t`` is the attention
             used to emit ``token_ids[t]``; empty columns for a model without attention.
-        score: total log-probability (beam search: divided by the length penalty).
+        score: the model's log-probability of ``token_ids``, :math:`\\log P(Y \\mid X)`
+            (the sum over steps, ``<eos>`` included), for greedy and beam search alike.
+            Beam search *ranks* finished hypotheses by ``score / length_penalty(len)``
+            but reports this unnormalised value, so scores of the two searches compare.
     """
 
     token_ids: list[int]
@@ -46,7 +50,8 @@ class Translation:
     """``translate``'s answer: the text, its tokens and the attention matrix.
 
     ``attention`` is ``(len(output_tokens), len(source_tokens))``; ``output_tokens``
-    ends with ``"<eos>"`` when the model ended the sentence itself.
+    ends with ``"<eos>"`` when the model ended the sentence itself. ``score`` is
+    :attr:`Hypothesis.score`.
     """
 
     source: str
@@ -57,13 +62,65 @@ class Translation:
     score: float
 
 
-def _resolve_max_length(model: Seq2Seq, source_lengths: Tensor, max_length: int | None) -> int:
+def sentence_max_lengths(
+    model: Seq2Seq, source_lengths: Tensor, max_length: int | None = None
+) -> Tensor:
+    """The most tokens each sentence may emit (``<eos>`` included), ``(B,)`` long.
+
+    ``max_length`` applies to every sentence when given. By default a sentence may emit
+    ``2 * its own source length + 10`` tokens (translations are rarely more than twice
+    as long as their source), capped at ``model.config.max_target_length``. The limit is
+    each sentence's own: a model that never stops produces the same output for a sentence
+    alone as next to a long one, so scores do not depend on batch size or bucketing.
+    """
     if max_length is not None:
-        if max_length < 1:
-            raise ValueError("max_length must be at least 1")
-        return max_length
-    # Translations are rarely more than twice as long as their source.
-    return min(model.config.max_target_length, int(source_lengths.max()) * 2 + 10)
+        _check_positive_int("max_length", max_length)
+        return torch.full_like(source_lengths, max_length, dtype=torch.long)
+    return (source_lengths.long() * 2 + 10).clamp(max=model.config.max_target_length)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def _check_alpha(alpha: object) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a number, got {alpha!r} ({type(alpha).__name__})")
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+
+
+_NEVER_EMITTED = (PAD_INDEX, SOS_INDEX)
+
+
+def mask_special_logits(logits: Tensor) -> Tensor:
+    """``logits`` (float32) with ``<pad>`` and ``<sos>`` set to −inf: a search never emits them.
+
+    ``<pad>`` only fills batches and ``<sos>`` only starts the decoder; neither is a word
+    of the output, so both are removed before the softmax instead of being filtered out
+    of the text afterwards.
+    """
+    never = torch.tensor(_NEVER_EMITTED, device=logits.device)
+    return logits.float().index_fill(-1, never, -math.inf)
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the body in ``eval()`` mode and without gradients; restore the old mode after.
+
+    Decoding needs dropout off; a caller in the middle of training must get its model
+    back in training mode (it would otherwise silently train without dropout).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _empty_attention(batch: int, source_length: int, device: torch.device) -> Tensor:
@@ -71,7 +128,6 @@ def _empty_attention(batch: int, source_length: int, device: torch.device) -> Te
     return torch.zeros(batch, source_length, device=device)
 
 
-@torch.no_grad()
 def greedy_decode(
     model: Seq2Seq, source: Tensor, source_lengths: Tensor, max_length: int | None = None
 ) -> list[Hypothesis]:
@@ -79,33 +135,39 @@ def greedy_decode(
 
     Args:
         source: ``(B, S)`` source indices; source_lengths: ``(B,)``.
-        max_length: the most tokens to emit (``<eos>`` included).
+        max_length: the most tokens to emit (``<eos>`` included); by default each
+            sentence's own :func:`sentence_max_lengths`.
+
+    Returns one :class:`Hypothesis` per sentence. Restores the model's train/eval mode.
     """
-    model.eval()
-    limit = _resolve_max_length(model, source_lengths, max_length)
-    memory = model.encode(source.to(model.device), source_lengths)
-    state = model.decoder.init_state(memory)
-    batch, source_length = source.shape
-    tokens = model.start_tokens(batch)
-    finished = torch.zeros(batch, dtype=torch.bool, device=model.device)
-    emitted, attentions, scores = [], [], torch.zeros(batch, device=model.device)
-    for step in range(limit):
-        logits, state, weights = model.decoder.step(tokens, state, memory, step)
-        log_probabilities = torch.log_softmax(logits.float(), dim=-1)
-        best_scores, tokens = log_probabilities.max(dim=-1)
-        scores += torch.where(finished, torch.zeros_like(best_scores), best_scores)
-        emitted.append(tokens)
-        attentions.append(
-            weights if weights is not None else _empty_attention(batch, source_length, model.device)
-        )
-        finished |= tokens == EOS_INDEX
-        if bool(finished.all()):
-            break
-    emitted_matrix = torch.stack(emitted, 1).cpu()
-    attention_matrix = torch.stack(attentions, 1).float().cpu()
+    with evaluation_mode(model):
+        device = model.device
+        limits = sentence_max_lengths(model, source_lengths, max_length).to(device)
+        memory = model.encode(source.to(device), source_lengths)
+        state = model.decoder.init_state(memory)
+        batch, source_length = source.shape
+        tokens = model.start_tokens(batch)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        emitted, attentions, scores = [], [], torch.zeros(batch, device=device)
+        for step in range(int(limits.max())):
+            logits, state, weights = model.decoder.step(tokens, state, memory, step)
+            log_probabilities = torch.log_softmax(mask_special_logits(logits), dim=-1)
+            best_scores, tokens = log_probabilities.max(dim=-1)
+            scores += torch.where(finished, torch.zeros_like(best_scores), best_scores)
+            emitted.append(tokens)
+            attentions.append(
+                weights if weights is not None else _empty_attention(batch, source_length, device)
+            )
+            # A sentence ends at <eos> or at its own length limit, whichever comes first.
+            finished |= (tokens == EOS_INDEX) | (limits <= step + 1)
+            if bool(finished.all()):
+                break
+        emitted_matrix = torch.stack(emitted, 1).cpu()
+        attention_matrix = torch.stack(attentions, 1).float().cpu()
+        limits = limits.cpu()
     hypotheses = []
     for row in range(batch):
-        ids = emitted_matrix[row].tolist()
+        ids = emitted_matrix[row, : int(limits[row])].tolist()
         length = ids.index(EOS_INDEX) + 1 if EOS_INDEX in ids else len(ids)
         real = int(source_lengths[row])
         hypotheses.append(
@@ -127,7 +189,6 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-@torch.no_grad()
 def beam_search(
     model: Seq2Seq,
     source: Tensor,
@@ -136,110 +197,214 @@ def beam_search(
     max_length: int | None = None,
     alpha: float = 0.6,
 ) -> list[Hypothesis]:
-    """Batched beam search with a length penalty.
+    """Batched beam search with a length penalty, in tensor operations.
 
-    Every sentence keeps ``beam_size`` partial hypotheses; at each step each of them is
-    extended by every token, and the ``beam_size`` best continuations survive. A
-    hypothesis that emits ``<eos>`` is set aside with score ``log P / lp(|Y|)``; a
-    sentence is done once it has ``beam_size`` finished hypotheses. With
-    ``beam_size=1`` this is exactly greedy search.
+    Every sentence keeps ``beam_size`` (``k``) partial hypotheses. At each step each of
+    them is extended by every token, and among the ``2k`` best continuations:
 
-    Returns the best hypothesis of each sentence.
+    * one that ends in ``<eos>`` is set aside as *finished*, ranked by
+      ``log P / length_penalty(|Y|, alpha)``, until the sentence has ``k`` of them —
+      then it is done;
+    * the first ``k`` that do not end become the next step's beams.
+
+    A sentence also stops at its own :func:`sentence_max_lengths`. The answer is its best
+    finished hypothesis, or, if none finished, its best live beam. With ``beam_size=1``
+    this is exactly greedy search.
+
+    How it stays fast (the design of joeynmt's ``search.py``): candidates are chosen with
+    ``topk``/``cumsum``/``scatter`` over the whole batch, not a Python loop; each step
+    stores only its tokens, attention rows and *back-pointers* (which beam each one
+    extends), and the outputs are traced back once at the end instead of copying every
+    history at every step; and finished sentences leave the batch, so the decoder runs
+    only on sentences still searching. Nothing is copied to the CPU inside the loop.
+
+    Args:
+        source: ``(B, S)`` source indices; source_lengths: ``(B,)``.
+        beam_size: ``k`` ≥ 1; max_length: as in :func:`greedy_decode`; alpha: ≥ 0.
+
+    Returns the best :class:`Hypothesis` of each sentence (``score`` = its log-probability).
     """
-    if beam_size < 1:
-        raise ValueError("beam_size must be at least 1")
-    model.eval()
-    limit = _resolve_max_length(model, source_lengths, max_length)
+    _check_positive_int("beam_size", beam_size)
+    _check_alpha(alpha)
+    with evaluation_mode(model):
+        return _beam_search(model, source, source_lengths, beam_size, max_length, alpha)
+
+
+def _beam_search(
+    model: Seq2Seq,
+    source: Tensor,
+    source_lengths: Tensor,
+    k: int,
+    max_length: int | None,
+    alpha: float,
+) -> list[Hypothesis]:
     device = model.device
     batch, source_length = source.shape
-    expand = torch.arange(batch, device=device).repeat_interleave(beam_size)
-    memory = model.encode(source.to(device), source_lengths).select(expand)
+    limits = sentence_max_lengths(model, source_lengths, max_length).to(device)
+    beam_offsets = torch.arange(k, device=device)
+    active = torch.arange(batch, device=device)  # original index of each sentence still searching
+    memory = model.encode(source.to(device), source_lengths).select(active.repeat_interleave(k))
     state = model.decoder.init_state(memory)
-    tokens = model.start_tokens(batch * beam_size)
-    beam_scores = torch.full((batch, beam_size), -math.inf, device=device)
+    tokens = model.start_tokens(batch * k)
+    beam_scores = torch.full((batch, k), -math.inf, device=device)
     beam_scores[:, 0] = 0.0  # all beams start identical: keep one alive so they do not repeat
-    history = torch.empty(batch * beam_size, 0, dtype=torch.long, device=device)
-    attention_history = torch.empty(batch * beam_size, 0, source_length, device=device)
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    for step in range(limit):
+
+    # What each step leaves behind, for the whole batch (rows of finished sentences unused).
+    step_tokens: list[Tensor] = []  # (batch, k): the token each beam emitted at this step
+    step_parents: list[Tensor] = []  # (batch, k): the previous step's beam it extends
+    step_attention: list[Tensor] = []  # (batch, k, S): the weights used to emit it
+    # Finished hypotheses: k slots per sentence (+1 slot that absorbs the rejected).
+    finished_count = torch.zeros(batch, dtype=torch.long, device=device)
+    finished_ranking = torch.full((batch, k + 1), -math.inf, device=device)  # log P / lp
+    finished_log_probability = torch.full((batch, k + 1), -math.inf, device=device)
+    finished_step = torch.zeros(batch, k + 1, dtype=torch.long, device=device)
+    finished_parent = torch.zeros(batch, k + 1, dtype=torch.long, device=device)
+    finished_attention = torch.zeros(batch, k + 1, source_length, device=device)
+    # For a sentence that ends without any finished hypothesis: its live beams at the end.
+    final_step = torch.zeros(batch, dtype=torch.long, device=device)
+    final_scores = torch.full((batch, k), -math.inf, device=device)
+
+    for step in range(int(limits.max())):
+        n = active.numel()
         logits, state, weights = model.decoder.step(tokens, state, memory, step)
         if weights is None:
-            weights = _empty_attention(batch * beam_size, source_length, device)
-        log_probabilities = torch.log_softmax(logits.float(), dim=-1)
+            weights = _empty_attention(n * k, source_length, device)
+        weights = weights.float().view(n, k, source_length)
+        log_probabilities = torch.log_softmax(mask_special_logits(logits), dim=-1)
         vocab_size = log_probabilities.size(-1)
-        totals = (beam_scores.view(-1, 1) + log_probabilities).view(batch, -1)
-        candidate_scores, candidate_indices = totals.topk(2 * beam_size, dim=-1)
-        candidate_scores, candidate_indices = candidate_scores.cpu(), candidate_indices.cpu()
-        next_rows, next_tokens, next_scores = [], [], []
-        for sentence in range(batch):
-            kept = 0
-            for score, index in zip(
-                candidate_scores[sentence].tolist(),
-                candidate_indices[sentence].tolist(),
-                strict=True,
-            ):
-                beam, token = divmod(index, vocab_size)
-                row = sentence * beam_size + beam
-                if done[sentence] or score == -math.inf:
-                    break
-                if token == EOS_INDEX:
-                    ids = [*history[row].tolist(), token]
-                    attention = torch.cat([attention_history[row], weights[row : row + 1]], 0)
-                    real = int(source_lengths[sentence])
-                    finished[sentence].append(
-                        Hypothesis(
-                            ids,
-                            attention[:, :real].float().cpu().clone(),
-                            score / length_penalty(len(ids), alpha),
-                        )
-                    )
-                    if len(finished[sentence]) >= beam_size:
-                        done[sentence] = True
-                        break
-                    continue
-                next_rows.append(row)
-                next_tokens.append(token)
-                next_scores.append(score)
-                kept += 1
-                if kept == beam_size:
-                    break
-            # Done (or short of candidates): fill with dead beams so shapes stay fixed.
-            while kept < beam_size:
-                next_rows.append(sentence * beam_size)
-                next_tokens.append(EOS_INDEX)
-                next_scores.append(-math.inf)
-                kept += 1
-        if all(done):
-            break
-        rows = torch.tensor(next_rows, device=device)
-        tokens = torch.tensor(next_tokens, device=device)
-        beam_scores = torch.tensor(next_scores, device=device).view(batch, beam_size)
-        state = state.select(rows)
-        history = torch.cat([history.index_select(0, rows), tokens.unsqueeze(1)], dim=1)
-        attention_history = torch.cat(
-            [attention_history.index_select(0, rows), weights.index_select(0, rows).unsqueeze(1)],
-            dim=1,
+        totals = (beam_scores.view(-1, 1) + log_probabilities).view(n, k * vocab_size)
+        scores, indices = totals.topk(min(2 * k, k * vocab_size), dim=-1)  # (n, 2k), best first
+        parents, candidates = indices // vocab_size, indices % vocab_size
+        alive = scores > -math.inf
+        ends = alive & (candidates == EOS_INDEX)
+        continues = alive & ~ends
+        # Candidates are read best first: the first k that continue become the beams, and
+        # nothing after the k-th of them is looked at (the Python loop's `break`).
+        continuing_before = continues.long().cumsum(-1) - continues.long()
+        looked_at = continuing_before < k
+        # Finished ones are kept while the sentence has fewer than k.
+        ends = ends & looked_at
+        ends &= finished_count[active].unsqueeze(1) + ends.long().cumsum(-1) <= k
+
+        finished_slot = torch.where(
+            ends, finished_count[active].unsqueeze(1) + ends.long().cumsum(-1) - 1, k
         )
+        length = step + 1
+        ranking = torch.where(ends, scores / length_penalty(length, alpha), -math.inf)
+        parent_attention = weights.gather(1, parents.unsqueeze(-1).expand(-1, -1, source_length))
+        for store, values in (
+            (finished_ranking, ranking),
+            (finished_log_probability, torch.where(ends, scores, -math.inf)),
+            (finished_step, torch.full_like(parents, step)),
+            (finished_parent, parents),
+        ):
+            store[active] = store[active].scatter(1, finished_slot, values)
+        finished_attention[active] = finished_attention[active].scatter(
+            1, finished_slot.unsqueeze(-1).expand(-1, -1, source_length), parent_attention
+        )
+        finished_count[active] += ends.sum(-1)
+
+        # The next beams: the first k continuing candidates, dead beams (−inf) if fewer.
+        beam_slot = torch.where(continues & looked_at, continuing_before, k)
+        kept = continues & looked_at
+
+        beam_scores = _place_in_slots(scores, beam_slot, kept, k, -math.inf)
+        tokens_kept = _place_in_slots(candidates, beam_slot, kept, k, EOS_INDEX)
+        parents_kept = _place_in_slots(parents, beam_slot, kept, k, 0)
+        step_tokens.append(
+            tokens.new_full((batch, k), EOS_INDEX).index_copy(0, active, tokens_kept)
+        )
+        step_parents.append(tokens.new_zeros(batch, k).index_copy(0, active, parents_kept))
+        step_attention.append(
+            weights.new_zeros(batch, k, source_length).index_copy(
+                0, active, _place_in_slots(parent_attention, beam_slot, kept, k, 0.0)
+            )
+        )
+
+        ended = (finished_count[active] >= k) | (limits[active] <= length)
+        final_step[active] = torch.where(ended, step, final_step[active])
+        final_scores[active] = torch.where(ended.unsqueeze(1), beam_scores, final_scores[active])
+        # Reorder every beam's state to follow its parent, then drop ended sentences.
+        rows = (torch.arange(n, device=device).unsqueeze(1) * k + parents_kept)[~ended]
+        if rows.numel() == 0:
+            break
+        state = state.select(rows.flatten())
+        still = (~ended).nonzero().squeeze(1)
+        memory = memory.select((still.unsqueeze(1) * k + beam_offsets).flatten())
+        active = active[still]
+        tokens = tokens_kept[still].flatten()
+        beam_scores = beam_scores[still]
+
+    return _trace_back(
+        source_lengths,
+        torch.stack(step_tokens).cpu(),
+        torch.stack(step_parents).cpu(),
+        torch.stack(step_attention).cpu(),
+        finished_count.cpu(),
+        finished_ranking[:, :k].cpu(),
+        finished_log_probability[:, :k].cpu(),
+        finished_step[:, :k].cpu(),
+        finished_parent[:, :k].cpu(),
+        finished_attention[:, :k].cpu(),
+        final_step.cpu(),
+        final_scores.cpu(),
+    )
+
+
+def _place_in_slots(values: Tensor, slots: Tensor, keep: Tensor, k: int, fill: float) -> Tensor:
+    """``(n, 2k, ...)`` candidate values → ``(n, k, ...)``: kept ones at their ``slots``.
+
+    ``slots`` ``(n, 2k)`` holds each kept candidate's new beam index (distinct, < k) and
+    ``k`` for the rest, which land in a spare column that is cut off; empty beams get ``fill``.
+    """
+    extra = [1] * (values.dim() - 2)
+    where = slots.view(*slots.shape, *extra).expand_as(values)
+    kept = keep.view(*keep.shape, *extra).expand_as(values)
+    shape = (values.size(0), k + 1, *values.shape[2:])
+    placed = values.new_full(shape, fill).scatter(1, where, values.masked_fill(~kept, fill))
+    return placed[:, :k]
+
+
+def _trace_back(
+    source_lengths: Tensor,
+    step_tokens: Tensor,
+    step_parents: Tensor,
+    step_attention: Tensor,
+    finished_count: Tensor,
+    finished_ranking: Tensor,
+    finished_log_probability: Tensor,
+    finished_step: Tensor,
+    finished_parent: Tensor,
+    finished_attention: Tensor,
+    final_step: Tensor,
+    final_scores: Tensor,
+) -> list[Hypothesis]:
+    """Follow the back-pointers from each sentence's best hypothesis to the first step."""
+
+    def history(sentence: int, step: int, beam: int) -> tuple[list[int], list[Tensor]]:
+        ids, rows = [], []
+        for earlier in range(step, -1, -1):
+            ids.append(int(step_tokens[earlier, sentence, beam]))
+            rows.append(step_attention[earlier, sentence, beam])
+            beam = int(step_parents[earlier, sentence, beam])
+        return ids[::-1], rows[::-1]
+
     results = []
-    for sentence in range(batch):
-        candidates = list(finished[sentence])
-        if not candidates:  # nothing ended within max_length: return the best unfinished beams
-            for beam in range(beam_size):
-                row = sentence * beam_size + beam
-                score = float(beam_scores[sentence, beam])
-                if score > -math.inf:
-                    ids = history[row].tolist()
-                    real = int(source_lengths[sentence])
-                    candidates.append(
-                        Hypothesis(
-                            ids,
-                            # clone(): a view would keep this step's whole history alive
-                            attention_history[row, :, :real].float().cpu().clone(),
-                            score / length_penalty(len(ids), alpha),
-                        )
-                    )
-        results.append(max(candidates, key=lambda hypothesis: hypothesis.score))
+    for sentence in range(step_tokens.size(1)):
+        real = int(source_lengths[sentence])
+        if int(finished_count[sentence]) > 0:
+            best = int(finished_ranking[sentence].argmax())  # the first of equals, as max()
+            step = int(finished_step[sentence, best])
+            ids, rows = history(sentence, step - 1, int(finished_parent[sentence, best]))
+            ids.append(EOS_INDEX)
+            rows.append(finished_attention[sentence, best])
+            score = float(finished_log_probability[sentence, best])
+        else:  # nothing ended within the limit: the best live beam (all have one length)
+            best = int(final_scores[sentence].argmax())
+            ids, rows = history(sentence, int(final_step[sentence]), best)
+            score = float(final_scores[sentence, best])
+        attention = torch.stack(rows)[:, :real].clone() if rows else torch.zeros(0, real)
+        results.append(Hypothesis(ids, attention, score))
     return results
 
 
@@ -252,6 +417,7 @@ def decode(
     alpha: float = 0.6,
 ) -> list[Hypothesis]:
     """Greedy for ``beam_size == 1``, beam search otherwise."""
+    _check_positive_int("beam_size", beam_size)
     if beam_size == 1:
         return greedy_decode(model, source, source_lengths, max_length)
     return beam_search(model, source, source_lengths, beam_size, max_length, alpha)
@@ -291,11 +457,21 @@ def translate_batch(
     of 5 over 256 sentences at once would need five times the memory (over 1 GB for
     notebook 04's models), more than a Binder machine has to spare.
     """
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence):
+        raise TypeError(
+            "translate_batch expects a list of sentences, got "
+            f"{type(sentences).__name__}; for one sentence use translate(model, sentence)"
+        )
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("beam_size", beam_size)
+    _check_alpha(alpha)
+    if max_length is not None:
+        _check_positive_int("max_length", max_length)
     source_tokens = [_prepare_source(model, sentence) for sentence in sentences]
     target_tokenizer = get_tokenizer(model.config.target_tokenizer)
     order = sorted(range(len(sentences)), key=lambda index: len(source_tokens[index]))
     results: list[Translation | None] = [None] * len(sentences)
-    sentences_per_batch = max(1, batch_size // max(beam_size, 1))
+    sentences_per_batch = max(1, batch_size // beam_size)
     for start in range(0, len(order), sentences_per_batch):
         chunk = order[start : start + sentences_per_batch]
         examples = [

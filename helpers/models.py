@@ -474,7 +474,7 @@ class BahdanauDecoder(Decoder):
             memory.states,
             memory.mask,
             memory.projected_keys,
-            positions=_position(step, query),
+            positions=step,  # an int: only local-m reads it, and builds its tensor there
         )
         context = context.squeeze(1)  # c_i: (B, H)
         output, hidden = self.rnn(torch.cat([embedded, context], dim=-1).unsqueeze(1), state.hidden)
@@ -487,10 +487,6 @@ class BahdanauDecoder(Decoder):
         pieces = self.readout(features)
         maxout = pieces.view(*pieces.shape[:-1], -1, 2).amax(dim=-1)
         return self.generator(self.dropout(maxout))
-
-
-def _position(step: int, query: Tensor) -> Tensor:
-    return torch.tensor([step], device=query.device)
 
 
 class LuongDecoder(Decoder):
@@ -537,7 +533,7 @@ class LuongDecoder(Decoder):
         return DecoderState(memory.initial_hidden, attentional)
 
     def _attentional(
-        self, rnn_output: Tensor, memory: EncoderOutput, positions: Tensor
+        self, rnn_output: Tensor, memory: EncoderOutput, positions: Tensor | int
     ) -> tuple[Tensor, Tensor]:
         """``(B, T, H)`` RNN outputs → :math:`\\tilde h` ``(B, T, H)`` and weights ``(B, T, S)``."""
         context, weights = self.attention.attend(
@@ -556,7 +552,7 @@ class LuongDecoder(Decoder):
             embedded if not self.input_feeding else torch.cat([embedded, state.attentional], dim=-1)
         )
         output, hidden = self.rnn(rnn_input.unsqueeze(1), state.hidden)  # h_t: (B, 1, H)
-        attentional, weights = self._attentional(output, memory, _position(step, output))
+        attentional, weights = self._attentional(output, memory, step)
         attentional = attentional.squeeze(1)
         return (
             attentional,

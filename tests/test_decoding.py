@@ -1,11 +1,24 @@
 """Greedy and beam search, and translate() on raw text."""
 
+import itertools
+import math
+
 import pytest
 import torch
+from reference_beam_search import reference_beam_search
 
 from helpers.batching import collate_batch
-from helpers.decoding import beam_search, greedy_decode, length_penalty, translate, translate_batch
+from helpers.data import get_tokenizer
+from helpers.decoding import (
+    beam_search,
+    greedy_decode,
+    length_penalty,
+    mask_special_logits,
+    translate,
+    translate_batch,
+)
 from helpers.models import ModelConfig, Seq2Seq
+from helpers.tasks import TrainSettings, dates_recipe, dates_task, train_model
 from helpers.vocab import EOS_INDEX, SOS_INDEX, Vocabulary
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
@@ -20,12 +33,10 @@ def tiny_model(decoder="luong", attention="general", **settings):
         target_vocab_size=len(target_vocab),
         embedding_size=8,
         hidden_size=16,
-        dropout=0.0,
         decoder=decoder,
         attention=attention,
         max_source_length=12,
-        max_target_length=9,
-        **settings,
+        **{"dropout": 0.0, "max_target_length": 9, **settings},
     )
     return Seq2Seq(config).attach_vocabularies(source_vocab, target_vocab).eval()
 
@@ -152,3 +163,178 @@ def test_translate_needs_vocabularies():
     model.source_vocab = None
     with pytest.raises(ValueError, match="vocabularies"):
         translate(model, "the cat")
+
+
+# ------------------------------------------------ the tensorised beam search, checked
+
+
+def _alone(model, batch, row):
+    """Sentence ``row`` of ``batch`` as a batch of its own (no padding)."""
+    length = int(batch.source_lengths[row])
+    return batch.source[row : row + 1, :length], batch.source_lengths[row : row + 1]
+
+
+def assert_same_as_reference(model, batch, beam_size, max_length=None, alpha=0.6):
+    """The batched search must return, for every sentence, what the old per-candidate
+    Python loop (tests/reference_beam_search.py) returns for that sentence alone."""
+    batched = beam_search(model, batch.source, batch.source_lengths, beam_size, max_length, alpha)
+    for row, hypothesis in enumerate(batched):
+        [expected] = reference_beam_search(
+            model, *_alone(model, batch, row), beam_size, max_length, alpha
+        )
+        assert hypothesis.token_ids == expected.token_ids, row
+        torch.testing.assert_close(hypothesis.attention, expected.attention, atol=1e-5, rtol=1e-4)
+        # the reference reports the ranking score, the library the log-probability
+        ranked = hypothesis.score / length_penalty(len(hypothesis.token_ids), alpha)
+        assert ranked == pytest.approx(expected.score, abs=1e-4)
+
+
+def random_batch(vocab_size, sentences=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(sentences):
+        length = int(torch.randint(1, 12, (1,), generator=generator))
+        ids = torch.randint(4, vocab_size, (length,), generator=generator)
+        examples.append((ids, torch.tensor([SOS_INDEX])))
+    return collate_batch(examples)
+
+
+@pytest.mark.parametrize(
+    "decoder,attention,settings",
+    [
+        ("luong", "general", {}),
+        ("luong", "general", {"input_feeding": True}),
+        ("bahdanau", "additive", {}),
+        ("luong", "local-m", {}),
+        ("luong", "local-p", {}),
+        ("plain", "general", {}),
+    ],
+)
+@pytest.mark.parametrize("beam_size", [2, 5])
+def test_beam_search_returns_what_the_reference_returns(decoder, attention, settings, beam_size):
+    model = tiny_model(decoder, attention, **settings)
+    batch = random_batch(model.config.source_vocab_size)
+    assert_same_as_reference(model, batch, beam_size)
+    assert_same_as_reference(model, batch, beam_size, max_length=4, alpha=0.0)
+
+
+@pytest.fixture(scope="module")
+def trained_dates_model():
+    """A real model trained briefly on the dates task: peaked, confident distributions,
+    sentences that end — the regime the notebooks decode in."""
+    task = dates_task(train_size=3000, valid_size=100, test_size=60, seed=0)
+    model_settings, settings = dates_recipe("luong")
+    settings = TrainSettings(**{**settings.to_dict(), "epochs": 3})
+    model, _ = train_model(
+        task, task.model_config(**model_settings), settings, device="cpu", progress=False
+    )
+    return task, model.eval()
+
+
+def test_beam_search_matches_the_reference_on_a_trained_model(trained_dates_model):
+    task, model = trained_dates_model
+    tokenizer = get_tokenizer(task.source_tokenizer)
+    sources = [torch.tensor(model.source_vocab.encode(tokenizer(s))) for s in task.test_sources]
+    batch = collate_batch([(ids, torch.tensor([SOS_INDEX])) for ids in sources])
+    hypotheses = beam_search(model, batch.source, batch.source_lengths, beam_size=5)
+    assert sum(h.finished for h in hypotheses) == len(hypotheses)  # it really learned to stop
+    assert_same_as_reference(model, batch, beam_size=5)
+    assert_same_as_reference(model, batch, beam_size=3, alpha=0.0)
+
+
+def test_beam_search_finds_the_exhaustive_optimum_when_nothing_is_pruned():
+    """With a beam wider than every candidate there is, beam search is exhaustive search."""
+    model = tiny_model("luong", "general")
+    batch = source_batch()
+    max_length, alpha = 3, 0.6
+    emittable = [i for i in range(model.config.target_vocab_size) if i not in (0, SOS_INDEX)]
+    words = [i for i in emittable if i != EOS_INDEX]
+    beam = beam_search(model, batch.source, batch.source_lengths, 200, max_length, alpha)
+    for row, found in enumerate(beam):
+        source, lengths = _alone(model, batch, row)
+        best, best_ranking = None, -math.inf
+        for length in range(max_length):  # outputs of `length` words, then <eos>
+            for prefix in itertools.product(words, repeat=length):
+                ids = [*prefix, EOS_INDEX]
+                decoder_input = torch.tensor([[SOS_INDEX, *ids[:-1]]])
+                with torch.no_grad():
+                    logits = model(source, lengths, decoder_input).logits[0]
+                log_p = torch.log_softmax(mask_special_logits(logits), -1)
+                total = float(log_p[torch.arange(len(ids)), ids].sum())
+                if total / length_penalty(len(ids), alpha) > best_ranking:
+                    best, best_ranking = (ids, total), total / length_penalty(len(ids), alpha)
+        assert found.token_ids == best[0]
+        assert found.score == pytest.approx(best[1], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_sentence_alone_decodes_as_it_does_in_any_batch(beam_size):
+    """The length limit is each sentence's own: a model that never stops writes
+    2 * |source| + 10 tokens for a sentence, whatever else shares its batch."""
+    model = tiny_model(max_target_length=40)
+    with torch.no_grad():
+        model.decoder.W_s.bias[EOS_INDEX] = -1e4  # never ends a sentence
+    sentences = ["dog", "the cat sat on a mat the cat sat on a mat", "a dog ran"]
+    together = translate_batch(model, sentences, beam_size=beam_size)
+    for sentence, result in zip(sentences, together, strict=True):
+        alone = translate(model, sentence, beam_size=beam_size)
+        assert alone.output_tokens == result.output_tokens
+        assert len(alone.output_tokens) == 2 * len(alone.source_tokens) + 10
+    for batch_size in (1, 2, 3):
+        assert [
+            r.output_tokens for r in translate_batch(model, sentences, beam_size, batch_size)
+        ] == [r.output_tokens for r in together]
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_pad_and_sos_are_never_emitted(beam_size):
+    model = tiny_model()
+    with torch.no_grad():
+        model.decoder.W_s.bias[0] = 50.0  # <pad> would win every step
+        model.decoder.W_s.bias[SOS_INDEX] = 49.0
+    for result in translate_batch(model, ["the cat sat", "a dog"], beam_size=beam_size):
+        assert "<pad>" not in result.output_tokens and "<sos>" not in result.output_tokens
+        assert math.isfinite(result.score)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+@pytest.mark.parametrize("mode", [True, False])
+def test_decoding_restores_the_train_or_eval_mode(search, mode):
+    model = tiny_model(dropout=0.3).train(mode)
+    batch = source_batch()
+    if search == "greedy":
+        greedy_decode(model, batch.source, batch.source_lengths)
+    else:
+        beam_search(model, batch.source, batch.source_lengths, beam_size=3)
+    assert model.training is mode
+    assert all(module.training is mode for module in model.modules())
+
+
+def test_greedy_and_beam_scores_are_both_log_probabilities():
+    model = tiny_model()
+    batch = source_batch()
+    greedy = greedy_decode(model, batch.source, batch.source_lengths)
+    beam = beam_search(model, batch.source, batch.source_lengths, beam_size=1, alpha=0.6)
+    for left, right in zip(greedy, beam, strict=True):
+        assert left.token_ids == right.token_ids
+        assert left.score == pytest.approx(right.score, abs=1e-4)  # no length penalty in either
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m: translate_batch(m, "the cat sat"), TypeError, "list of sentences"),
+        (lambda m: translate_batch(m, ["the cat"], batch_size=0), ValueError, "batch_size"),
+        (lambda m: translate_batch(m, ["the cat"], batch_size=-1), ValueError, "batch_size"),
+        (lambda m: translate_batch(m, ["the cat"], beam_size=2.5), TypeError, "beam_size"),
+        (lambda m: translate_batch(m, ["the cat"], beam_size="3"), TypeError, "beam_size"),
+        (lambda m: translate_batch(m, ["the cat"], beam_size=0), ValueError, "beam_size"),
+        (lambda m: translate_batch(m, ["the cat"], alpha=float("nan")), ValueError, "alpha"),
+        (lambda m: translate_batch(m, ["the cat"], alpha=float("inf")), ValueError, "alpha"),
+        (lambda m: translate_batch(m, ["the cat"], max_length=0), ValueError, "max_length"),
+        (lambda m: translate(m, "the cat", beam_size=True), TypeError, "beam_size"),
+    ],
+)
+def test_bad_decoding_arguments_are_clear_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call(tiny_model())
