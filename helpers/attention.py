@@ -517,6 +517,10 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
+        if num_heads < 1 or embed_dim < 1:
+            raise ValueError(
+                f"embed_dim and num_heads must be at least 1, got {embed_dim} and {num_heads}"
+            )
         if embed_dim % num_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
         self.embed_dim, self.num_heads = embed_dim, num_heads

@@ -187,6 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-pairs", type=int, default=50_001)
     parser.add_argument("--skip-extras", action="store_true", help="only the training comparison")
     arguments = parser.parse_args(argv)
+    if not arguments.duration > 0:  # also rejects NaN
+        parser.error(f"--duration must be a positive number of seconds, got {arguments.duration}")
+    if arguments.hidden_size < 2 or arguments.max_pairs < 1:
+        parser.error("--hidden-size must be at least 2 and --max-pairs at least 1")
+    if arguments.batch_size is not None and arguments.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     device = select_device(arguments.device)
     batch_size = arguments.batch_size or (512 if device.type == "cuda" else 128)
     hardware = (

@@ -10,6 +10,8 @@ leaves a truncated checkpoint behind.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from .models import ModelConfig, Seq2Seq
 from .vocab import Vocabulary
 
 CHECKPOINT_FORMAT = 1
+_REQUIRED_KEYS = ("config", "source_vocab", "target_vocab", "state_dict")
 
 
 class CheckpointMismatchError(ValueError):
@@ -31,10 +34,15 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (weights, config, vocabularies) and ``extra`` to ``path`` atomically.
 
-    ``extra`` may hold plain data (numbers, strings, lists, dicts), e.g. the training history.
+    ``extra`` may hold plain data (``None``, bools, ints, floats, strings, tensors, and
+    lists, tuples and string-keyed dicts of them), e.g. the training history: exactly what
+    ``torch.load(..., weights_only=True)`` reads back. Anything else (a NumPy number, say)
+    is refused *before* writing, so a good checkpoint at ``path`` is never replaced by one
+    that cannot be loaded. The file is flushed to disk (``fsync``) before the rename.
     """
     if model.source_vocab is None or model.target_vocab is None:
         raise ValueError("attach the vocabularies (model.attach_vocabularies) before saving")
+    _check_plain(extra or {}, "extra")
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -44,9 +52,39 @@ def save_checkpoint(
         "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
         "extra": extra or {},
     }
-    with atomic_destination(path) as temporary:
-        torch.save(payload, temporary)
+    with atomic_destination(path) as temporary, open(temporary, "wb") as stream:
+        torch.save(payload, stream)
+        stream.flush()
+        os.fsync(stream.fileno())  # on disk before the rename makes it the checkpoint
     return path
+
+
+# Exact types: a subclass (np.float64 is a float) pickles as its own class, which a
+# weights_only load refuses.
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse what a ``weights_only`` load would refuse, naming where it sits."""
+    if type(value) in _PLAIN_SCALARS or isinstance(value, torch.Tensor):
+        return
+    if type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(
+                    f"{where} has a key {key!r} of type {type(key).__name__}; use str keys"
+                )
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which a safe "
+        "(weights_only) load cannot read back: convert it to plain Python first "
+        "(e.g. float(x) for a NumPy number, x.tolist() for an array)"
+    )
 
 
 def _differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
@@ -80,12 +118,36 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises loading with weights_only=False, i.e. running whatever
+        # code the file holds. Never pass that advice on: say what was found instead.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found is None:
+            raise CheckpointMismatchError(
+                f"{path} is not a readable checkpoint (truncated, or not a torch file)"
+            ) from None
+        raise CheckpointMismatchError(
+            f"{path} holds a {found.group(1)} object, which a safe (weights_only) load "
+            "refuses: it was not written by save_checkpoint"
+        ) from None
     except Exception as error:  # a truncated or foreign file: say which
-        raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {error}") from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointMismatchError(
+            f"{path} is not a readable checkpoint (truncated, or not a torch file): {reason}"
+        ) from None
+    stored_format = payload.get("format") if isinstance(payload, dict) else None
+    if isinstance(stored_format, int) and stored_format > CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(
+            f"{path} was written by a newer version of Paying Attention (checkpoint format "
+            f"{stored_format}; this version reads format {CHECKPOINT_FORMAT}): update helpers/"
+        )
+    if stored_format != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(
             f"{path} is not a Paying Attention checkpoint (format {CHECKPOINT_FORMAT})"
         )
+    missing = [key for key in _REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise CheckpointMismatchError(f"{path} is incomplete: it has no {', '.join(missing)}")
     try:
         config = ModelConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:

@@ -239,7 +239,11 @@ def _translations_path(out_dir: Path, variant: str, seed: int) -> Path:
     return out_dir / "translations" / f"{slug(variant)}_seed{seed}.json.gz"
 
 
-def _read_translations(out_dir: Path, variant: str, seed: int) -> dict[str, list[str]] | None:
+def load_translations(
+    variant: str, seed: int, out_dir: Path = RESULTS_DIR
+) -> dict[str, list[str]] | None:
+    """One run's detokenised test translations, ``{"greedy": [...], "beam 5": [...]}``,
+    in the order of ``tatoeba_task(seed=0).test_sources``; ``None`` if not on disk."""
     path = _translations_path(out_dir, variant, seed)
     return json.loads(gzip.decompress(path.read_bytes())) if path.is_file() else None
 
@@ -286,7 +290,7 @@ def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> p
     for seed, group in runs.groupby("seed"):
         outputs = {}
         for variant in group["variant"]:
-            translations = _read_translations(out_dir, variant, seed)
+            translations = load_translations(variant, seed, out_dir)
             if translations is not None:
                 outputs[variant] = translations["greedy"]
         names = [v for v in VARIANTS if v in outputs]

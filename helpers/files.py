@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,10 @@ def atomic_destination(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the same folder, so the final ``os.replace`` is atomic: a
     reader sees the old file or the complete new one, never a partial one. If the block
-    raises, the temporary file is removed and ``path`` is left as it was.
+    raises, the temporary file is removed and ``path`` is left as it was. The new file gets
+    the permissions of any new file (``0o666`` less the umask, usually ``0o644``), not the
+    private ``0o600`` of a temporary file. Temporary files of an earlier save to the same
+    path that a hard kill left behind (untouched for :data:`STALE_SECONDS`) are removed.
 
     Example:
         >>> with atomic_destination("data/deu-eng.tsv") as temporary:
@@ -23,15 +27,38 @@ def atomic_destination(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     temporary = Path(temp_name)
     try:
+        os.chmod(temporary, 0o666 & ~_umask())
         yield temporary
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+#: A temporary file of ours untouched for this long belongs to a save that was killed
+#: (a live save keeps writing to it); the next save to the same path removes it.
+STALE_SECONDS = 600.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    cutoff = time.time() - STALE_SECONDS
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+        except OSError:  # gone already, or not ours to remove: leave it
+            pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:

@@ -23,7 +23,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .attention import Attention, LocalAttention, MultiHeadAttention, build_attention
+from .attention import (
+    ATTENTION_NAMES,
+    Attention,
+    LocalAttention,
+    MultiHeadAttention,
+    build_attention,
+)
 from .vocab import PAD_INDEX, SOS_INDEX, Vocabulary
 
 RNNState = Tensor | tuple[Tensor, Tensor]
@@ -44,7 +50,12 @@ class ModelConfig:
         bidirectional: bidirectional encoder (as in Bahdanau et al.).
         dropout: on embeddings, between RNN layers and before the output layer.
         decoder: ``"bahdanau"``, ``"luong"`` or ``"plain"`` (no attention).
-        attention: one of :data:`helpers.attention.ATTENTION_NAMES`.
+        attention: the score, one of :data:`helpers.attention.ATTENTION_NAMES`. By
+            default the decoder's own: ``"additive"`` for Bahdanau, ``"general"`` for
+            Luong (unused by ``"plain"``). Mixed combinations are allowed on purpose, to
+            separate the two design choices: a Bahdanau decoder (query :math:`s_{t-1}`)
+            with a multiplicative score, or a Luong decoder (query :math:`h_t`) with the
+            additive one. Luong's ``"concat"`` score is additive in form.
         attention_size: inner width of additive/concat scores (default ``H``).
         local_window: ``D`` for local attention; local_score: the score inside it.
         input_feeding: Luong's input feeding (feed :math:`\\tilde h_{t-1}` to the RNN).
@@ -68,7 +79,7 @@ class ModelConfig:
     bidirectional: bool = True
     dropout: float = 0.1
     decoder: str = "luong"
-    attention: str = "general"
+    attention: str | None = None
     attention_size: int | None = None
     local_window: int = 2
     local_score: str = "general"
@@ -88,6 +99,12 @@ class ModelConfig:
         if self.decoder not in ("bahdanau", "luong", "plain"):
             raise ValueError(
                 f"decoder must be 'bahdanau', 'luong' or 'plain', got {self.decoder!r}"
+            )
+        if self.attention is None:
+            self.attention = "additive" if self.decoder == "bahdanau" else "general"
+        if self.attention not in ATTENTION_NAMES:
+            raise ValueError(
+                f"attention must be one of {sorted(ATTENTION_NAMES)}, got {self.attention!r}"
             )
         if self.encoder not in ("rnn", "self_attention"):
             raise ValueError(f"encoder must be 'rnn' or 'self_attention', got {self.encoder!r}")
@@ -704,6 +721,8 @@ class Seq2Seq(nn.Module):
             raise ValueError(
                 f"decoder_input must be (batch, steps) with batch {source.size(0)}, got {tuple(decoder_input.shape)}"
             )
+        if decoder_input.device.type == "cpu" and decoder_input.numel():
+            _check_token_range("decoder_input", decoder_input, self.config.target_vocab_size)
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
             raise ValueError("teacher_forcing_ratio must lie in [0, 1]")
         memory = self.encode(source, source_lengths)
@@ -732,11 +751,25 @@ def _check_source(source: Tensor, source_lengths: Tensor, vocab_size: int) -> No
         raise ValueError(
             f"source_lengths must be (batch,) = ({source.size(0)},), got {tuple(source_lengths.shape)}"
         )
+    if source.device.type == "cpu" and source.numel():  # free on the CPU; a sync on a GPU
+        _check_token_range("source", source, vocab_size)
     lengths = source_lengths.cpu()
     if bool((lengths < 1).any()):
         raise ValueError("every source sentence needs at least one token (found length 0)")
     if bool((lengths > source.size(1)).any()):
         raise ValueError(f"a source length exceeds the padded width {source.size(1)}")
+
+
+def _check_token_range(name: str, tokens: Tensor, vocab_size: int) -> None:
+    """A clear error for token ids outside the vocabulary (instead of an IndexError deep
+    inside ``nn.Embedding``, or an asynchronous device assert on a GPU)."""
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} holds token id {bad}, outside the vocabulary of {vocab_size} "
+            f"(valid ids: 0 to {vocab_size - 1}); was it encoded with another vocabulary?"
+        )
 
 
 def build_model(config: ModelConfig) -> Seq2Seq:

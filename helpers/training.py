@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import Batch
+from .decoding import evaluation_mode
 from .vocab import PAD_INDEX
 
 
@@ -158,29 +159,65 @@ def batch_loss(
     output = model(
         batch.source, batch.source_lengths, batch.decoder_input, teacher_forcing_ratio, real
     )
-    return F.cross_entropy(
-        output.logits.float(),
-        batch.decoder_target[real],
-        label_smoothing=label_smoothing,
-        reduction=reduction,
+    return smoothed_cross_entropy(
+        output.logits.float(), batch.decoder_target[real], label_smoothing, reduction
     )
+
+
+def smoothed_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Cross-entropy against a label-smoothed target that never puts mass on ``<pad>``.
+
+    Args:
+        logits: ``(N, V)``; target: ``(N,)`` real tokens (no ``<pad>``).
+        label_smoothing: :math:`\\varepsilon`. The target distribution gives the gold
+            token :math:`1 - \\varepsilon` and spreads :math:`\\varepsilon` evenly over
+            the other :math:`V - 2` tokens, ``<pad>`` excluded (as OpenNMT-py and
+            joeynmt do): ``<pad>`` is never a word to predict, so a smoothed model
+            should not learn to give it probability. (``F.cross_entropy``'s own
+            ``label_smoothing`` spreads over all :math:`V` tokens, ``<pad>`` included.)
+        reduction: ``"mean"`` or ``"sum"`` over the ``N`` tokens.
+    """
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+    if label_smoothing == 0.0:
+        return F.cross_entropy(logits, target, reduction=reduction)
+    log_probs = F.log_softmax(logits, dim=-1)
+    gold = log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    # Sum of log-probabilities over every token except <pad> and the gold one.
+    others = log_probs.sum(-1) - log_probs[:, PAD_INDEX] - gold
+    per_token = -(1.0 - label_smoothing) * gold - label_smoothing / (logits.size(-1) - 2) * others
+    return per_token.mean() if reduction == "mean" else per_token.sum()
 
 
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module, loader: DataLoader, device: torch.device | None = None, amp: bool = False
 ) -> float:
-    """Mean cross-entropy per real target token over ``loader`` (teacher forcing on)."""
+    """Mean cross-entropy per real target token over ``loader`` (teacher forcing on).
+
+    The model is evaluated in eval mode (no dropout) and left in the mode it came in.
+    An empty loader is an error, not a perfect loss of 0.
+    """
     device = device or next(model.parameters()).device
-    model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     tokens = 0
-    for batch in loader:
-        tokens += batch.target_token_count  # counted on the CPU copy: no device sync
-        batch = batch.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            total += batch_loss(model, batch, reduction="sum").double()
-    return float(total) / max(tokens, 1)
+    with evaluation_mode(model):
+        for batch in loader:
+            tokens += batch.target_token_count  # counted on the CPU copy: no device sync
+            batch = batch.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                total += batch_loss(model, batch, reduction="sum").double()
+    if tokens == 0:
+        raise ValueError(
+            "the evaluation data holds no target tokens (an empty validation split?): "
+            "a loss over nothing would read as a perfect score"
+        )
+    return float(total) / tokens
 
 
 def _total_batches(loader: DataLoader, epochs: int) -> int | None:
@@ -229,8 +266,9 @@ def train(
         progress: one tqdm bar over the whole run, with an ETA (default: yes, unless the
             environment variable ``PAYING_ATTENTION_PROGRESS`` is ``0``, as when the
             notebooks are executed for committing, so their outputs hold no stale bars).
-        label_smoothing: spread this much probability mass over all other tokens in
-            the training loss (Szegedy et al. 2016); validation loss stays plain.
+        label_smoothing: spread this much probability mass over the other tokens,
+            ``<pad>`` excluded, in the training loss (Szegedy et al. 2016; see
+            :func:`smoothed_cross_entropy`); the validation loss stays plain.
         lr_decay: multiply the learning rate by this after every epoch.
         early_stopping_patience: stop when the validation loss has not improved for this
             many epochs, and put back the weights of the best epoch (needs a
@@ -346,4 +384,5 @@ def train(
         bar.total = bar.n
         bar.set_postfix_str(stop_reason)
     bar.close()
+    model.eval()  # trained: hand it back ready to evaluate (dropout off)
     return history

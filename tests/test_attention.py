@@ -253,3 +253,12 @@ def test_dot_attention_refuses_mismatched_sizes_and_local_m_needs_a_step():
         build_attention("cosine", D, D)
     with pytest.raises(ValueError, match="divide"):
         MultiHeadAttention(10, 3)
+
+
+def test_multi_head_attention_refuses_zero_heads():
+    from helpers.attention import MultiHeadAttention
+
+    with pytest.raises(ValueError, match="at least 1"):
+        MultiHeadAttention(8, 0)
+    with pytest.raises(ValueError, match="must divide"):
+        MultiHeadAttention(8, 3)

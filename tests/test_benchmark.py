@@ -39,3 +39,17 @@ def test_benchmark_prints_both_speeds_and_the_ratio_last():
     assert any(line.startswith("decoding, beam 5") for line in lines)
     match = re.fullmatch(r"speed-up \(b\)/\(a\): ([0-9.]+)x", lines[-1])
     assert match and float(match.group(1)) > 0
+
+
+@pytest.mark.parametrize(
+    "flags", [["--duration", "0"], ["--duration", "nan"], ["--batch-size", "0"]]
+)
+def test_benchmark_refuses_meaningless_settings(flags):
+    result = subprocess.run(
+        [sys.executable, "-m", "helpers.benchmark", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "must be" in result.stderr and "Traceback" not in result.stderr

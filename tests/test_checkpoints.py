@@ -76,8 +76,9 @@ def test_loading_never_runs_code_from_the_file(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as stream:
         pickle.dump({"format": 1, "payload": _RunsCodeWhenUnpickled()}, stream)
-    with pytest.raises(CheckpointMismatchError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointMismatchError, match=str(path)) as error:
         load_checkpoint(path)
+    assert "weights_only=False" not in str(error.value)
 
 
 def test_a_failed_save_leaves_the_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
@@ -99,3 +100,80 @@ def test_saving_needs_vocabularies(tmp_path):
     model = Seq2Seq(ModelConfig(10, 10, embedding_size=4, hidden_size=8))
     with pytest.raises(ValueError, match="vocabularies"):
         save_checkpoint(model, tmp_path / "model.pt")
+
+
+def test_extra_that_a_safe_load_cannot_read_is_refused_before_writing(tmp_path):
+    import numpy as np
+
+    model = make_model()
+    path = save_checkpoint(model, tmp_path / "model.pt", extra={"best_loss": 0.7})
+    before = path.read_bytes()
+    with pytest.raises(TypeError, match=r"extra\['history'\]\['best_loss'\] is a numpy.float64"):
+        save_checkpoint(model, path, extra={"history": {"best_loss": np.float64(0.5)}})
+    with pytest.raises(TypeError, match="str keys"):
+        save_checkpoint(model, path, extra={1: "one"})
+    assert path.read_bytes() == before  # the good checkpoint is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    # Everything a weights_only load accepts goes through and comes back.
+    extra = {
+        "none": None,
+        "flag": True,
+        "n": 3,
+        "x": 0.5,
+        "s": "é",
+        "t": torch.ones(2),
+        "l": [1, (2, 3)],
+    }
+    save_checkpoint(model, path, extra=extra)
+    _, loaded = load_checkpoint(path)
+    assert loaded["l"] == [1, (2, 3)] and torch.equal(loaded["t"], torch.ones(2))
+
+
+def test_load_errors_name_the_file_and_never_advise_an_unsafe_load(tmp_path):
+    import numpy as np
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"format": 1, "extra": {"loss": np.float64(0.5)}}, unsafe)
+    with pytest.raises(CheckpointMismatchError, match=str(unsafe)) as error:
+        load_checkpoint(unsafe)
+    assert "weights_only=False" not in str(error.value) and error.value.__cause__ is None
+
+    incomplete = tmp_path / "incomplete.pt"
+    torch.save({"format": 1, "config": {}}, incomplete)
+    with pytest.raises(CheckpointMismatchError, match=f"{incomplete} is incomplete: .*state_dict"):
+        load_checkpoint(incomplete)
+
+    newer = tmp_path / "newer.pt"
+    torch.save({"format": 99}, newer)
+    with pytest.raises(CheckpointMismatchError, match="newer version .* format 99"):
+        load_checkpoint(newer)
+
+
+def test_saved_files_are_flushed_readable_by_others_and_leave_no_stale_temporaries(
+    tmp_path, monkeypatch
+):
+    import os
+    import time
+
+    from helpers.files import STALE_SECONDS, atomic_write_bytes
+
+    path = tmp_path / "model.pt"
+    stale = tmp_path / ".model.pt.killed.tmp"  # what a kill -9 during a save leaves
+    stale.write_bytes(b"half a checkpoint")
+    old = time.time() - STALE_SECONDS - 60
+    os.utime(stale, (old, old))
+    live = tmp_path / ".model.pt.writing.tmp"  # another save, still being written
+    live.write_bytes(b"in progress")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    previous_umask = os.umask(0o022)
+    try:
+        save_checkpoint(make_model(), path)
+        atomic_write_bytes(tmp_path / "table.csv", b"a,b\n")
+    finally:
+        os.umask(previous_umask)
+    assert len(synced) == 2, "each file is fsynced before its rename"
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert ((tmp_path / "table.csv").stat().st_mode & 0o777) == 0o644
+    assert not stale.exists() and live.exists()

@@ -150,3 +150,26 @@ def test_bad_shapes_and_settings_are_refused():
     with pytest.raises(ValueError, match="even"):
         config(hidden_size=15)
     assert count_parameters(model) > 0
+
+
+def test_the_default_score_is_the_decoders_own():
+    assert config(decoder="bahdanau").attention == "additive"
+    assert config(decoder="luong").attention == "general"
+    assert config(decoder="plain").attention == "general"
+    # Mixed combinations stay possible when asked for explicitly.
+    assert config(decoder="bahdanau", attention="general").attention == "general"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        config(attention="bilinear")
+
+
+def test_out_of_range_token_ids_are_a_clear_error():
+    model = Seq2Seq(config())
+    batch = toy_batch()
+    too_large = batch.source.clone()
+    too_large[0, 0] = VOCAB
+    with pytest.raises(ValueError, match=f"token id {VOCAB}, outside the vocabulary of {VOCAB}"):
+        model(too_large, batch.source_lengths, batch.decoder_input)
+    negative = batch.decoder_input.clone()
+    negative[1, 0] = -1
+    with pytest.raises(ValueError, match="decoder_input holds token id -1"):
+        model(batch.source, batch.source_lengths, negative)

@@ -125,3 +125,55 @@ def test_bahdanau_learns_the_gold_alignment_of_the_dates_task():
     print(f"dates: exact match {exact:.3f}, gold-alignment accuracy {alignment:.3f}")
     assert exact >= 0.95
     assert alignment >= 0.9
+
+
+def test_label_smoothing_puts_no_mass_on_padding():
+    from helpers.training import smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    vocab, epsilon = 9, 0.2
+    logits = torch.randn(5, vocab)
+    target = torch.tensor([4, 5, 6, 7, 8])
+    # The target distribution of OpenNMT-py / joeynmt: 1 - eps on the gold token, eps
+    # spread evenly over the V - 2 tokens that are neither gold nor <pad>, 0 on <pad>.
+    expected_distribution = torch.full((5, vocab), epsilon / (vocab - 2))
+    expected_distribution[:, PAD_INDEX] = 0.0
+    expected_distribution[torch.arange(5), target] = 1 - epsilon
+    assert torch.allclose(expected_distribution.sum(-1), torch.ones(5))
+    expected = -(expected_distribution * logits.log_softmax(-1)).sum(-1).mean()
+    loss = smoothed_cross_entropy(logits, target, epsilon)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    # torch's own label smoothing does put mass on <pad>: the two must differ.
+    assert float(loss) != pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, target, label_smoothing=epsilon))
+    )
+    # The gradient pushes <pad>'s probability down, never towards a target share.
+    logits.requires_grad_(True)
+    smoothed_cross_entropy(logits, target, epsilon, reduction="sum").backward()
+    probabilities = logits.detach().softmax(-1)
+    assert torch.allclose(logits.grad[:, PAD_INDEX], probabilities[:, PAD_INDEX], atol=1e-6)
+    # Zero smoothing is plain cross-entropy; out-of-range smoothing is refused.
+    plain = logits.detach()
+    assert float(smoothed_cross_entropy(plain, target)) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(plain, target))
+    )
+    with pytest.raises(ValueError, match="label_smoothing"):
+        smoothed_cross_entropy(logits, target, 1.0)
+
+
+def test_evaluate_loss_restores_the_mode_and_refuses_empty_data(small_dates):
+    from helpers.models import Seq2Seq
+    from helpers.training import evaluate_loss
+
+    config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.5)
+    model = Seq2Seq(config)
+    _, valid_loader = small_dates.loaders(batch_size=32)
+    model.train()
+    first = evaluate_loss(model, valid_loader)
+    assert model.training, "evaluate_loss must hand a training model back in training mode"
+    assert evaluate_loss(model, valid_loader) == first  # dropout was off while evaluating
+    model.eval()
+    evaluate_loss(model, valid_loader)
+    assert not model.training
+    with pytest.raises(ValueError, match="no target tokens"):
+        evaluate_loss(model, [])
