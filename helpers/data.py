@@ -8,7 +8,8 @@ Where the data comes from, in order (:func:`resolve_data_path`):
 1. an explicit ``path`` argument;
 2. the environment variable ``PAYING_ATTENTION_DATA`` (a ``.tsv``/``.txt`` file);
 3. the cached file ``data/deu-eng.tsv`` in the repository;
-4. a download from manythings.org into that cache;
+4. a download from manythings.org (or the mirror in ``PAYING_ATTENTION_URL``) into
+   that cache, checked line by line before it is cached;
 5. otherwise a :class:`DataNotFoundError` that says how to get the data by hand.
 
 Run ``python -m helpers fetch`` to fill the cache (the Makefile does this).
@@ -28,6 +29,7 @@ import unicodedata
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ from pathlib import Path
 from .files import atomic_destination, atomic_write_bytes
 
 DOWNLOAD_URL = "https://www.manythings.org/anki/deu-eng.zip"
+#: Set this to download from a mirror instead of :data:`DOWNLOAD_URL`.
+URL_ENV_VAR = "PAYING_ATTENTION_URL"
 DATA_ENV_VAR = "PAYING_ATTENTION_DATA"
 DATA_DIR_ENV_VAR = "PAYING_ATTENTION_DATA_DIR"
 CACHE_FILENAME = "deu-eng.tsv"
@@ -80,54 +84,82 @@ def read_pairs(path: str | os.PathLike, max_pairs: int | None = None) -> list[Pa
 
     Raises:
         DataFormatError: a line with the wrong number of columns, an empty sentence,
-            bytes that are not UTF-8, or a file with no pairs at all. The message
-            names the file and the 1-based line number.
+            bytes that are not UTF-8, carriage-return-only line ends, or a file with no
+            pairs at all. The message names the file and the 1-based line number.
+        DataNotFoundError: ``path`` does not exist or is a directory.
+        ValueError: ``max_pairs`` below 1.
     """
     path = Path(path)
-    pairs: list[Pair] = []
+    if max_pairs is not None and (isinstance(max_pairs, bool) or max_pairs < 1):
+        raise ValueError(f"max_pairs must be at least 1 (or None for all), got {max_pairs!r}")
+    if path.is_dir():
+        raise DataNotFoundError(f"{path} is a directory, not a data file")
+    if not path.is_file():
+        raise DataNotFoundError(f"data file {path} does not exist")
     with open(path, "rb") as stream:
-        for line_number, raw_line in enumerate(stream, start=1):
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise DataFormatError(f"{path}:{line_number}: not valid UTF-8 ({error})") from None
-            if line_number == 1:
-                line = line.removeprefix("\ufeff")
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            columns = line.split("\t")
-            if len(columns) not in (2, 3):
-                raise DataFormatError(
-                    f"{path}:{line_number}: expected 2 or 3 TAB-separated columns "
-                    f"(English, German[, attribution]), found {len(columns)}: {line[:80]!r}"
-                )
-            english, german = columns[0].strip(), columns[1].strip()
-            if not english or not german:
-                side = "English" if not english else "German"
-                raise DataFormatError(f"{path}:{line_number}: empty {side} sentence")
-            pairs.append((english, german))
-            if max_pairs is not None and len(pairs) >= max_pairs:
-                break
+        return _parse_pairs(stream, str(path), max_pairs)
+
+
+def _parse_pairs(lines: Iterable[bytes], name: str, max_pairs: int | None = None) -> list[Pair]:
+    """:func:`read_pairs` on lines of bytes; ``name`` (a path or URL) goes in the errors."""
+    pairs: list[Pair] = []
+    for line_number, raw_line in enumerate(lines, start=1):
+        try:
+            line = raw_line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataFormatError(f"{name}:{line_number}: not valid UTF-8 ({error})") from None
+        if line_number == 1:
+            line = line.removeprefix("\ufeff")
+        line = line.rstrip("\r\n")
+        if "\r" in line:
+            raise DataFormatError(
+                f"{name}:{line_number}: a carriage return inside the line. CR-only "
+                "(old Mac) line endings would merge sentences into one pair: convert them "
+                "to LF (e.g. tr '\\r' '\\n'), or remove the stray character"
+            )
+        if not line.strip():
+            continue
+        columns = line.split("\t")
+        if len(columns) not in (2, 3):
+            raise DataFormatError(
+                f"{name}:{line_number}: expected 2 or 3 TAB-separated columns "
+                f"(English, German[, attribution]), found {len(columns)}: {line[:80]!r}"
+            )
+        english, german = columns[0].strip(), columns[1].strip()
+        if not english or not german:
+            side = "English" if not english else "German"
+            raise DataFormatError(f"{name}:{line_number}: empty {side} sentence")
+        pairs.append((english, german))
+        if max_pairs is not None and len(pairs) >= max_pairs:
+            break
     if not pairs:
-        raise DataFormatError(f"{path}: the file holds no sentence pairs")
+        raise DataFormatError(f"{name}: the file holds no sentence pairs")
     return pairs
 
 
 # ------------------------------------------------------------------------ download
 
 
+def download_url() -> str:
+    """Where the data is downloaded from: ``$PAYING_ATTENTION_URL`` or :data:`DOWNLOAD_URL`."""
+    return os.environ.get(URL_ENV_VAR) or DOWNLOAD_URL
+
+
 def download_tatoeba(
-    url: str = DOWNLOAD_URL,
+    url: str | None = None,
     data_dir: str | os.PathLike | None = None,
     timeout: float = 60.0,
 ) -> Path:
     """Download ``deu-eng.zip``, check it, extract ``deu.txt`` into the cache atomically.
 
     Returns the path of the cached ``deu-eng.tsv``. On any failure (network error,
-    truncated transfer, a file that is not a valid zip, a zip without ``deu.txt``)
-    a :class:`DownloadError` is raised and the cache is left untouched.
+    truncated transfer, a file that is not a valid zip, a corrupt member, a zip without
+    ``deu.txt``, or a ``deu.txt`` that is not sentence pairs: empty, HTML, not UTF-8) a
+    :class:`DownloadError` is raised and the cache is left untouched: every line is
+    checked *before* the file is renamed into the cache, so a bad download can never
+    poison it. ``url`` defaults to :func:`download_url`.
     """
+    url = url or download_url()
     target = Path(data_dir) if data_dir is not None else default_data_dir()
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
@@ -150,8 +182,13 @@ def download_tatoeba(
             if not names:
                 raise DownloadError(f"{url}: the zip holds no deu.txt ({archive.namelist()})")
             text = archive.read(names[0])
-    except zipfile.BadZipFile as error:
-        raise DownloadError(f"{url}: not a valid zip file ({error})") from error
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        # zlib.error: a member whose compressed data is corrupt (testzip lets it through).
+        raise DownloadError(f"{url}: not a valid zip file ({error!r})") from error
+    try:
+        _parse_pairs(io.BytesIO(text), f"{url} (deu.txt)")
+    except DataFormatError as error:
+        raise DownloadError(f"the downloaded file is not sentence pairs: {error}") from error
     cached = target / CACHE_FILENAME
     atomic_write_bytes(cached, text)
     return cached
@@ -161,17 +198,22 @@ def resolve_data_path(
     path: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-    url: str = DOWNLOAD_URL,
+    url: str | None = None,
 ) -> Path:
     """Find the sentence-pair file: argument → environment variable → cache → download."""
+    url = url or download_url()
     if path is not None:
         explicit = Path(path)
+        if explicit.is_dir():
+            raise DataNotFoundError(f"{explicit} is a directory, not a data file")
         if not explicit.is_file():
             raise DataNotFoundError(f"data file {explicit} does not exist")
         return explicit
     from_env = os.environ.get(DATA_ENV_VAR)
     if from_env:
         env_path = Path(from_env)
+        if env_path.is_dir():
+            raise DataNotFoundError(f"${DATA_ENV_VAR} points to {env_path}, a directory")
         if not env_path.is_file():
             raise DataNotFoundError(f"${DATA_ENV_VAR} points to {env_path}, which does not exist")
         return env_path
@@ -188,26 +230,30 @@ def resolve_data_path(
         reason = "downloading was switched off"
     raise DataNotFoundError(
         f"No English–German data found and {reason}.\n"
-        f"Get it by hand: download {DOWNLOAD_URL}, unzip it and save deu.txt as "
+        f"Get it by hand: download {url}, unzip it and save deu.txt as "
         f"{cached}, or set ${DATA_ENV_VAR} to a TAB-separated English/German file."
     )
 
 
 def fetch_into_cache(data_dir: str | os.PathLike | None = None) -> Path:
-    """Make sure the cache holds the data: copy ``$PAYING_ATTENTION_DATA`` or download."""
+    """Make sure the data is there, and return the file the notebooks will use.
+
+    With ``$PAYING_ATTENTION_DATA`` set, that file is checked line by line and copied
+    into the cache (for later sessions without the variable); the notebooks use the
+    variable's file while it is set, so that is the path returned, as
+    :func:`resolve_data_path` (``python -m helpers where``) returns it. Otherwise the
+    cache is filled by a download when empty.
+    """
     cache_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     cached = cache_dir / CACHE_FILENAME
     from_env = os.environ.get(DATA_ENV_VAR)
-    if cached.is_file():
-        return cached
     if from_env:
-        source = Path(from_env)
-        if not source.is_file():
-            raise DataNotFoundError(f"${DATA_ENV_VAR} points to {source}, which does not exist")
-        read_pairs(source, max_pairs=10)  # fail early on a file that is not sentence pairs
-        with atomic_destination(cached) as temporary:
-            shutil.copyfile(source, temporary)
-        return cached
+        source = resolve_data_path(data_dir=cache_dir, download=False)  # the variable's file
+        read_pairs(source)  # every line, before anything reaches the cache
+        if not cached.is_file() or cached.read_bytes() != source.read_bytes():
+            with atomic_destination(cached) as temporary:
+                shutil.copyfile(source, temporary)
+        return source
     return resolve_data_path(data_dir=cache_dir)
 
 
@@ -371,10 +417,18 @@ class DataSplit:
 
 
 def group_by_source(pairs: Iterable[Pair]) -> OrderedDict[str, list[str]]:
-    """Map each source sentence to all of its translations, in first-seen order."""
+    """Map each source sentence to all of its translations, in first-seen order.
+
+    Sentences are grouped by their *normalised* text (:func:`normalize_text`, what the
+    tokeniser sees), so two spellings of one sentence (``"Go ."`` and ``"Go."``, a
+    non-breaking space) form one group, keyed by the first spelling seen: they can never
+    fall into different splits.
+    """
     groups: OrderedDict[str, list[str]] = OrderedDict()
+    first_spelling: dict[str, str] = {}
     for source, target in pairs:
-        groups.setdefault(source, []).append(target)
+        key = first_spelling.setdefault(normalize_text(source), source)
+        groups.setdefault(key, []).append(target)
     return groups
 
 
@@ -386,7 +440,8 @@ def split_by_source(
 ) -> DataSplit:
     """Split pairs so that no source (English) sentence lands in two splits.
 
-    Many English sentences have several German translations. Splitting pairs at random
+    Many English sentences have several German translations (and a few have several
+    spellings: they are grouped on normalised text). Splitting pairs at random
     would put "I'm tired." → "Ich bin müde." in training and "I'm tired." → "Ich bin
     erschöpft." in the test set, and the test score would reward memorisation. So the
     *distinct* English sentences are shuffled with ``seed`` and cut into three groups;

@@ -311,3 +311,112 @@ def test_test_sentences_keep_all_their_translations():
 def test_split_rejects_impossible_fractions():
     with pytest.raises(ValueError):
         split_by_source(corpus(), 0.6, 0.5)
+
+
+# ------------------------------------------------------------- bad input, poisoned cache
+
+
+def test_two_spellings_of_one_sentence_never_fall_into_different_splits():
+    pairs = []
+    for index in range(200):
+        pairs.append((f"Sentence {index}.", f"Satz {index}."))
+        # The same sentence with a stray space before the full stop, and with a
+        # non-breaking space: one sentence for the tokeniser, so one group for the split.
+        pairs.append((f"Sentence {index} .", f"Ein Satz {index}."))
+        pairs.append((f"Sentence\u00a0{index}.", f"Der Satz {index}."))
+    for seed in range(5):
+        split = split_by_source(pairs, 0.1, 0.1, seed=seed)
+        where = {}
+        for name, sources in [
+            ("train", [s for s, _ in split.train]),
+            ("valid", [s for s, _ in split.valid]),
+            ("test", [e.source for e in split.test]),
+        ]:
+            for source in sources:
+                where.setdefault(normalize_text(source), set()).add(name)
+        assert len(where) == 200 and all(len(splits) == 1 for splits in where.values())
+        assert all(len(example.references) == 3 for example in split.test)
+
+
+def test_cr_only_line_endings_are_named_not_merged(tmp_path):
+    path = write(tmp_path / "mac.tsv", "Go.\tGeh.\nHi.\tHallo!\n", newline="\r")
+    with pytest.raises(DataFormatError, match=r"mac.tsv:1: a carriage return.*CR-only"):
+        read_pairs(path)
+
+
+def test_a_directory_or_a_bad_max_pairs_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(DataNotFoundError, match="is a directory"):
+        read_pairs(tmp_path)
+    with pytest.raises(DataNotFoundError, match="is a directory"):
+        resolve_data_path(tmp_path)
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="a directory"):
+        resolve_data_path()
+    path = write(tmp_path / "ok.tsv", "Go.\tGeh.\n")
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="max_pairs must be at least 1"):
+            read_pairs(path, max_pairs=bad)
+
+
+def corrupt_member_zip() -> bytes:
+    """A zip whose directory is fine but whose deflated deu.txt is garbage."""
+    good = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\n" * 500})
+    with zipfile.ZipFile(io.BytesIO(good)) as archive:
+        info = archive.getinfo("deu.txt")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    broken = bytearray(good)
+    broken[start : start + 8] = b"\xff" * 8  # an invalid deflate block header
+    return bytes(broken)
+
+
+def latin1_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("deu.txt", "Go.\tGehé.\n".encode("latin-1"))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make_body", "reason"),
+    [
+        (corrupt_member_zip, "not a valid zip"),
+        (lambda: make_zip({"deu.txt": ""}), "no sentence pairs"),
+        (lambda: make_zip({"deu.txt": "<!DOCTYPE html><html>Slow down</html>\n"}), "TAB-separated"),
+        (latin1_zip, "not valid UTF-8"),
+    ],
+    ids=["corrupt member", "empty", "html", "not utf-8"],
+)
+def test_a_bad_download_never_reaches_the_cache(server, tmp_path, monkeypatch, make_body, reason):
+    server.body = make_body()
+    with pytest.raises(DownloadError, match=reason):
+        download_tatoeba(server.url, tmp_path, timeout=10)
+    assert list(tmp_path.iterdir()) == []
+    # Through the resolver, the reader gets the by-hand instructions, and nothing is cached.
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    with pytest.raises(DataNotFoundError, match="Get it by hand"):
+        resolve_data_path(data_dir=tmp_path, url=server.url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mirror_url_can_be_set_without_editing_code(server, tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    monkeypatch.setenv(data.URL_ENV_VAR, server.url)
+    server.body = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\n"})
+    assert read_pairs(resolve_data_path(data_dir=tmp_path)) == [("Go.", "Geh.")]
+    assert server.user_agents, "the mirror was not asked"
+
+
+def test_fetch_checks_every_line_and_agrees_with_where(tmp_path, monkeypatch):
+    lines = "".join(f"English {i}.\tDeutsch {i}.\n" for i in range(40)) + "broken line\n"
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(write(tmp_path / "late.tsv", lines)))
+    with pytest.raises(DataFormatError, match="late.tsv:41"):
+        fetch_into_cache(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "deu-eng.tsv").exists()
+    # With a good file in the variable and an older one in the cache, `fetch` and
+    # `where` name the same file: the one the notebooks will read.
+    good = write(tmp_path / "good.tsv", "Go.\tGeh.\n")
+    (tmp_path / "cache").mkdir()
+    write(tmp_path / "cache" / "deu-eng.tsv", "Hi.\tHallo!\n")
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(good))
+    assert fetch_into_cache(tmp_path / "cache") == resolve_data_path(data_dir=tmp_path / "cache")
+    assert read_pairs(tmp_path / "cache" / "deu-eng.tsv") == [("Go.", "Geh.")]
