@@ -35,7 +35,7 @@ def save_checkpoint(
     """Write ``model`` (weights, config, vocabularies) and ``extra`` to ``path`` atomically.
 
     ``extra`` may hold plain data (``None``, bools, ints, floats, strings, tensors, and
-    lists, tuples and string-keyed dicts of them), e.g. the training history: exactly what
+    lists, tuples and dicts of them, an optimizer's ``state_dict()`` included), e.g. the training history: exactly what
     ``torch.load(..., weights_only=True)`` reads back. Anything else (a NumPy number, say)
     is refused *before* writing, so a good checkpoint at ``path`` is never replaced by one
     that cannot be loaded. The file is flushed to disk (``fsync``) before the rename.
@@ -74,10 +74,7 @@ def _check_plain(value: Any, where: str) -> None:
         return
     if type(value) is dict:
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"{where} has a key {key!r} of type {type(key).__name__}; use str keys"
-                )
+            _check_plain(key, f"{where} key {key!r}")  # (an optimizer's state has int keys)
             _check_plain(item, f"{where}[{key!r}]")
         return
     raise TypeError(

@@ -13,6 +13,12 @@ DistributedDataParallel (gloo on CPUs, nccl on GPUs)::
 
 Each global batch is split across the processes, gradients are averaged, and rank 0 alone
 validates, scores BLEU and writes the checkpoint (the same format the notebooks load).
+
+Nothing is lost. Every flag, the output paths and the data are checked before the first
+batch. The checkpoint is written (atomically) at the end of *every* epoch, so Ctrl-C or a
+crash loses at most one epoch; ``--resume`` continues from it, with the same result as an
+uninterrupted run. The final model is saved before it is scored, so a test sentence the
+model cannot take (longer than ``max_source_length``) never costs the trained model.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,13 +39,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from .attention import ATTENTION_NAMES
 from .batching import BucketBatchSampler, collate_batch, make_loader
-from .checkpoints import save_checkpoint
+from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from .decoding import translate_batch
 from .files import atomic_write_bytes
 from .metrics import alignment_accuracy, corpus_scores
 from .models import Seq2Seq
 from .tasks import TrainSettings, dates_recipe, dates_task, tatoeba_recipe, tatoeba_task
-from .training import select_device, set_seed, train
+from .training import TrainingHistory, select_device, set_seed, train
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -91,8 +98,51 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--output", required=True, help="checkpoint path (written by rank 0, atomically)"
     )
     parser.add_argument("--summary", help="also write the final figures as JSON here")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run whose end-of-epoch checkpoint is at --output",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "embedding_size", "hidden_size"):
+        value = getattr(arguments, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("learning_rate", "time_budget"):
+        value = getattr(arguments, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if arguments.dropout is not None and not 0 <= arguments.dropout < 1:
+        parser.error(f"--dropout must lie in [0, 1), got {arguments.dropout}")
+    for name in ("output", "summary"):
+        path = getattr(arguments, name)
+        if path is not None:
+            problem = unwritable(Path(path))
+            if problem:
+                parser.error(f"--{name} {path}: {problem}")
+    return arguments
+
+
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, or ``None``: checked before hours of training."""
+    if path.is_dir():
+        return "is a directory; give a file name, e.g. checkpoints/model.pt"
+    folder = path.parent
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, so no folder can be made under it"
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass  # created and removed: the folder takes new files
+    except OSError as error:
+        return f"cannot write in {folder} ({error.strerror or error})"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "exists and is read-only"
+    return None
 
 
 def _settings_for(arguments: argparse.Namespace, device: torch.device):
@@ -136,14 +186,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     is_main = rank == 0
 
-    task = tatoeba_task(arguments.data) if arguments.task == "tatoeba" else dates_task()
-    model_settings, settings = _settings_for(arguments, device)
-    config = task.model_config(**model_settings)
+    try:
+        task = tatoeba_task(arguments.data) if arguments.task == "tatoeba" else dates_task()
+        model_settings, settings = _settings_for(arguments, device)
+        config = task.model_config(**model_settings)
+    except (OSError, ValueError) as error:  # missing or malformed data, impossible sizes
+        return _fail(f"error: {error}", distributed)
+    sizes = task.summary()
+    if len(task.valid) == 0 or not task.test_sources:
+        return _fail(
+            f"error: too few sentences to train and score: {sizes}. The validation and "
+            "test splits need at least one sentence each (about 20 distinct English "
+            "sentences or more)",
+            distributed,
+        )
     set_seed(settings.seed)  # identical initial weights on every rank
     model = Seq2Seq(config).attach_vocabularies(task.source_vocab, task.target_vocab).to(device)
     global_batches = BucketBatchSampler(
         task.train.length_keys, settings.batch_size, shuffle=True, seed=settings.seed
     )
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    output = Path(arguments.output)
+    previous: TrainingHistory | None = None
+    if arguments.resume:
+        try:
+            previous = _restore(output, model, optimizer, global_batches, config, settings, device)
+        except (FileNotFoundError, CheckpointMismatchError) as error:
+            return _fail(f"error: cannot resume: {error}", distributed)
     train_loader = DataLoader(
         task.train,
         batch_sampler=ShardedBatchSampler(global_batches, rank, world_size),
@@ -155,42 +224,94 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     trained = DistributedDataParallel(model, broadcast_buffers=False) if distributed else model
     if is_main:
-        print(
-            f"{arguments.task}: {task.summary()} | {world_size} process(es) on {device}", flush=True
-        )
+        print(f"{arguments.task}: {sizes} | {world_size} process(es) on {device}", flush=True)
+        if previous is not None:
+            print(f"resuming after epoch {len(previous.epochs)} of {settings.epochs}", flush=True)
+
+    history_so_far = TrainingHistory(list(previous.epochs) if previous else [])
+
+    def save_epoch(record) -> None:
+        """The end-of-epoch checkpoint: everything --resume needs to continue exactly."""
+        history_so_far.epochs.append(record)
+        if is_main:
+            save_checkpoint(
+                model,
+                output,
+                extra={
+                    "history": history_so_far.to_dict(),
+                    "settings": settings.to_dict(),
+                    "resume": {
+                        "optimizer": optimizer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "sampler_epoch": global_batches.epoch,
+                    },
+                },
+            )
+
     start = time.perf_counter()
-    history = train(
-        trained,
-        train_loader,
-        valid_loader,
-        **settings.loop_arguments(),
-        device=device,
-        progress=is_main and not arguments.no_progress,
-        synchronise_budget=distributed,
-    )
+    try:
+        history = train(
+            trained,
+            train_loader,
+            valid_loader,
+            **settings.loop_arguments(),
+            device=device,
+            optimizer=optimizer,
+            progress=is_main and not arguments.no_progress,
+            synchronise_budget=distributed,
+            on_epoch_end=save_epoch,
+            history=previous,
+        )
+    except KeyboardInterrupt:
+        done = len(history_so_far.epochs)
+        if is_main:
+            where = f"the checkpoint of epoch {done} is at {output}" if done else "no epoch ended"
+            print(
+                f"\ninterrupted: {where}; continue with the same command and --resume"
+                if done
+                else f"\ninterrupted before the first epoch ended: {where}",
+                file=sys.stderr,
+            )
+        return 130
     seconds = time.perf_counter() - start
+    status = 0
     if is_main:
-        model.eval()
-        translations = translate_batch(model, task.test_sources, beam_size=1)
-        scores = corpus_scores([t.text for t in translations], task.test_references)
+        # Saved before scoring: the trained model is safe whatever the test data holds.
+        save_checkpoint(
+            model, output, extra={"history": history.to_dict(), "settings": settings.to_dict()}
+        )
         summary = {
             "task": arguments.task,
             "processes": world_size,
             "device": str(device),
             "epochs": len(history.epochs),
+            "stopped_by_time_budget": history.stopped_by_budget,
             "train_seconds": seconds,
             "final_valid_loss": history.epochs[-1].valid_loss,
-            "test_bleu": scores.bleu,
-            "test_chrf": scores.chrf,
-            "bleu_signature": scores.bleu_signature,
         }
-        if task.test_gold_spans is not None:
-            summary["gold_alignment"] = alignment_accuracy(
-                [t.attention for t in translations], task.test_gold_spans
+        try:
+            model.eval()
+            translations = translate_batch(model, task.test_sources, beam_size=1)
+            scores = corpus_scores([t.text for t in translations], task.test_references)
+            summary |= {
+                "test_bleu": scores.bleu,
+                "test_chrf": scores.chrf,
+                "bleu_signature": scores.bleu_signature,
+            }
+            if task.test_gold_spans is not None:
+                summary["gold_alignment"] = alignment_accuracy(
+                    [t.attention for t in translations], task.test_gold_spans
+                )
+        except ValueError as error:
+            summary["test_error"] = str(error)
+            print(
+                f"error: the model is saved at {output}, but scoring failed: {error}",
+                file=sys.stderr,
             )
+            status = 1
         save_checkpoint(
             model,
-            arguments.output,
+            output,
             extra={
                 "history": history.to_dict(),
                 "settings": settings.to_dict(),
@@ -199,11 +320,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if arguments.summary:
             atomic_write_bytes(Path(arguments.summary), json.dumps(summary, indent=2).encode())
+        if history.stopped_by_budget:
+            print(f"stopped by the --time-budget of {settings.time_budget:g} s", flush=True)
         print(json.dumps(summary, indent=2), flush=True)
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
-    return 0
+    return status
+
+
+def _fail(message: str, distributed: bool) -> int:
+    print(message, file=sys.stderr)
+    if distributed:
+        dist.destroy_process_group()
+    return 2
+
+
+def _restore(
+    output: Path,
+    model: Seq2Seq,
+    optimizer: torch.optim.Optimizer,
+    sampler: BucketBatchSampler,
+    config,
+    settings: TrainSettings,
+    device: torch.device,
+) -> TrainingHistory:
+    """Load the end-of-epoch checkpoint at ``output`` into a fresh model and optimizer."""
+    saved, extra = load_checkpoint(
+        output,
+        device,
+        expected_config=config,
+        source_vocab=model.source_vocab,
+        target_vocab=model.target_vocab,
+    )
+    if "resume" not in extra:
+        raise CheckpointMismatchError(f"{output} is a finished model, not an interrupted run")
+    stored = extra["settings"]
+    changed = {
+        key: (stored.get(key), value)
+        for key, value in settings.to_dict().items()
+        if key != "epochs" and stored.get(key) != value
+    }
+    if changed:
+        raise CheckpointMismatchError(f"{output} was trained with other settings: {changed}")
+    model.load_state_dict(saved.state_dict())
+    optimizer.load_state_dict(extra["resume"]["optimizer"])
+    torch.set_rng_state(extra["resume"]["torch_rng"])
+    sampler.set_epoch(extra["resume"]["sampler_epoch"])
+    return TrainingHistory.from_dict(extra["history"])
 
 
 if __name__ == "__main__":

@@ -247,6 +247,7 @@ def train(
     synchronise_budget: bool = False,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     description: str = "train",
+    history: TrainingHistory | None = None,
 ) -> TrainingHistory:
     """Train ``model`` with Adam for a set number of epochs; return the per-epoch history.
 
@@ -280,6 +281,10 @@ def train(
             on when the time budget is spent (otherwise one rank could stop while the
             others wait for it forever).
         description: names the run on its progress bar (e.g. the model's name).
+        history: the history of an interrupted run to continue (``--resume``): training
+            goes on from the epoch after its last one, up to ``epochs``. The caller
+            restores the model, the ``optimizer`` (its state holds the decayed learning
+            rate), the random state and the sampler's epoch; see ``helpers.train``.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -295,20 +300,23 @@ def train(
     amp = device.type == "cuda" if amp is None else amp
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay) if lr_decay else None
-    history = TrainingHistory()
+    history = TrainingHistory(list(history.epochs)) if history is not None else TrainingHistory()
+    first_epoch = len(history.epochs) + 1
+    if first_epoch > 1 and early_stopping_patience is not None:
+        raise ValueError("continuing a run is not supported with early stopping")
     started = time.perf_counter()
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_improvement = 0
     # One bar for the whole run: its ETA is the time left for *all* epochs.
     bar = tqdm(
-        total=_total_batches(train_loader, epochs),
+        total=_total_batches(train_loader, epochs - first_epoch + 1),
         desc=description,
         unit="batch",
         disable=not progress,
         mininterval=1.0,  # one refresh a second is plenty, and cheap in a notebook
     )
     stop_reason = ""
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
         loss_sum = torch.zeros((), device=device)

@@ -1,0 +1,131 @@
+"""python -m helpers.train loses nothing: inputs checked first, a checkpoint every epoch,
+--resume, Ctrl-C, and a model that is saved even when scoring fails."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from helpers.checkpoints import load_checkpoint
+
+DATES = ["-m", "helpers.train", "--task", "dates", "--batch-size", "64", "--no-progress"]
+DATES += ["--hidden-size", "32", "--embedding-size", "16"]
+
+
+def cli(*flags, timeout=600):
+    return subprocess.run([sys.executable, *flags], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--learning-rate", "-1"], "--learning-rate must be positive"),
+        (["--dropout", "1.5"], "--dropout must lie in"),
+    ],
+)
+def test_bad_flags_are_refused_before_anything_runs(tmp_path, flags, message):
+    result = cli(*DATES, *flags, "--output", str(tmp_path / "model.pt"), timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "model.pt").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("in the way")
+    for output, message in [
+        (tmp_path, "is a directory"),
+        (a_file / "model.pt", "is a file, so no folder can be made under it"),
+    ]:
+        started = time.perf_counter()
+        result = cli(*DATES, "--output", str(output), timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        assert time.perf_counter() - started < 30, "it trained before checking"
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        result = cli(*DATES, "--output", str(locked / "model.pt"), timeout=60)
+        assert result.returncode == 2 and "cannot write" in result.stderr
+
+
+def test_too_few_sentences_are_refused_before_training(tmp_path):
+    data = tmp_path / "tiny.tsv"
+    data.write_text("".join(f"Sentence {i}.\tSatz {i}.\n" for i in range(5)))
+    result = cli(
+        "-m", "helpers.train", "--data", str(data), "--epochs", "1", "--no-progress",
+        "--output", str(tmp_path / "model.pt"), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "too few sentences" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "model.pt").exists()
+
+
+def test_resume_continues_an_interrupted_run_exactly(tmp_path):
+    whole, first, resumed = tmp_path / "whole.pt", tmp_path / "resumed.pt", None
+    assert cli(*DATES, "--epochs", "2", "--output", str(whole)).returncode == 0
+    assert cli(*DATES, "--epochs", "1", "--output", str(first)).returncode == 0
+    # A finished run cannot be resumed by accident ...
+    refused = cli(*DATES, "--epochs", "2", "--resume", "--output", str(first))
+    assert refused.returncode == 2 and "a finished model" in refused.stderr
+    # ... but its end-of-epoch checkpoint can: interrupt a run after its first epoch.
+    partial = tmp_path / "partial.pt"
+    process = subprocess.Popen(
+        [sys.executable, *DATES, "--epochs", "2", "--output", str(partial)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before it could be interrupted")
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted: the checkpoint of epoch 1" in stderr and "--resume" in stderr
+    resumed = cli(*DATES, "--epochs", "2", "--resume", "--output", str(partial))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 1 of 2" in resumed.stdout
+    whole_model, whole_extra = load_checkpoint(whole)
+    resumed_model, resumed_extra = load_checkpoint(partial)
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[name]), name
+    losses = [
+        [(e["train_loss"], e["valid_loss"]) for e in extra["history"]["epochs"]]
+        for extra in (whole_extra, resumed_extra)
+    ]
+    assert losses[0] == losses[1]
+    assert whole_extra["summary"]["test_bleu"] == resumed_extra["summary"]["test_bleu"]
+    assert "resume" not in resumed_extra  # finished now
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    result = cli(*DATES, "--epochs", "1", "--resume", "--output", str(tmp_path / "none.pt"))
+    assert result.returncode == 2 and "cannot resume: no checkpoint at" in result.stderr
+
+
+def test_a_failed_scoring_never_costs_the_trained_model(tmp_path):
+    # Every sentence is longer than the model's max_source_length (64 tokens), so
+    # scoring the test set fails after training. The model must be on disk anyway.
+    words = " ".join(f"w{i}" for i in range(70))
+    data = tmp_path / "long.tsv"
+    data.write_text("".join(f"{words} {i}.\tSatz {i}.\n" for i in range(60)))
+    output, summary = tmp_path / "model.pt", tmp_path / "summary.json"
+    result = cli(
+        "-m", "helpers.train", "--data", str(data), "--epochs", "1", "--no-progress",
+        "--hidden-size", "16", "--embedding-size", "8",
+        "--output", str(output), "--summary", str(summary), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"the model is saved at {output}, but scoring failed" in result.stderr
+    _, extra = load_checkpoint(output)
+    assert len(extra["history"]["epochs"]) == 1 and "test_error" in extra["summary"]
+    assert "test_error" in json.loads(summary.read_text())
