@@ -222,6 +222,10 @@ def _job(variant: str, seed: int, threads: int, out_dir: str, code: dict[str, An
     task, dates = _tasks()
     row, outputs = run_variant(variant, full_settings(seed), task, dates, device="cpu")
     row["code"] = code
+    # Runs of one comparison may come from several machines (the run resumes where it
+    # stopped): each records its own, since another CPU changes the last digits.
+    row["hardware"] = hardware()
+    row["torch threads"] = threads
     runs = Path(out_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     path = runs / f"{slug(variant)}_seed{seed}.json"
@@ -335,10 +339,8 @@ def code_state() -> dict[str, Any]:
     }
 
 
-def _provenance(
-    arguments: argparse.Namespace, wall_seconds: float, argv: Sequence[str], out_dir: Path
-) -> dict:
-    cpu = "unknown"
+def hardware() -> dict[str, Any]:
+    """This machine: CPU model, core count, architecture."""
     try:
         cpu = next(
             line.split(":", 1)[1].strip()
@@ -347,6 +349,12 @@ def _provenance(
         )
     except (OSError, StopIteration):
         cpu = platform.processor() or "unknown"
+    return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()}
+
+
+def _provenance(
+    arguments: argparse.Namespace, wall_seconds: float, argv: Sequence[str], out_dir: Path
+) -> dict:
     import sacrebleu
 
     # Each run records the code it was trained with (runs can come from several
@@ -359,7 +367,13 @@ def _provenance(
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall seconds": round(wall_seconds, 1),
         "train seconds, all runs": round(sum(r["train seconds"] for r in runs), 1),
-        "hardware": {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()},
+        "hardware": hardware(),
+        "hardware of the runs": [
+            json.loads(h)
+            for h in sorted(
+                {json.dumps(r.get("hardware", "unknown"), sort_keys=True) for r in runs}
+            )
+        ],
         "device": "cpu",
         "workers": arguments.workers,
         "torch threads per worker": arguments.threads,

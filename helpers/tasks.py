@@ -328,7 +328,7 @@ def tatoeba_recipe(
     Notebooks 04 and 05 (and ``python -m helpers.train``) use the same recipe, so 05
     finds 04's checkpoints in the cache.
 
-    On a CPU the model is small and trains for a fixed number of epochs, two to three
+    On a CPU the model is small and trains for a fixed number of epochs, three to six
     minutes per model on two cores: Luong 7 epochs, Bahdanau 3 (its step-by-step decoder
     costs more per epoch). The same epochs on a slower machine give the same model, only
     later. ``python -m helpers.experiments`` trains both to convergence (the committed
