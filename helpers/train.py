@@ -213,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             previous = _restore(output, model, optimizer, global_batches, config, settings, device)
         except (FileNotFoundError, CheckpointMismatchError) as error:
             return _fail(f"error: cannot resume: {error}", distributed)
+    if rank > 0:
+        # The same initial weights everywhere (above), but each rank its own dropout
+        # masks: identical masks on every shard would waste the extra processes'
+        # regularisation. Rank 0 keeps the single-process random stream.
+        torch.manual_seed(settings.seed + 1_000_003 * rank)
     train_loader = DataLoader(
         task.train,
         batch_sampler=ShardedBatchSampler(global_batches, rank, world_size),
@@ -258,7 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=device,
             optimizer=optimizer,
             progress=is_main and not arguments.no_progress,
-            synchronise_budget=distributed,
             on_epoch_end=save_epoch,
             history=previous,
         )

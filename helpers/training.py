@@ -142,6 +142,22 @@ def _budget_spent(started: float, budget: float, synchronise: bool, device: torc
     return bool(flag.item())
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_token_count(local_tokens: int, world_size: int, device: torch.device):
+    """The DDP loss divisor: all processes' real tokens of this step, divided by the world
+    size (DDP's gradient averaging divides by it again)."""
+    import torch.distributed as dist
+
+    count = torch.tensor(float(local_tokens), device=device)
+    dist.all_reduce(count)  # a collective, but no host sync: the divisor stays a tensor
+    return count / world_size
+
+
 def batch_loss(
     model: nn.Module,
     batch: Batch,
@@ -244,7 +260,7 @@ def train(
     lr_decay: float | None = None,
     early_stopping_patience: int | None = None,
     early_stopping_min_delta: float = 0.0,
-    synchronise_budget: bool = False,
+    synchronise_budget: bool | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     description: str = "train",
     history: TrainingHistory | None = None,
@@ -279,7 +295,14 @@ def train(
             smaller gains are treated as convergence.
         synchronise_budget: under DistributedDataParallel, agree across processes
             on when the time budget is spent (otherwise one rank could stop while the
-            others wait for it forever).
+            others wait for it forever). Default: on whenever a process group is
+            initialised.
+
+    Under DistributedDataParallel each process sums its share of a global batch, and the
+    sum is divided by the token count of the *whole* global batch (all-reduced, without a
+    host sync); DDP then averages the gradients over processes, so multiplying by the
+    world size makes the step exactly the single-process step on the global batch
+    (a mean of each rank's own mean would weight the tokens of short shards more).
         description: names the run on its progress bar (e.g. the model's name).
         history: the history of an interrupted run to continue (``--resume``): training
             goes on from the epoch after its last one, up to ``epochs``. The caller
@@ -304,6 +327,9 @@ def train(
     first_epoch = len(history.epochs) + 1
     if first_epoch > 1 and early_stopping_patience is not None:
         raise ValueError("continuing a run is not supported with early stopping")
+    world_size = _world_size()
+    if synchronise_budget is None:
+        synchronise_budget = world_size > 1
     started = time.perf_counter()
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_improvement = 0
@@ -325,13 +351,21 @@ def train(
             real_tokens = batch.target_token_count  # counted on the CPU copy: no device sync
             batch: Batch = batch.to(device, non_blocking=True)
             with _autocast(device, amp):
-                loss = batch_loss(model, batch, teacher_forcing_ratio, label_smoothing)
+                if world_size == 1:
+                    loss = batch_loss(model, batch, teacher_forcing_ratio, label_smoothing)
+                    summed = loss.detach() * real_tokens
+                else:
+                    summed = batch_loss(
+                        model, batch, teacher_forcing_ratio, label_smoothing, reduction="sum"
+                    )
+                    loss = summed / _global_token_count(real_tokens, world_size, device)
+                    summed = summed.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             # Accumulate on the device; reading .item() every batch would stall a GPU.
-            loss_sum += loss.detach() * real_tokens
+            loss_sum += summed
             token_count += real_tokens
             bar.update()
             if progress and batch_number % 50 == 0:

@@ -45,13 +45,13 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     )
     print("single:", single, "\nddp:", double)
     assert single["processes"] == 1 and double["processes"] == 2
-    # Each DDP step sees the same global batch as the single-process step; only the loss
-    # normalisation differs (mean per rank, then averaged), so the results are close.
-    assert double["final_valid_loss"] == pytest.approx(
-        single["final_valid_loss"], rel=0.25, abs=0.02
-    )
-    assert double["gold_alignment"] == pytest.approx(single["gold_alignment"], abs=0.1)
-    assert double["test_bleu"] == pytest.approx(single["test_bleu"], abs=5)
+    # Each DDP step sees the same global batch as the single-process step, and the loss is
+    # normalised by the global token count, so each step is the single-process step up to
+    # the order of floating-point sums (the dates recipe has no dropout). The two runs
+    # agree to a fraction of a percent, not just roughly.
+    assert double["final_valid_loss"] == pytest.approx(single["final_valid_loss"], abs=1e-3)
+    assert double["gold_alignment"] == pytest.approx(single["gold_alignment"], abs=0.02)
+    assert double["test_bleu"] == pytest.approx(single["test_bleu"], abs=1)
     # Rank 0 wrote a checkpoint the notebooks can load.
     model, extra = load_checkpoint(double_checkpoint)
     assert extra["summary"]["processes"] == 2
