@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers.checkpoints import load_checkpoint
 from helpers.decoding import translate
@@ -56,3 +57,56 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     model, extra = load_checkpoint(double_checkpoint)
     assert extra["summary"]["processes"] == 2
     assert translate(model, "24 November 2026").text == "2026-11-24"
+
+
+def _tiny_problem():
+    from helpers.models import ModelConfig, Seq2Seq
+
+    torch.manual_seed(0)
+    model = Seq2Seq(
+        ModelConfig(12, 12, embedding_size=8, hidden_size=8, dropout=0.0, decoder="luong")
+    )
+    generator = torch.Generator().manual_seed(1)
+    examples = []
+    for target_length in (1, 7, 7, 7):  # one short target, three long: unequal shards
+        source = torch.randint(4, 12, (5,), generator=generator)
+        target = torch.randint(4, 12, (target_length,), generator=generator)
+        examples.append((source, torch.cat([torch.tensor([1]), target, torch.tensor([2])])))
+    return model, examples
+
+
+def _one_step(model, examples):
+    from torch.utils.data import DataLoader
+
+    from helpers.batching import collate_batch
+    from helpers.training import train
+
+    loader = DataLoader(examples, batch_size=len(examples), collate_fn=collate_batch)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the step is the gradient
+    train(model, loader, epochs=1, optimizer=optimizer, clip=1e9, progress=False, device="cpu")
+
+
+def _ddp_worker(rank, init_file, result_file):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model, examples = _tiny_problem()
+    shard = examples[:1] if rank == 0 else examples[1:]  # 2 tokens against 24
+    _one_step(DistributedDataParallel(model), shard)
+    if rank == 0:
+        torch.save(model.state_dict(), result_file)
+    dist.destroy_process_group()
+
+
+def test_a_ddp_step_with_unequal_shards_is_the_single_process_step(tmp_path):
+    """The loss is a mean over the global batch's tokens, not a mean of per-rank means."""
+    import torch.multiprocessing as mp
+
+    single_model, examples = _tiny_problem()
+    _one_step(single_model, examples)
+    result = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(result)), nprocs=2, join=True)
+    ddp_state = torch.load(result, weights_only=True)
+    for name, tensor in single_model.state_dict().items():
+        assert torch.allclose(tensor, ddp_state[name], atol=1e-6), name
