@@ -217,7 +217,21 @@ class Attention(nn.Module):
             projected_keys = self.project_keys(keys)
         scores = self.score(query, projected_keys)
         weights = masked_softmax(scores, _steps_mask(mask))
-        return torch.bmm(weights, values), weights
+        return torch.bmm(weights, real_values(values, mask)), weights
+
+
+def real_values(values: Tensor, mask: Tensor | None) -> Tensor:
+    """``values`` with the padded positions set to 0, ``(B, S, d_v)``.
+
+    A padded position gets weight 0, but :math:`0 \\times \\mathrm{NaN} = \\mathrm{NaN}`:
+    garbage (NaN, inf) in the padding of the values would leak into every context vector.
+    Selecting with the mask instead makes padding truly invisible, and changes nothing
+    (bit for bit) when the padding is finite.
+    """
+    if mask is None:
+        return values
+    key_mask = mask if mask.dim() == 2 else mask.any(dim=1)  # a key real for any step
+    return values.masked_fill(~key_mask.unsqueeze(-1), 0.0)
 
 
 def _steps_mask(mask: Tensor | None) -> Tensor | None:
@@ -481,7 +495,7 @@ class LocalAttention(Attention):
             weights = weights * torch.exp(-(distance**2) / (2 * sigma**2))
             if self.renormalize:
                 weights = weights / weights.sum(dim=-1, keepdim=True)
-        return torch.bmm(weights, values), weights
+        return torch.bmm(weights, real_values(values, mask)), weights
 
 
 class MultiHeadAttention(nn.Module):

@@ -262,3 +262,14 @@ def test_multi_head_attention_refuses_zero_heads():
         MultiHeadAttention(8, 0)
     with pytest.raises(ValueError, match="must divide"):
         MultiHeadAttention(8, 3)
+
+
+def test_garbage_in_the_padding_never_reaches_the_context(layer):
+    query, keys, mask = make_inputs()
+    context, weights = layer(query, keys, keys, mask)
+    for garbage in (float("nan"), float("inf")):
+        dirty = keys.masked_fill(~mask.unsqueeze(-1), garbage)  # keys and values alike
+        dirty_context, dirty_weights = layer(query, dirty, dirty, mask)
+        assert bool(torch.isfinite(dirty_context).all()), f"{garbage} leaked into the context"
+        torch.testing.assert_close(dirty_context, context)
+        torch.testing.assert_close(dirty_weights, weights)
