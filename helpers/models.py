@@ -419,7 +419,18 @@ class Decoder(nn.Module):
         memory: EncoderOutput,
         teacher_forcing_ratio: float = 1.0,
     ) -> tuple[Tensor, Tensor | None]:
-        """Unroll over ``decoder_input`` ``(B, T)`` (``<sos> y_1 … y_{T-1}``).
+        """Decode a teacher-forced batch: :meth:`forward_stepwise` (subclasses may take a
+        faster path that gives the same result, as Luong's decoder does)."""
+        return self.forward_stepwise(decoder_input, memory, teacher_forcing_ratio)
+
+    def forward_stepwise(
+        self,
+        decoder_input: Tensor,
+        memory: EncoderOutput,
+        teacher_forcing_ratio: float = 1.0,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Unroll over ``decoder_input`` ``(B, T)`` (``<sos> y_1 … y_{T-1}``), one
+        :meth:`step_features` call per target position.
 
         With probability ``1 − teacher_forcing_ratio`` per sentence and step, the
         model's own previous prediction replaces the gold token.
@@ -582,7 +593,7 @@ class LuongDecoder(Decoder):
 
     def forward(self, decoder_input, memory, teacher_forcing_ratio=1.0):
         if self.input_feeding or teacher_forcing_ratio < 1.0:
-            return super().forward(decoder_input, memory, teacher_forcing_ratio)
+            return self.forward_stepwise(decoder_input, memory, teacher_forcing_ratio)
         return self.forward_parallel(decoder_input, memory)
 
     def forward_parallel(

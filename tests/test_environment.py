@@ -87,3 +87,30 @@ def test_the_offline_data_is_ignored_by_git():
         assert result.returncode == 0, f"{name} is not ignored by .gitignore"
     result = subprocess.run(["git", "check-ignore", "-q", "data/README.md"], cwd=ROOT)
     assert result.returncode == 1, "data/README.md must stay tracked"
+
+
+def test_the_committed_results_are_not_ignored_by_git():
+    """The full-budget runs are results to commit, not a cache (a bare ``runs/`` pattern
+    in .gitignore once hid them)."""
+    import pytest
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [
+        "results/comparison/runs/luong-general_seed7.json",
+        "results/comparison/translations/luong-general_seed7.json.gz",
+        "results/comparison/summary.csv",
+        "results/reproducibility.json",
+    ]
+    ignored = subprocess.run(
+        ["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == [], f"git would not commit {ignored}"
+    # ... while checkpoints and data stay out.
+    kept_out = subprocess.run(
+        ["git", "check-ignore", "checkpoints/04_luong.pt", "data/deu-eng.tsv", "runs/x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert kept_out == ["checkpoints/04_luong.pt", "data/deu-eng.tsv", "runs/x"]
