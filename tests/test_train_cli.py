@@ -67,11 +67,10 @@ def test_too_few_sentences_are_refused_before_training(tmp_path):
 
 
 def test_resume_continues_an_interrupted_run_exactly(tmp_path):
-    whole, first, resumed = tmp_path / "whole.pt", tmp_path / "resumed.pt", None
+    whole = tmp_path / "whole.pt"
     assert cli(*DATES, "--epochs", "2", "--output", str(whole)).returncode == 0
-    assert cli(*DATES, "--epochs", "1", "--output", str(first)).returncode == 0
     # A finished run cannot be resumed by accident ...
-    refused = cli(*DATES, "--epochs", "2", "--resume", "--output", str(first))
+    refused = cli(*DATES, "--epochs", "3", "--resume", "--output", str(whole))
     assert refused.returncode == 2 and "a finished model" in refused.stderr
     # ... but its end-of-epoch checkpoint can: interrupt a run after its first epoch.
     partial = tmp_path / "partial.pt"
