@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
@@ -135,24 +136,18 @@ def _budget_spent(started: float, budget: float, synchronise: bool, device: torc
     spent = time.perf_counter() - started > budget
     if not synchronise:
         return spent
-    import torch.distributed as dist
-
     flag = torch.tensor([float(spent)], device=device)  # gloo wants CPU tensors, nccl GPU ones
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
 
 def _world_size() -> int:
-    import torch.distributed as dist
-
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _global_token_count(local_tokens: int, world_size: int, device: torch.device):
     """The DDP loss divisor: all processes' real tokens of this step, divided by the world
     size (DDP's gradient averaging divides by it again)."""
-    import torch.distributed as dist
-
     count = torch.tensor(float(local_tokens), device=device)
     dist.all_reduce(count)  # a collective, but no host sync: the divisor stays a tensor
     return count / world_size
