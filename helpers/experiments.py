@@ -52,15 +52,9 @@ from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
 from .models import count_parameters
-from .tasks import (
-    TrainSettings,
-    TranslationTask,
-    cache_key,
-    dates_recipe,
-    dates_task,
-    tatoeba_task,
-    train_or_load,
-)
+from .recipes import cache_key, dates_recipe, train_or_load
+from .tasks import TranslationTask, dates_task, tatoeba_task
+from .training import TrainSettings
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "comparison"
 

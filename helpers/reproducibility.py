@@ -52,7 +52,9 @@ def _train_once(decoder: str, epochs: int | None, threads: int | None, queue) ->
         torch.set_num_threads(threads)
     from .decoding import translate_batch
     from .metrics import corpus_scores
-    from .tasks import TrainSettings, tatoeba_recipe, tatoeba_task, train_model
+    from .recipes import tatoeba_recipe, train_model
+    from .tasks import tatoeba_task
+    from .training import TrainSettings
 
     task = tatoeba_task(seed=0)
     model_settings, settings = tatoeba_recipe(decoder, "cpu")

@@ -44,8 +44,9 @@ from .decoding import translate_batch
 from .files import atomic_write_bytes
 from .metrics import alignment_accuracy, corpus_scores
 from .models import Seq2Seq
-from .tasks import TrainSettings, dates_recipe, dates_task, tatoeba_recipe, tatoeba_task
-from .training import TrainingHistory, select_device, set_seed, train
+from .recipes import dates_recipe, tatoeba_recipe
+from .tasks import dates_task, tatoeba_task
+from .training import TrainingHistory, TrainSettings, select_device, set_seed, train
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -124,6 +125,38 @@ class TrainingHistory:
             values.get("stopped_early", False),
             values.get("best_epoch"),
         )
+
+
+@dataclass
+class TrainSettings:
+    """The training settings that, with the model config and data, determine a model.
+
+    Training length is ``epochs`` (optionally cut short by early stopping on the
+    validation loss), never wall-clock time. ``time_budget`` exists only for the
+    command line's explicit ``--time-budget``; no notebook or recipe sets it.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    clip: float = 1.0
+    teacher_forcing_ratio: float = 1.0
+    time_budget: float | None = None
+    seed: int = 0
+    label_smoothing: float = 0.0
+    lr_decay: float | None = None
+    early_stopping_patience: int | None = None
+    early_stopping_min_delta: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def loop_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`train` these settings fix
+        (batch size and seed shape the data loader instead)."""
+        return {
+            key: value for key, value in self.to_dict().items() if key not in ("batch_size", "seed")
+        }
 
 
 def _autocast(device: torch.device, enabled: bool):

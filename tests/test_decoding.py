@@ -18,7 +18,9 @@ from helpers.decoding import (
     translate_batch,
 )
 from helpers.models import ModelConfig, Seq2Seq
-from helpers.tasks import TrainSettings, dates_recipe, dates_task, train_model
+from helpers.recipes import dates_recipe, train_model
+from helpers.tasks import dates_task
+from helpers.training import TrainSettings
 from helpers.vocab import EOS_INDEX, SOS_INDEX, Vocabulary
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]

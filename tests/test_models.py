@@ -171,3 +171,41 @@ def test_out_of_range_token_ids_are_a_clear_error():
     negative[1, 0] = -1
     with pytest.raises(ValueError, match="decoder_input holds token id -1"):
         model(batch.source, batch.source_lengths, negative)
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "self_attention"])
+def test_lengths_that_disagree_with_the_padding_are_a_clear_error(encoder):
+    # The encoders read the mask from the tokens (no lengths copied to the device), so
+    # a length that contradicts the padding must be refused, not silently used.
+    model = Seq2Seq(config(encoder=encoder, encoder_heads=2, encoder_layers=1)).eval()
+    batch = toy_batch()
+    with torch.no_grad():
+        memory = model.encode(batch.source, batch.source_lengths)
+    assert torch.equal(memory.mask, batch.source_mask)
+    too_short = batch.source_lengths.clone()
+    too_short[0] -= 1
+    with pytest.raises(ValueError, match="row 0 disagrees with its length 4"):
+        model.encode(batch.source, too_short)
+    pad_inside = batch.source.clone()
+    pad_inside[0, 1] = PAD_INDEX
+    with pytest.raises(ValueError, match="row 0 disagrees"):
+        model.encode(pad_inside, batch.source_lengths)
+
+
+def test_each_module_holds_its_own_part_of_the_model():
+    # joeynmt's layout: encoders, decoders, and the wrapper that joins them, each in
+    # the file a reader would open; the training settings live with the training loop.
+    import helpers
+    from helpers import decoders, encoders, models, recipes, tasks, training
+
+    assert helpers.Encoder is encoders.Encoder
+    assert helpers.SelfAttentionEncoder.__module__ == "helpers.encoders"
+    for name in ("BahdanauDecoder", "LuongDecoder", "PlainDecoder"):
+        assert getattr(helpers, name).__module__ == "helpers.decoders"
+    assert helpers.Seq2Seq.__module__ == helpers.ModelConfig.__module__ == "helpers.models"
+    assert training.TrainSettings.__module__ == "helpers.training"
+    assert (
+        recipes.tatoeba_recipe.__module__ == recipes.train_or_load.__module__ == "helpers.recipes"
+    )
+    assert not hasattr(models, "LuongDecoder") or models.LuongDecoder is decoders.LuongDecoder
+    assert not hasattr(tasks, "train_or_load") and not hasattr(tasks, "TrainSettings")

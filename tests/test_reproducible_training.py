@@ -11,7 +11,9 @@ from tqdm.auto import tqdm
 import helpers.training as training
 from helpers.experiments import VARIANTS, quick_settings, run_variant, slug
 from helpers.metrics import paired_bootstrap
-from helpers.tasks import TrainSettings, dates_recipe, dates_task, tatoeba_recipe, train_model
+from helpers.recipes import dates_recipe, tatoeba_recipe, train_model
+from helpers.tasks import dates_task
+from helpers.training import TrainSettings
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import torch
 
 from helpers.decoding import translate_batch
 from helpers.metrics import alignment_accuracy
-from helpers.tasks import TrainSettings, dates_task, train_model, train_or_load
-from helpers.training import select_device, sequence_loss
+from helpers.recipes import train_model, train_or_load
+from helpers.tasks import dates_task
+from helpers.training import TrainSettings, select_device, sequence_loss
 from helpers.vocab import PAD_INDEX
 
 

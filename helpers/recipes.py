@@ -1,0 +1,153 @@
+"""Recipes: the model sizes and training settings the series uses, and the training
+cache behind them.
+
+* :func:`dates_recipe`, :func:`tatoeba_recipe` — the settings notebooks 02–07 and the
+  command line share, so that every place trains the same model;
+* :func:`train_model` — seed, build and train a model on a task;
+* :func:`train_or_load` — the same, cached: a model is trained once and saved under a
+  key made of *every* setting that shapes it (model config, training settings, data
+  fingerprint, code version), so a rerun with the same settings reloads it and a
+  changed setting retrains.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .models import ModelConfig, Seq2Seq
+from .tasks import TranslationTask, fingerprint
+from .training import TrainingHistory, TrainSettings, select_device, set_seed, train
+
+# Bump when a change to the model or training code would make old checkpoints stale.
+CACHE_VERSION = 2
+
+
+def cache_key(config: ModelConfig, settings: TrainSettings, task: TranslationTask) -> str:
+    """A hash of everything that shapes a trained model, and of the code version."""
+    return fingerprint(CACHE_VERSION, config.to_dict(), settings.to_dict(), task.fingerprint)
+
+
+def train_model(
+    task: TranslationTask,
+    config: ModelConfig,
+    settings: TrainSettings,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+    description: str = "train",
+) -> tuple[Seq2Seq, TrainingHistory]:
+    """Seed, build, train; the model comes back with its vocabularies attached."""
+    device = torch.device(device) if device is not None else select_device()
+    set_seed(settings.seed)
+    model = Seq2Seq(config).attach_vocabularies(task.source_vocab, task.target_vocab)
+    train_loader, valid_loader = task.loaders(
+        settings.batch_size, settings.seed, pin_memory=device.type == "cuda"
+    )
+    history = train(
+        model,
+        train_loader,
+        valid_loader,
+        **settings.loop_arguments(),
+        device=device,
+        progress=progress,
+        description=description,
+    )
+    return model.eval(), history
+
+
+def train_or_load(
+    task: TranslationTask,
+    config: ModelConfig,
+    settings: TrainSettings,
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    progress: bool | None = None,
+    description: str = "train",
+) -> tuple[Seq2Seq, TrainingHistory, bool]:
+    """Load the checkpoint at ``path`` if it was trained with exactly these settings,
+    else train and save it there. Returns ``(model, history, loaded_from_cache)``.
+
+    The checkpoint stores the cache key; a checkpoint with another key (another config,
+    training setting or data) is never served — it is retrained and overwritten.
+    """
+    device = torch.device(device) if device is not None else select_device()
+    key = cache_key(config, settings, task)
+    path = Path(path)
+    if path.is_file():
+        try:
+            model, extra = load_checkpoint(
+                path, device, config, task.source_vocab, task.target_vocab
+            )
+            if extra.get("cache_key") == key:
+                return model, TrainingHistory.from_dict(extra["history"]), True
+        except CheckpointMismatchError:
+            pass
+    model, history = train_model(task, config, settings, device, progress, description)
+    save_checkpoint(
+        model,
+        path,
+        extra={"cache_key": key, "history": history.to_dict(), "settings": settings.to_dict()},
+    )
+    return model, history, False
+
+
+def dates_recipe(
+    decoder: str = "bahdanau", attention: str | None = None, **model_overrides: Any
+) -> tuple[dict[str, Any], TrainSettings]:
+    """The small model and settings the series uses on the dates task (seconds on a CPU).
+
+    Returns ``(model settings for TranslationTask.model_config, TrainSettings)``;
+    ``attention`` defaults to the decoder's own score (additive for Bahdanau, general
+    for Luong) and ``model_overrides`` change any model setting (e.g. ``local_window``).
+    """
+    model = dict(
+        embedding_size=32,
+        hidden_size=64,
+        dropout=0.0,
+        max_target_length=12,
+        decoder=decoder,
+        attention=attention or ("additive" if decoder == "bahdanau" else "general"),
+    )
+    model.update(model_overrides)
+    return model, TrainSettings(epochs=5, batch_size=64, learning_rate=3e-3, seed=0)
+
+
+def tatoeba_recipe(
+    decoder: str, device: torch.device | str | None = None
+) -> tuple[dict[str, Any], TrainSettings]:
+    """The series' default English→German model and training settings.
+
+    Returns ``(model settings for TranslationTask.model_config, TrainSettings)``.
+    Notebooks 04 and 05 (and ``python -m helpers.train``) use the same recipe, so 05
+    finds 04's checkpoints in the cache.
+
+    On a CPU the model is small and trains for a fixed number of epochs, three to six
+    minutes per model on two cores: Luong 7 epochs, Bahdanau 3 (its step-by-step decoder
+    costs more per epoch). The same epochs on a slower machine give the same model, only
+    later. ``python -m helpers.experiments`` trains both to convergence (the committed
+    ``results/``). With a GPU the recipe trains a bigger model for longer.
+    """
+    device = torch.device(device) if device is not None else select_device()
+    attention = {"bahdanau": "additive", "luong": "general", "plain": "general"}[decoder]
+    model = dict(
+        embedding_size=128,
+        hidden_size=256,
+        dropout=0.2,
+        tie_embeddings=True,
+        decoder=decoder,
+        attention=attention,
+    )
+    epochs = {"bahdanau": 3, "luong": 7, "plain": 7}[decoder]
+    settings = TrainSettings(
+        epochs=epochs, batch_size=128, learning_rate=3e-3, lr_decay=0.8, seed=0
+    )
+    if device.type == "cuda":
+        model.update(embedding_size=256, hidden_size=512)
+        settings = TrainSettings(
+            epochs=15, batch_size=256, learning_rate=2e-3, lr_decay=0.85, seed=0
+        )
+    return model, settings
