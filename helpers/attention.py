@@ -145,7 +145,9 @@ def validate_attention_inputs(
     if tuple(mask.shape) not in allowed:
         wanted = " or ".join(str(shape) for shape in allowed)
         raise ValueError(f"mask has shape {_describe(mask)}, expected {wanted}")
-    if not bool(mask.any(dim=-1).all()):
+    # Checked on the CPU only: on a GPU, reading the answer back would stall the device
+    # on every call (every layer of every decoding step).
+    if mask.device.type == "cpu" and not bool(mask.any(dim=-1).all()):
         raise ValueError(
             "a mask row has no real position: every query must see at least one key "
             "(is a sentence empty, or the mask inverted? True marks real tokens)"
@@ -573,9 +575,41 @@ class MultiHeadAttention(nn.Module):
         single_step = query.dim() == 2
         if single_step:
             query = query.unsqueeze(1)
+        k, v = self.project_keys_values(keys, values)
+        context, weights = self.attend_projected(query, k, v, mask, need_weights, average_heads)
+        if single_step:
+            context = context.squeeze(1)
+            if weights is not None:
+                weights = weights.squeeze(-2)
+        return context, weights
+
+    def project_keys_values(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, S, d_k)``, ``(B, S, d_v)`` → the per-head keys and values ``(B, h, S, d_h)``.
+
+        Incremental decoding (:mod:`helpers.transformer`) computes these once per
+        source sentence, and once per new target token, and keeps them in a cache.
+        """
+        return self._split_heads(self.k_proj(keys)), self._split_heads(self.v_proj(values))
+
+    def attend_projected(
+        self,
+        query: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None = None,
+        need_weights: bool = True,
+        average_heads: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend with keys and values already projected by :meth:`project_keys_values`.
+
+        Args:
+            query: ``(B, T, d_model)``, not yet projected.
+            k, v: ``(B, h, S, d_h)``.
+            mask: ``(B, S)`` or ``(B, T, S)``, True where attending is allowed.
+
+        Returns context ``(B, T, d_model)`` and weights as :meth:`forward` does.
+        """
         q = self._split_heads(self.q_proj(query))
-        k = self._split_heads(self.k_proj(keys))
-        v = self._split_heads(self.v_proj(values))
         head_mask = None
         if mask is not None:
             head_mask = mask[:, None, None, :] if mask.dim() == 2 else mask[:, None, :, :]
@@ -591,10 +625,6 @@ class MultiHeadAttention(nn.Module):
         context = self.out_proj(heads.transpose(1, 2).reshape(batch, steps, self.embed_dim))
         if weights is not None and average_heads:
             weights = weights.mean(dim=1)
-        if single_step:
-            context = context.squeeze(1)
-            if weights is not None:
-                weights = weights.squeeze(-2)
         return context, weights
 
     @torch.no_grad()

@@ -81,13 +81,14 @@ class EncoderOutput:
     Attributes:
         states: ``(B, S, H)`` one state per source token (zeros on padding).
         mask: ``(B, S)`` bool, True on real tokens.
-        initial_hidden: the decoder's initial RNN state, ``(layers, B, H)`` (a pair for an LSTM).
+        initial_hidden: the decoder's initial RNN state, ``(layers, B, H)`` (a pair for an
+            LSTM); None for the Transformer decoder, which starts from no state.
         projected_keys: the attention's key-only part, computed once per sentence.
     """
 
     states: Tensor
     mask: Tensor
-    initial_hidden: RNNState
+    initial_hidden: RNNState | None
     projected_keys: Tensor | None = None
 
     def select(self, indices: Tensor) -> EncoderOutput:
@@ -95,7 +96,7 @@ class EncoderOutput:
         return EncoderOutput(
             self.states.index_select(0, indices),
             self.mask.index_select(0, indices),
-            select_rows(self.initial_hidden, indices),
+            None if self.initial_hidden is None else select_rows(self.initial_hidden, indices),
             None if self.projected_keys is None else self.projected_keys.index_select(0, indices),
         )
 
@@ -233,12 +234,15 @@ class SelfAttentionEncoder(nn.Module):
         self.positions = PositionalEncoding(size, max_length=max(512, config.max_source_length))
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
-            SelfAttentionLayer(size, config.encoder_heads, 2 * size, config.dropout)
+            SelfAttentionLayer(
+                size, config.encoder_heads, config.feedforward_size or 2 * size, config.dropout
+            )
             for _ in range(config.encoder_layers)
         )
         self.final_norm = nn.LayerNorm(size)
-        self.bridge = nn.Linear(size, size)
-        if config.rnn_type == "lstm":
+        # An RNN decoder starts from a summary of the sentence; the Transformer's needs none.
+        self.bridge = nn.Linear(size, size) if config.decoder != "transformer" else None
+        if config.rnn_type == "lstm" and self.bridge is not None:
             self.bridge_cell = nn.Linear(size, size)
         self.last_attention: list[Tensor] = []
 
@@ -255,6 +259,8 @@ class SelfAttentionEncoder(nn.Module):
             if weights is not None:
                 self.last_attention.append(weights)
         states = self.final_norm(states).masked_fill(~mask.unsqueeze(-1), 0.0)
+        if self.bridge is None:
+            return EncoderOutput(states, mask, None)
         pooled = states.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(states.dtype)
         layers = self.config.num_layers
         hidden = torch.tanh(self.bridge(pooled)).unsqueeze(0).expand(layers, -1, -1).contiguous()

@@ -12,7 +12,7 @@ Shapes: ``B`` batch, ``S`` source length, ``T`` target steps, ``H`` hidden size
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -21,7 +21,10 @@ from torch import Tensor, nn
 from .attention import ATTENTION_NAMES, LocalAttention, build_attention
 from .decoders import BahdanauDecoder, Decoder, LuongDecoder, PlainDecoder
 from .encoders import Encoder, EncoderOutput, SelfAttentionEncoder
+from .keys import KEY_ONLY_WHEN_SET, key_fields
 from .vocab import PAD_INDEX, SOS_INDEX, Vocabulary
+
+DECODER_NAMES = ("bahdanau", "luong", "plain", "transformer")
 
 
 @dataclass
@@ -38,10 +41,13 @@ class ModelConfig:
         rnn_type: ``"gru"`` or ``"lstm"``.
         bidirectional: bidirectional encoder (as in Bahdanau et al.).
         dropout: on embeddings, between RNN layers and before the output layer.
-        decoder: ``"bahdanau"``, ``"luong"`` or ``"plain"`` (no attention).
+        decoder: ``"bahdanau"``, ``"luong"``, ``"plain"`` (no attention) or
+            ``"transformer"`` (:mod:`helpers.transformer`, notebook 08; it needs the
+            self-attention encoder, and ignores the RNN settings).
         attention: the score, one of :data:`helpers.attention.ATTENTION_NAMES`. By
             default the decoder's own: ``"additive"`` for Bahdanau, ``"general"`` for
-            Luong (unused by ``"plain"``). Mixed combinations are allowed on purpose, to
+            Luong, ``"scaled_dot"`` (multi-head) for the Transformer, the only score
+            it takes (unused by ``"plain"``). Mixed combinations are allowed on purpose, to
             separate the two design choices: a Bahdanau decoder (query :math:`s_{t-1}`)
             with a multiplicative score, or a Luong decoder (query :math:`h_t`) with the
             additive one. Luong's ``"concat"`` score is additive in form.
@@ -54,6 +60,9 @@ class ModelConfig:
             small corpora. Off, the output layers are exactly the papers'.
         encoder: ``"rnn"`` or ``"self_attention"`` (notebook 06).
         encoder_heads, encoder_layers: sizes of the self-attention encoder.
+        decoder_heads, decoder_layers: sizes of the Transformer decoder.
+        feedforward_size: inner width of the self-attention layers' feed-forward
+            blocks (default ``2H``).
         max_source_length: longest source (tokens) ``translate`` accepts.
         max_target_length: default cap on decoded length.
         source_tokenizer, target_tokenizer: ``"en"``/``"de"`` (spaCy) or ``"chars"``.
@@ -77,6 +86,11 @@ class ModelConfig:
     encoder: str = "rnn"
     encoder_heads: int = 4
     encoder_layers: int = 2
+    # Added with the Transformer (notebook 08): left out of cache keys at their
+    # defaults, so that models and results trained before them keep their keys.
+    decoder_heads: int = field(default=4, metadata=KEY_ONLY_WHEN_SET)
+    decoder_layers: int = field(default=2, metadata=KEY_ONLY_WHEN_SET)
+    feedforward_size: int | None = field(default=None, metadata=KEY_ONLY_WHEN_SET)
     max_source_length: int = 64
     max_target_length: int = 64
     source_tokenizer: str = "en"
@@ -85,12 +99,22 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.rnn_type not in ("gru", "lstm"):
             raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {self.rnn_type!r}")
-        if self.decoder not in ("bahdanau", "luong", "plain"):
-            raise ValueError(
-                f"decoder must be 'bahdanau', 'luong' or 'plain', got {self.decoder!r}"
-            )
+        if self.decoder not in DECODER_NAMES:
+            raise ValueError(f"decoder must be one of {DECODER_NAMES}, got {self.decoder!r}")
         if self.attention is None:
-            self.attention = "additive" if self.decoder == "bahdanau" else "general"
+            self.attention = {"bahdanau": "additive", "transformer": "scaled_dot"}.get(
+                self.decoder, "general"
+            )
+        if self.decoder == "transformer":
+            if self.attention != "scaled_dot":
+                raise ValueError(
+                    "the Transformer decoder uses multi-head scaled dot-product attention: "
+                    f"attention must be 'scaled_dot' (or left unset), got {self.attention!r}"
+                )
+            if self.encoder != "self_attention":
+                raise ValueError(
+                    f"the Transformer decoder needs encoder='self_attention' (got {self.encoder!r})"
+                )
         if self.attention not in ATTENTION_NAMES:
             raise ValueError(
                 f"attention must be one of {sorted(ATTENTION_NAMES)}, got {self.attention!r}"
@@ -102,6 +126,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """What a cache key hashes: :meth:`to_dict`, less the later-added fields that
+        still hold their defaults (see :func:`key_fields`)."""
+        return key_fields(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
@@ -136,6 +165,10 @@ class Seq2Seq(nn.Module):
         )
         if config.decoder == "plain":
             self.decoder: Decoder = PlainDecoder(config)
+        elif config.decoder == "transformer":
+            from .transformer import TransformerDecoder  # it imports this module's neighbours
+
+            self.decoder = TransformerDecoder(config)
         else:
             attention = build_attention(
                 config.attention,

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .keys import fingerprint
 from .models import ModelConfig, Seq2Seq
-from .tasks import TranslationTask, fingerprint
+from .tasks import TranslationTask
 from .training import TrainingHistory, TrainSettings, select_device, set_seed, train
 
 # Bump when a change to the model or training code would make old checkpoints stale.
@@ -29,7 +30,7 @@ CACHE_VERSION = 2
 
 def cache_key(config: ModelConfig, settings: TrainSettings, task: TranslationTask) -> str:
     """A hash of everything that shapes a trained model, and of the code version."""
-    return fingerprint(CACHE_VERSION, config.to_dict(), settings.to_dict(), task.fingerprint)
+    return fingerprint(CACHE_VERSION, config.key_dict(), settings.key_dict(), task.fingerprint)
 
 
 def train_model(

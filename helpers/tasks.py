@@ -14,7 +14,6 @@ cache key of every model trained on it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from .batching import TranslationDataset, make_loader
 from .data import DEFAULT_MAX_PAIRS, get_tokenizer, load_pairs, split_by_source
+from .keys import fingerprint
 from .models import ModelConfig
 from .synthetic import DateExample, copy_sequences, dates_splits
 from .vocab import Vocabulary
@@ -83,11 +83,6 @@ class TranslationTask:
             "source vocabulary": len(self.source_vocab),
             "target vocabulary": len(self.target_vocab),
         }
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short, stable hash of JSON-able parts (data, settings, code version)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def tatoeba_task(

@@ -206,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     global_batches = BucketBatchSampler(
         task.train.length_keys, settings.batch_size, shuffle=True, seed=settings.seed
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=settings.learning_rate, betas=(0.9, settings.adam_beta2)
+    )
     output = Path(arguments.output)
     previous: TrainingHistory | None = None
     if arguments.resume:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .batching import Batch
 from .decoding import evaluation_mode
+from .keys import KEY_ONLY_WHEN_SET, key_fields
 from .vocab import PAD_INDEX
 
 
@@ -147,9 +148,16 @@ class TrainSettings:
     lr_decay: float | None = None
     early_stopping_patience: int | None = None
     early_stopping_min_delta: float = 0.0
+    # Added with the Transformer (notebook 08); see helpers.keys.KEY_ONLY_WHEN_SET.
+    warmup_steps: int | None = field(default=None, metadata=KEY_ONLY_WHEN_SET)
+    adam_beta2: float = field(default=0.999, metadata=KEY_ONLY_WHEN_SET)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def key_dict(self) -> dict[str, Any]:
+        """What a cache key hashes (the later-added fields only when set)."""
+        return key_fields(self)
 
     def loop_arguments(self) -> dict[str, Any]:
         """The keyword arguments of :func:`train` these settings fix
@@ -157,6 +165,16 @@ class TrainSettings:
         return {
             key: value for key, value in self.to_dict().items() if key not in ("batch_size", "seed")
         }
+
+
+def warmup_inverse_sqrt(step: int, warmup_steps: int) -> float:
+    r"""The Transformer's learning-rate factor at optimiser step ``step`` (1-based):
+    ``min(step / warmup, sqrt(warmup / step))`` — a linear rise to 1 at ``warmup``,
+    then :math:`\propto 1/\sqrt{step}`. Vaswani et al.'s eq. 3 is
+    :math:`d^{-0.5} \min(step^{-0.5}, step \cdot warmup^{-1.5})`, the same curve
+    scaled so that its peak is :math:`(d \cdot warmup)^{-0.5}`; here the peak is the
+    ``learning_rate`` it multiplies."""
+    return min(step / warmup_steps, math.sqrt(warmup_steps / step))
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -288,6 +306,8 @@ def train(
     lr_decay: float | None = None,
     early_stopping_patience: int | None = None,
     early_stopping_min_delta: float = 0.0,
+    warmup_steps: int | None = None,
+    adam_beta2: float = 0.999,
     synchronise_budget: bool | None = None,
     on_epoch_end: Callable[[EpochRecord], None] | None = None,
     description: str = "train",
@@ -315,6 +335,11 @@ def train(
             ``<pad>`` excluded, in the training loss (Szegedy et al. 2016; see
             :func:`smoothed_cross_entropy`); the validation loss stays plain.
         lr_decay: multiply the learning rate by this after every epoch.
+        warmup_steps: the Transformer's schedule (Vaswani et al. 2017, eq. 3): the
+            learning rate rises linearly for this many optimiser steps, peaks at
+            ``learning_rate``, then falls as the inverse square root of the step
+            (:func:`warmup_inverse_sqrt`). Not combined with ``lr_decay``.
+        adam_beta2: Adam's :math:`\beta_2` (0.98 in the Transformer paper, 0.999 by default).
         early_stopping_patience: stop when the validation loss has not improved for this
             many epochs, and put back the weights of the best epoch (needs a
             ``valid_loader``). ``None``: run all ``epochs`` and keep the last weights.
@@ -349,7 +374,13 @@ def train(
         progress = os.environ.get("PAYING_ATTENTION_PROGRESS", "1") != "0"
     model.to(device)
     amp = device.type == "cuda" if amp is None else amp
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=learning_rate)
+    if warmup_steps is not None and (warmup_steps < 1 or lr_decay):
+        raise ValueError(
+            f"warmup_steps must be at least 1 and not combined with lr_decay, got {warmup_steps}"
+        )
+    optimizer = optimizer or torch.optim.Adam(
+        model.parameters(), lr=learning_rate, betas=(0.9, adam_beta2)
+    )
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay) if lr_decay else None
     history = TrainingHistory(list(history.epochs)) if history is not None else TrainingHistory()
     first_epoch = len(history.epochs) + 1
@@ -370,6 +401,9 @@ def train(
         mininterval=1.0,  # one refresh a second is plenty, and cheap in a notebook
     )
     stop_reason = ""
+    # Steps already taken by the run being continued (the warm-up schedule counts them):
+    # whole epochs, since a run is saved, and so continued, only at the end of one.
+    optimizer_steps = (first_epoch - 1) * len(train_loader) if first_epoch > 1 else 0
     for epoch in range(first_epoch, epochs + 1):
         model.train()
         epoch_start = time.perf_counter()
@@ -391,6 +425,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer_steps += 1
+            if warmup_steps is not None:
+                rate = learning_rate * warmup_inverse_sqrt(optimizer_steps, warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = rate
             optimizer.step()
             # Accumulate on the device; reading .item() every batch would stall a GPU.
             loss_sum += summed

@@ -24,6 +24,7 @@ from helpers.training import TrainSettings
 from helpers.vocab import EOS_INDEX, SOS_INDEX, Vocabulary
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+TRANSFORMER = {"encoder": "self_attention", "encoder_heads": 2, "decoder_heads": 2}
 
 
 def tiny_model(decoder="luong", attention="general", **settings):
@@ -210,6 +211,7 @@ def random_batch(vocab_size, sentences=12, seed=0):
         ("luong", "local-m", {}),
         ("luong", "local-p", {}),
         ("plain", "general", {}),
+        ("transformer", "scaled_dot", TRANSFORMER),
     ],
 )
 @pytest.mark.parametrize("beam_size", [2, 5])

@@ -62,6 +62,7 @@ def test_luong_parallel_path_equals_the_step_loop(attention, rnn_type):
         dict(decoder="luong", attention="local-p"),
         dict(decoder="plain"),
         dict(decoder="luong", attention="dot", encoder="self_attention", encoder_heads=2),
+        dict(decoder="transformer", encoder="self_attention", encoder_heads=2, decoder_heads=2),
     ],
 )
 def test_output_shapes_and_padding_invariance(settings):

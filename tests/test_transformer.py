@@ -1,0 +1,259 @@
+"""The Transformer (notebook 08): causal masking, agreement with torch's decoder layer,
+incremental decoding equal to full decoding, padding invariance, checkpoints, the
+warm-up schedule, and cache keys that adding it left unchanged."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers.batching import collate_batch
+from helpers.checkpoints import load_checkpoint, save_checkpoint
+from helpers.decoding import beam_search, greedy_decode
+from helpers.keys import fingerprint
+from helpers.models import ModelConfig, Seq2Seq
+from helpers.recipes import CACHE_VERSION
+from helpers.training import TrainSettings, train, warmup_inverse_sqrt
+from helpers.transformer import TransformerDecoderLayer, causal_mask
+from helpers.vocab import EOS_INDEX, PAD_INDEX, SOS_INDEX, Vocabulary
+
+VOCAB = 23
+RUNS = Path(__file__).resolve().parent.parent / "results" / "comparison" / "runs"
+
+
+def transformer(**settings) -> Seq2Seq:
+    torch.manual_seed(0)
+    base = dict(
+        source_vocab_size=VOCAB,
+        target_vocab_size=VOCAB,
+        hidden_size=16,
+        dropout=0.0,
+        decoder="transformer",
+        encoder="self_attention",
+        encoder_heads=2,
+        decoder_heads=2,
+        encoder_layers=2,
+        decoder_layers=2,
+    )
+    return Seq2Seq(ModelConfig(**{**base, **settings})).eval()
+
+
+def toy_batch(seed=0, lengths=(5, 3, 1), target_lengths=(4, 6, 2)):
+    generator = torch.Generator().manual_seed(seed)
+    examples = []
+    for source_length, target_length in zip(lengths, target_lengths, strict=True):
+        source = torch.randint(4, VOCAB, (source_length,), generator=generator)
+        target = torch.randint(4, VOCAB, (target_length,), generator=generator)
+        full = torch.cat([torch.tensor([SOS_INDEX]), target, torch.tensor([EOS_INDEX])])
+        examples.append((source, full))
+    return collate_batch(examples)
+
+
+def test_causal_mask_allows_only_the_past_and_the_present():
+    assert causal_mask(3).tolist() == [
+        [True, False, False],
+        [True, True, False],
+        [True, True, True],
+    ]
+
+
+@pytest.mark.parametrize("changed", [1, 3, 5])
+def test_a_future_token_changes_nothing_at_an_earlier_position(changed):
+    model = transformer()
+    batch = toy_batch()
+    with torch.no_grad():
+        before = model(batch.source, batch.source_lengths, batch.decoder_input)
+        altered = batch.decoder_input.clone()
+        altered[:, changed] = (altered[:, changed] + 1 - 4) % (VOCAB - 4) + 4
+        after = model(batch.source, batch.source_lengths, altered)
+    torch.testing.assert_close(after.logits[:, :changed], before.logits[:, :changed])
+    torch.testing.assert_close(after.attention[:, :changed], before.attention[:, :changed])
+    # ...and the change is seen from its own position on: the test can fail.
+    assert not torch.allclose(after.logits[:, changed], before.logits[:, changed])
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_decoder_layer_equals_torchs_with_the_same_weights(training):
+    torch.manual_seed(0)
+    reference = torch.nn.TransformerDecoderLayer(
+        16, 4, 40, dropout=0.0, batch_first=True, norm_first=True
+    )
+    ours = TransformerDecoderLayer(16, 4, 40, dropout=0.0).load_from_torch(reference)
+    reference.train(training), ours.train(training)
+    states, memory = torch.randn(3, 6, 16), torch.randn(3, 5, 16)
+    memory_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]).bool()
+    expected = reference(
+        states,
+        memory,
+        tgt_mask=~causal_mask(6),  # torch's masks mark what is *not* allowed
+        memory_key_padding_mask=~memory_mask,
+    )
+    actual, _ = ours(states, memory, memory_mask)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_loading_from_a_post_norm_layer_is_refused():
+    post_norm = torch.nn.TransformerDecoderLayer(16, 4, 40, batch_first=True)
+    with pytest.raises(ValueError, match="norm_first=True"):
+        TransformerDecoderLayer(16, 4, 40, 0.0).load_from_torch(post_norm)
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_incremental_decoding_equals_decoding_from_scratch(tie_embeddings):
+    """The key/value cache gives, step by step, the logits and cross-attention of one
+    parallel pass over the same tokens."""
+    model = transformer(tie_embeddings=tie_embeddings)
+    batch = toy_batch()
+    with torch.no_grad():
+        full = model(batch.source, batch.source_lengths, batch.decoder_input)
+        memory = model.encode(batch.source, batch.source_lengths)
+        state = model.decoder.init_state(memory)
+        logits, weights = [], []
+        for step in range(batch.decoder_input.size(1)):
+            step_logits, state, step_weights = model.decoder.step(
+                batch.decoder_input[:, step], state, memory, step
+            )
+            logits.append(step_logits)
+            weights.append(step_weights)
+        assert state.layers[0].self_keys.size(2) == batch.decoder_input.size(1)
+    torch.testing.assert_close(torch.stack(logits, 1), full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(weights, 1), full.attention, atol=1e-6, rtol=1e-5)
+
+
+def test_scheduled_sampling_runs_step_by_step_through_the_cache():
+    model = transformer()
+    batch = toy_batch()
+    with torch.no_grad():
+        forced = model(batch.source, batch.source_lengths, batch.decoder_input, 1.0).logits
+        free = model(batch.source, batch.source_lengths, batch.decoder_input, 0.0).logits
+    torch.testing.assert_close(free[:, 0], forced[:, 0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(free[:, 1:], forced[:, 1:])
+
+
+def test_padding_on_either_side_changes_nothing():
+    model = transformer()
+    batch = toy_batch()
+    with torch.no_grad():
+        output = model(batch.source, batch.source_lengths, batch.decoder_input)
+        padded = model(
+            torch.cat([batch.source, torch.full((3, 3), PAD_INDEX)], 1),
+            batch.source_lengths,
+            torch.cat([batch.decoder_input, torch.full((3, 2), PAD_INDEX)], 1),
+        )
+        steps = batch.decoder_input.size(1)
+        torch.testing.assert_close(padded.logits[:, :steps], output.logits, atol=1e-5, rtol=1e-5)
+        # A sentence decoded alone, unpadded, gets its batch row's numbers too.
+        alone = model(
+            batch.source[2:3, :1], batch.source_lengths[2:3], batch.decoder_input[2:3, :3]
+        )
+    torch.testing.assert_close(alone.logits[0], output.logits[2, :3], atol=1e-5, rtol=1e-5)
+    assert bool((output.attention.masked_select(~batch.source_mask[:, None, :]) == 0).all())
+
+
+def test_every_parameter_learns_and_no_rnn_bridge_is_left_unused():
+    model = transformer(tie_embeddings=True).train()
+    batch = toy_batch()
+    model(batch.source, batch.source_lengths, batch.decoder_input).logits.sum().backward()
+    missing = [
+        name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0
+    ]
+    assert not missing, missing
+    assert model.decoder.generator.weight is model.decoder.embedding.weight
+
+
+def test_greedy_and_beam_search_decode_the_transformer():
+    model = transformer(max_target_length=7)
+    batch = toy_batch()
+    greedy = greedy_decode(model, batch.source, batch.source_lengths)
+    beam = beam_search(model, batch.source, batch.source_lengths, beam_size=1, alpha=0.0)
+    for left, right in zip(greedy, beam, strict=True):
+        assert left.token_ids == right.token_ids
+        assert left.score == pytest.approx(right.score, abs=1e-4)
+        assert left.attention.shape[1] == int(batch.source_lengths[greedy.index(left)])
+
+
+def test_a_transformer_checkpoint_round_trips(tmp_path):
+    model = transformer(tie_embeddings=True, feedforward_size=24)
+    source_vocab = Vocabulary.build([[f"w{i}" for i in range(VOCAB - 4)]])
+    target_vocab = Vocabulary.build([[f"v{i}" for i in range(VOCAB - 4)]])
+    model.attach_vocabularies(source_vocab, target_vocab)
+    path = tmp_path / "transformer.pt"
+    save_checkpoint(model, path)
+    loaded, _ = load_checkpoint(path, "cpu")
+    assert loaded.config == model.config
+    assert loaded.decoder.generator.weight is loaded.decoder.embedding.weight  # still tied
+    batch = toy_batch()
+    with torch.no_grad():
+        expected = model(batch.source, batch.source_lengths, batch.decoder_input).logits
+        actual = loaded.eval()(batch.source, batch.source_lengths, batch.decoder_input).logits
+    torch.testing.assert_close(actual, expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(encoder="rnn"), "needs encoder='self_attention'"),
+        (dict(attention="general"), "must be 'scaled_dot'"),
+        (dict(decoder_heads=3), "must divide"),
+    ],
+)
+def test_impossible_transformer_configs_are_clear_errors(settings, message):
+    with pytest.raises(ValueError, match=message):
+        transformer(**settings)
+
+
+def test_the_warmup_schedule_rises_linearly_then_falls_as_inverse_sqrt():
+    assert warmup_inverse_sqrt(1, 4) == 0.25
+    assert warmup_inverse_sqrt(4, 4) == 1.0  # the peak: the learning rate itself
+    assert warmup_inverse_sqrt(16, 4) == pytest.approx(0.5)
+    # Vaswani et al.'s eq. 3 is the same curve up to a constant factor.
+    d, warmup = 512, 4000
+    for step in (1, 100, 4000, 10_000, 100_000):
+        paper = d**-0.5 * min(step**-0.5, step * warmup**-1.5)
+        assert paper == pytest.approx(warmup_inverse_sqrt(step, warmup) * (d * warmup) ** -0.5)
+
+
+def test_training_applies_the_warmup_and_the_betas():
+    model = transformer()
+    batch = toy_batch()
+    loader = [batch] * 3
+    rates = []
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98))
+    original_step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return original_step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    train(model, loader, epochs=2, learning_rate=0.01, warmup_steps=4, optimizer=optimizer,
+          device="cpu", progress=False)  # fmt: skip
+    expected = [0.01 * warmup_inverse_sqrt(step, 4) for step in range(1, 7)]
+    assert rates == pytest.approx(expected)
+    with pytest.raises(ValueError, match="not combined with lr_decay"):
+        train(model, loader, epochs=1, warmup_steps=4, lr_decay=0.5, progress=False)
+    fresh = transformer()
+    train(fresh, loader, epochs=1, adam_beta2=0.98, progress=False, device="cpu")
+
+
+def test_adding_the_transformer_left_every_committed_runs_cache_key_unchanged():
+    """The Transformer's settings enter a cache key only when set, so the committed
+    full-budget runs (trained before they existed) still count as done."""
+    runs = sorted(RUNS.glob("*.json"))
+    assert runs, "no committed runs"
+    for path in runs:
+        run = json.loads(path.read_text())
+        config = ModelConfig.from_dict(run["config"])
+        settings = TrainSettings(**run["settings"])
+        assert config.key_dict() == run["config"]
+        assert settings.key_dict() == run["settings"]
+    # ...and a setting that is used does change the key.
+    settings = TrainSettings(**run["settings"])
+    changed = TrainSettings(**{**run["settings"], "warmup_steps": 100})
+    assert fingerprint(CACHE_VERSION, changed.key_dict()) != fingerprint(
+        CACHE_VERSION, settings.key_dict()
+    )
+    assert "warmup_steps" not in settings.key_dict() and "warmup_steps" in changed.key_dict()
+    assert math.isfinite(run["valid loss"])
