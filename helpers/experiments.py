@@ -7,9 +7,12 @@ notebook reads (and replicates in small, live)::
 
     python -m helpers.experiments                 # every variant x seeds 0, 1, 2; resumable
     python -m helpers.experiments --seeds 0 --variants "Luong general"
-    make results                                  # the same, through the Makefile
+    python -m helpers.experiments --experiment transformer   # notebook 08's Transformer
+    make results                                  # the comparison, through the Makefile
 
-What it writes under ``results/comparison/``:
+On a machine with a GPU the runs use it (one at a time), unless ``--device cpu``.
+
+What it writes under ``results/comparison/`` (``results/transformer/`` for the Transformer):
 
 * ``runs/<variant>_seed<k>.json`` — one run: every metric, the per-epoch history, the
   exact config and settings (a rerun skips runs whose file matches its settings);
@@ -51,12 +54,14 @@ import torch
 from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
-from .models import count_parameters
+from .models import ModelConfig, count_parameters
 from .recipes import cache_key, dates_recipe, train_or_load
 from .tasks import TranslationTask, dates_task, tatoeba_task
 from .training import TrainSettings
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "comparison"
+RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
+RESULTS_DIR = RESULTS_ROOT / "comparison"
+TRANSFORMER_RESULTS_DIR = RESULTS_ROOT / "transformer"
 
 #: The variants: only the attention changes (and, for the last two rows, the encoder or
 #: input feeding). Everything else is :data:`SHARED_MODEL` and the same training settings.
@@ -77,7 +82,36 @@ VARIANTS: dict[str, dict[str, Any]] = {
     ),
 }
 
-#: Notebook 04's model size, shared by every variant.
+#: Notebook 08's Transformer, run as a second experiment (``--experiment transformer``,
+#: results under ``results/transformer/``) so that 07's comparison stays as committed.
+#: Pre-norm, 2 encoder and 2 decoder layers of 4 heads, d = 256 like the RNN models'
+#: hidden size, feed-forward 4d as in Vaswani et al. (2017), their dropout of 0.1.
+TRANSFORMER_VARIANTS: dict[str, dict[str, Any]] = {
+    "Transformer": dict(
+        encoder="self_attention",
+        decoder="transformer",
+        encoder_heads=4,
+        encoder_layers=2,
+        decoder_heads=4,
+        decoder_layers=2,
+        feedforward_size=1024,
+        dropout=0.1,
+    ),
+}
+
+#: Every variant either experiment can run, in table order.
+ALL_VARIANTS: dict[str, dict[str, Any]] = {**VARIANTS, **TRANSFORMER_VARIANTS}
+
+#: Training settings that differ from the shared recipe. The Transformer trains with the
+#: paper's optimiser (Adam with beta2 = 0.98, linear warm-up then inverse square root,
+#: label smoothing 0.1) in place of the RNN recipe's per-epoch decay.
+TRAINING_OVERRIDES: dict[str, dict[str, Any]] = {
+    "Transformer": dict(
+        learning_rate=1e-3, lr_decay=None, warmup_steps=400, adam_beta2=0.98, label_smoothing=0.1
+    ),
+}
+
+#: Notebook 04's model size, shared by every variant (a variant's own entries win).
 SHARED_MODEL: dict[str, Any] = dict(
     embedding_size=128, hidden_size=256, dropout=0.2, tie_embeddings=True
 )
@@ -92,14 +126,22 @@ FULL_MIN_DELTA = 0.005
 SEEDS = (0, 1, 2)
 
 
+#: Each experiment's variants and where its results go.
+EXPERIMENTS: dict[str, tuple[dict[str, dict[str, Any]], Path]] = {
+    "comparison": (VARIANTS, RESULTS_DIR),
+    "transformer": (TRANSFORMER_VARIANTS, TRANSFORMER_RESULTS_DIR),
+}
+
+
 def slug(variant: str) -> str:
     """``"Luong general + input feeding"`` → ``"luong-general-input-feeding"``."""
     return re.sub(r"[^a-z0-9]+", "-", variant.lower().split(" (")[0]).strip("-")
 
 
-def full_settings(seed: int) -> TrainSettings:
-    """The full-budget training settings of every variant."""
-    return TrainSettings(
+def full_settings(seed: int, variant: str | None = None) -> TrainSettings:
+    """The full-budget training settings: the shared recipe, with ``variant``'s
+    :data:`TRAINING_OVERRIDES` (the same stopping rule for all)."""
+    shared = dict(
         epochs=FULL_EPOCHS,
         batch_size=128,
         learning_rate=3e-3,
@@ -108,13 +150,24 @@ def full_settings(seed: int) -> TrainSettings:
         early_stopping_min_delta=FULL_MIN_DELTA,
         seed=seed,
     )
+    return TrainSettings(**{**shared, **TRAINING_OVERRIDES.get(variant, {})})
 
 
-def quick_settings(seed: int, epochs: int = 1) -> TrainSettings:
-    """The small budget of 07's live replication: same recipe, a few epochs, no stopping."""
-    return TrainSettings(
+def variant_config(variant: str, task: TranslationTask) -> ModelConfig:
+    """The model config of ``variant`` on ``task``: :data:`SHARED_MODEL` + its own entries."""
+    if variant not in ALL_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {list(ALL_VARIANTS)}")
+    return task.model_config(**{**SHARED_MODEL, **ALL_VARIANTS[variant]})
+
+
+def quick_settings(seed: int, epochs: int = 1, variant: str | None = None) -> TrainSettings:
+    """The small budget of the notebooks' live replications: the full budget's recipe
+    (with ``variant``'s :data:`TRAINING_OVERRIDES`) for a few epochs, no early stopping.
+    Its epochs are the full run's first ones: every setting that shapes them is the same."""
+    shared = dict(
         epochs=epochs, batch_size=128, learning_rate=3e-3, lr_decay=FULL_LR_DECAY, seed=seed
     )
+    return TrainSettings(**{**shared, **TRAINING_OVERRIDES.get(variant, {})})
 
 
 @functools.cache
@@ -138,10 +191,7 @@ def run_variant(
     ``checkpoint_path(f"{prefix}_{slug}_seed{seed}.pt")``. With ``dates`` given, the same
     attention is also trained on the dates task and scored against its gold alignment.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
-    overrides = VARIANTS[variant]
-    config = task.model_config(**SHARED_MODEL, **overrides)
+    config = variant_config(variant, task)
     name = f"{prefix}_{slug(variant)}_seed{settings.seed}"
     model, history, cached = train_or_load(
         task, config, settings, checkpoint_path(f"{name}.pt"), device=device, description=variant
@@ -177,12 +227,18 @@ def run_variant(
         row[f"test BLEU (beam {beam_size})"] = beam_scores.bleu
         row[f"test chrF (beam {beam_size})"] = beam_scores.chrf
         outputs[f"beam {beam_size}"] = [t.text for t in beam]
-    if overrides["decoder"] != "plain":
+    if config.decoder != "plain":
         row["attention entropy"] = mean_attention_entropy(
             [t.attention for t in greedy], normalise=True
         )
         if dates is not None:
-            dates_model_settings, dates_training = dates_recipe(**overrides)
+            # The variant's architecture at the dates recipe's small size.
+            architecture = {
+                key: value
+                for key, value in ALL_VARIANTS[variant].items()
+                if key not in ("feedforward_size", "dropout")
+            }
+            dates_model_settings, dates_training = dates_recipe(**architecture)
             dates_training = TrainSettings(**{**dates_training.to_dict(), "seed": settings.seed})
             dates_model, _, _ = train_or_load(
                 dates,
@@ -210,16 +266,19 @@ def _last_epoch_improvement(history) -> float:
     return (before - after) / before
 
 
-def _job(variant: str, seed: int, threads: int, out_dir: str, code: dict[str, Any]) -> str:
+def _job(
+    variant: str, seed: int, threads: int, out_dir: str, code: dict[str, Any], device: str
+) -> str:
     """One (variant, seed) run in a worker process; writes its JSON, returns its path."""
     torch.set_num_threads(threads)
     task, dates = _tasks()
-    row, outputs = run_variant(variant, full_settings(seed), task, dates, device="cpu")
+    row, outputs = run_variant(variant, full_settings(seed, variant), task, dates, device=device)
     row["code"] = code
     # Runs of one comparison may come from several machines (the run resumes where it
     # stopped): each records its own, since another CPU changes the last digits.
     row["hardware"] = hardware()
     row["torch threads"] = threads
+    row["device"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     runs = Path(out_dir) / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     path = runs / f"{slug(variant)}_seed{seed}.json"
@@ -251,8 +310,9 @@ def _done(variant: str, seed: int, out_dir: Path) -> bool:
     if not path.is_file() or not _translations_path(out_dir, variant, seed).is_file():
         return False
     task, _ = _tasks()
-    config = task.model_config(**SHARED_MODEL, **VARIANTS[variant])
-    return json.loads(path.read_text())["cache key"] == cache_key(config, full_settings(seed), task)
+    config = variant_config(variant, task)
+    key = cache_key(config, full_settings(seed, variant), task)
+    return json.loads(path.read_text())["cache key"] == key
 
 
 def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
@@ -260,7 +320,7 @@ def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
     rows = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob("*.json"))]
     if not rows:
         raise FileNotFoundError(f"no runs under {out_dir / 'runs'}: run the experiments first")
-    order = {name: index for index, name in enumerate(VARIANTS)}
+    order = {name: index for index, name in enumerate(ALL_VARIANTS)}
     runs = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows])
     runs = runs.sort_values(
         ["seed", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c
@@ -291,7 +351,7 @@ def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> p
             translations = load_translations(variant, seed, out_dir)
             if translations is not None:
                 outputs[variant] = translations["greedy"]
-        names = [v for v in VARIANTS if v in outputs]
+        names = [v for v in ALL_VARIANTS if v in outputs]
         for index, baseline in enumerate(names[:-1]):
             others = [(name, outputs[name]) for name in names[index + 1 :]]
             for result in paired_bootstrap(
@@ -368,7 +428,8 @@ def _provenance(
                 {json.dumps(r.get("hardware", "unknown"), sort_keys=True) for r in runs}
             )
         ],
-        "device": "cpu",
+        "experiment": arguments.experiment,
+        "device": arguments.device,
         "workers": arguments.workers,
         "torch threads per worker": arguments.threads,
         "python": platform.python_version(),
@@ -382,6 +443,11 @@ def _provenance(
             "early stopping patience": FULL_PATIENCE,
             "early stopping min relative improvement": FULL_MIN_DELTA,
             "shared model": SHARED_MODEL,
+            "training overrides": {
+                name: TRAINING_OVERRIDES[name]
+                for name in arguments.variants
+                if name in TRAINING_OVERRIDES
+            },
         },
     }
 
@@ -391,18 +457,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.experiments", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME")
+    parser.add_argument(
+        "--experiment",
+        choices=sorted(EXPERIMENTS),
+        default="comparison",
+        help="comparison: notebook 07's variants; transformer: notebook 08's Transformer",
+    )
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="default: the experiment's")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
+    parser.add_argument(
+        "--device", help="cpu or cuda[:k] (default: the GPU when there is one, else the CPU)"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="runs in parallel (processes); default 2 on CPU, 1 on GPU"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--output", type=Path, help="default: results/<experiment>/")
     parser.add_argument(
         "--summarise-only", action="store_true", help="only aggregate the runs on disk"
     )
     arguments = parser.parse_args(argv)
-    unknown = [v for v in arguments.variants if v not in VARIANTS]
+    experiment_variants, default_output = EXPERIMENTS[arguments.experiment]
+    arguments.variants = arguments.variants or list(experiment_variants)
+    arguments.output = arguments.output or default_output
+    unknown = [v for v in arguments.variants if v not in experiment_variants]
     if unknown:
-        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        parser.error(
+            f"unknown variant(s) {unknown} in the {arguments.experiment} experiment; "
+            f"choose from {list(experiment_variants)}"
+        )
+    if arguments.device is None:
+        arguments.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if arguments.workers is None:
+        arguments.workers = 1 if arguments.device.startswith("cuda") else 2
     if arguments.workers < 1 or arguments.threads < 1:
         parser.error("--workers and --threads must be at least 1")
     started = time.perf_counter()
@@ -424,7 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         context = get_context("spawn")  # a clean interpreter per worker: no forked torch state
         with ProcessPoolExecutor(arguments.workers, mp_context=context) as pool:
             futures = {
-                pool.submit(_job, variant, seed, arguments.threads, str(out_dir), code): (
+                pool.submit(
+                    _job, variant, seed, arguments.threads, str(out_dir), code, arguments.device
+                ): (
                     variant,
                     seed,
                 )

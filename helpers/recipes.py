@@ -103,7 +103,8 @@ def dates_recipe(
 
     Returns ``(model settings for TranslationTask.model_config, TrainSettings)``;
     ``attention`` defaults to the decoder's own score (additive for Bahdanau, general
-    for Luong) and ``model_overrides`` change any model setting (e.g. ``local_window``).
+    for Luong, scaled dot-product for the Transformer) and ``model_overrides`` change any
+    model setting (e.g. ``local_window``).
     """
     model = dict(
         embedding_size=32,
@@ -111,7 +112,8 @@ def dates_recipe(
         dropout=0.0,
         max_target_length=12,
         decoder=decoder,
-        attention=attention or ("additive" if decoder == "bahdanau" else "general"),
+        attention=attention
+        or {"bahdanau": "additive", "transformer": "scaled_dot"}.get(decoder, "general"),
     )
     model.update(model_overrides)
     return model, TrainSettings(epochs=5, batch_size=64, learning_rate=3e-3, seed=0)

@@ -42,10 +42,11 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention
 from .decoders import Decoder
 from .encoders import EncoderOutput, PositionalEncoding
-from .vocab import PAD_INDEX
+from .vocab import PAD_INDEX, SOS_INDEX
 
 if TYPE_CHECKING:  # annotations only: models.py imports this module
-    from .models import ModelConfig
+    from .decoding import Translation
+    from .models import ModelConfig, Seq2Seq
 
 
 def causal_mask(steps: int, device: torch.device | str | None = None) -> Tensor:
@@ -334,3 +335,42 @@ class TransformerDecoder(Decoder):
         tokens before it, exactly as during decoding.
         """
         return self.forward_parallel(decoder_input, memory, need_weights="all")[1]
+
+
+@torch.no_grad()
+def translation_cross_attention(model: Seq2Seq, translation: Translation) -> Tensor:
+    """Every layer's and every head's cross-attention behind one translation.
+
+    Re-runs the decoder in parallel on the model's own output (``<sos>`` and the emitted
+    tokens): by causality each position reads only the tokens before it, so these are
+    the weights the search used.
+
+    Args:
+        model: a :class:`~helpers.models.Seq2Seq` with a :class:`TransformerDecoder`.
+        translation: what :func:`helpers.decoding.translate` returned for it.
+
+    Returns:
+        ``(L, h, T, S)``: layers, heads, ``T = len(translation.output_tokens)`` and
+        ``S = len(translation.source_tokens)``. Averaged over the heads, the last layer
+        is ``translation.attention``.
+    """
+    if not isinstance(model.decoder, TransformerDecoder):
+        raise TypeError(
+            f"a Transformer decoder has per-layer, per-head maps; got {type(model.decoder).__name__}"
+        )
+    device = next(model.parameters()).device
+    source_ids = model.source_vocab.encode(translation.source_tokens)
+    output_ids = model.target_vocab.encode(translation.output_tokens)
+    if not source_ids or not output_ids:
+        raise ValueError("the translation has no source or no output tokens")
+    was_training = model.training
+    model.eval()
+    try:
+        memory = model.encode(
+            torch.tensor([source_ids], device=device), torch.tensor([len(source_ids)])
+        )
+        decoder_input = torch.tensor([[SOS_INDEX, *output_ids[:-1]]], device=device)
+        maps = model.decoder.cross_attention_maps(decoder_input, memory)
+    finally:
+        model.train(was_training)
+    return torch.stack([layer_map[0] for layer_map in maps]).cpu()

@@ -35,10 +35,14 @@ def test_benchmark_prints_both_speeds_and_the_ratio_last():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert any(line.startswith("(a) article's loop") for line in lines)
+    assert any(line.startswith("(a') the same loop, 100% teacher forcing") for line in lines)
     assert any(line.startswith("(b) helpers.training.train") for line in lines)
     assert any(line.startswith("decoding, beam 5") for line in lines)
-    match = re.fullmatch(r"speed-up \(b\)/\(a\): ([0-9.]+)x", lines[-1])
-    assert match and float(match.group(1)) > 0
+    match = re.fullmatch(
+        r"speed-up \(b\)/\(a\): ([0-9.]+)x; at the same objective, \(b\)/\(a'\): ([0-9.]+)x",
+        lines[-1],
+    )
+    assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0
 
 
 @pytest.mark.parametrize(

@@ -192,3 +192,45 @@ def test_a_difference_is_significant_only_if_every_seed_agrees():
     assert verdicts.loc[("x", "w"), "verdict"] == "not significant"
     assert verdicts.loc[("y", "w"), "verdict"] == "A better"
     assert verdicts.loc[("x", "y"), "mean B - A (BLEU)"] == 2.0
+
+
+def test_the_transformer_trains_with_its_own_recipe_and_the_shared_stopping_rule():
+    from helpers.experiments import TRAINING_OVERRIDES, full_settings
+
+    shared, transformer = full_settings(seed=1), full_settings(seed=1, variant="Transformer")
+    assert full_settings(seed=1, variant="Luong dot") == shared
+    assert (transformer.warmup_steps, transformer.adam_beta2) == (400, 0.98)
+    assert transformer.label_smoothing == 0.1 and transformer.lr_decay is None
+    for name in ("epochs", "batch_size", "early_stopping_patience", "early_stopping_min_delta"):
+        assert getattr(transformer, name) == getattr(shared, name), name
+    assert transformer.seed == 1 and set(TRAINING_OVERRIDES) <= {"Transformer"}
+    # The live replication's settings differ from the full budget only in length and stopping.
+    for variant in (None, "Transformer"):
+        quick, full = quick_settings(1, 2, variant).to_dict(), full_settings(1, variant).to_dict()
+        differing = {key for key in full if quick[key] != full[key]}
+        assert differing == {"epochs", "early_stopping_patience", "early_stopping_min_delta"}
+
+
+def test_each_experiment_runs_only_its_own_variants(capsys):
+    from helpers.experiments import EXPERIMENTS, TRANSFORMER_VARIANTS, main
+
+    comparison, transformer = EXPERIMENTS["comparison"], EXPERIMENTS["transformer"]
+    assert comparison[0] is VARIANTS and transformer[0] is TRANSFORMER_VARIANTS
+    assert not set(VARIANTS) & set(TRANSFORMER_VARIANTS), "07's table would gain a row"
+    assert comparison[1].name == "comparison" and transformer[1].name == "transformer"
+    with pytest.raises(SystemExit):
+        main(["--experiment", "transformer", "--variants", "Luong dot"])
+    assert "in the transformer experiment" in capsys.readouterr().err
+
+
+def test_run_variant_trains_and_measures_the_transformer(small_dates, tmp_path, monkeypatch):
+    from helpers.experiments import full_settings
+
+    monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("PAYING_ATTENTION_PROGRESS", "0")
+    settings = TrainSettings(**{**full_settings(0, "Transformer").to_dict(), "epochs": 1})
+    row, outputs = run_variant("Transformer", settings, small_dates, small_dates, "cpu", "t", 1)
+    assert row["config"]["decoder"] == "transformer" and row["config"]["feedforward_size"] == 1024
+    assert row["settings"]["warmup_steps"] == 400
+    assert 0 < row["attention entropy"] <= 1 and 0 <= row["dates gold alignment"] <= 1
+    assert len(outputs["greedy"]) == len(small_dates.test_sources)

@@ -257,3 +257,26 @@ def test_adding_the_transformer_left_every_committed_runs_cache_key_unchanged():
     )
     assert "warmup_steps" not in settings.key_dict() and "warmup_steps" in changed.key_dict()
     assert math.isfinite(run["valid loss"])
+
+
+def test_the_maps_behind_a_translation_are_the_ones_the_search_used():
+    from helpers.decoding import translate
+    from helpers.transformer import translation_cross_attention
+
+    model = transformer(source_tokenizer="chars", target_tokenizer="chars", max_target_length=9)
+    letters = "abcdefghijklmnopqrs"
+    model.attach_vocabularies(Vocabulary.build([letters]), Vocabulary.build([letters]))
+    model.train()  # the function must decode in eval mode and restore this
+    for beam_size in (1, 3):
+        translation = translate(model, "abcab", beam_size=beam_size)
+        maps = translation_cross_attention(model, translation)
+        layers, heads = model.config.decoder_layers, model.config.decoder_heads
+        steps, source = len(translation.output_tokens), len(translation.source_tokens)
+        assert maps.shape == (layers, heads, steps, source)
+        torch.testing.assert_close(maps.sum(-1), torch.ones(layers, heads, steps))
+        # Averaged over heads, the last layer is what the incremental search reported.
+        torch.testing.assert_close(maps[-1].mean(0), translation.attention, atol=1e-5, rtol=0)
+    assert model.training
+    rnn = Seq2Seq(ModelConfig(source_vocab_size=VOCAB, target_vocab_size=VOCAB, hidden_size=8))
+    with pytest.raises(TypeError, match="per-layer, per-head"):
+        translation_cross_attention(rnn, translation)

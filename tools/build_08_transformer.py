@@ -1,0 +1,329 @@
+"""Draft builder of notebooks/08_transformer.ipynb (issue 12). Work in progress.
+
+It writes an *unexecuted* notebook, which
+``python tools/execute_notebooks.py notebooks/08_transformer.ipynb`` then runs. The
+full-budget section reads ``results/transformer/`` (``python -m helpers.experiments
+--experiment transformer``): run it only once those runs are committed, then write
+the prose marked TO WRITE from the numbers. Delete this file once 08 is built: the
+notebook is the single source of its code.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+
+OUT = Path(__file__).resolve().parents[1] / "notebooks" / "08_transformer.ipynb"
+cells = []
+
+
+def md(text: str) -> None:
+    cells.append(nbformat.v4.new_markdown_cell(text.strip("\n")))
+
+
+def code(text: str) -> None:
+    cells.append(nbformat.v4.new_code_cell(text.strip("\n")))
+
+
+md(r"""
+# 08 · The Transformer: attention is all you need
+
+*Paying Attention*, part 8 of 8. Previous: [07 · every variant, head to head](07_comparison.ipynb).
+
+The article this series grows from ends where the field went next: "models move beyond
+RNNs to Self-Attention and the realm of Transformer models". Notebook 06 built
+self-attention and a self-attention *encoder*. This notebook builds the rest of the
+Transformer of Vaswani et al. (2017) from the same parts, checks each new piece against
+PyTorch's own, trains it on the Tatoeba split of notebook 04, and sets it beside the
+best RNN model of the series on the same data, metric and budget.
+
+**You will learn**
+
+1. the Transformer decoder layer, equation by equation with shapes: causal
+   self-attention, encoder–decoder (cross-) attention, the feed-forward block, residual
+   connections and layer norm;
+2. why we put the layer norm *before* each block (pre-norm), and why the learning rate
+   still warms up;
+3. how a causal mask lets training run every position at once, and how a key/value cache
+   makes decoding incremental, with a check of each;
+4. how the Transformer compares with notebook 04's Luong model at equal training steps
+   and at equal time on a CPU, and what the difference is worth (significance);
+5. what its cross-attention learns, layer by layer and head by head, next to Luong's one
+   map.
+""")
+
+code(r"""
+import inspect
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers import select_device, set_seed
+from helpers.experiments import quick_settings, run_variant, variant_config
+from helpers.models import Seq2Seq, count_parameters
+from helpers.tasks import tatoeba_task
+from helpers.transformer import (
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    causal_mask,
+    translation_cross_attention,
+)
+
+set_seed(0)
+device = select_device()
+print(f"running on {device}")
+task = tatoeba_task(seed=0)
+print(task.summary())
+""")
+
+md(r"""
+## 1. The architecture
+
+Notation: $B$ sentences in a batch, $S$ source and $T$ target positions, model size
+$d$ (here 256), $h$ heads of size $d_h = d/h$, $L$ layers, $V$ target words.
+
+**The encoder** is notebook 06's self-attention encoder: embeddings scaled by $\sqrt d$,
+sinusoidal positions, and $L$ layers of multi-head self-attention and a feed-forward
+block. It turns the source into $H \in \mathbb{R}^{B \times S \times d}$, one vector per
+source token, each computed from the whole sentence.
+
+**The decoder** reads the target shifted right, $\langle s\rangle, y_1, \dots, y_{T-1}$:
+
+$$X^{(0)} = \sqrt{d}\, E\, y_{<t} + P \qquad (B, T, d)$$
+
+and runs $L$ layers. Each layer has three blocks, each inside a residual connection
+$x \leftarrow x + \text{block}(\mathrm{LN}(x))$:
+
+$$
+\begin{aligned}
+A &= X + \mathrm{MHA}\big(\mathrm{LN}_1 X,\ \mathrm{LN}_1 X,\ \mathrm{LN}_1 X;\ M_{\text{causal}}\big)
+  && (B, T, d) \quad \text{causal self-attention}\\
+C &= A + \mathrm{MHA}\big(\mathrm{LN}_2 A,\ H,\ H;\ M_{\text{source}}\big)
+  && (B, T, d) \quad \text{cross-attention: queries from the target, keys and values from } H\\
+X' &= C + W_2 \max\big(0,\ W_1 \mathrm{LN}_3 C + b_1\big) + b_2
+  && W_1 \in \mathbb{R}^{d_{ff} \times d},\ W_2 \in \mathbb{R}^{d \times d_{ff}}
+\end{aligned}
+$$
+
+with multi-head attention as in notebook 06,
+
+$$\mathrm{head}_i = \mathrm{softmax}\!\Big(\frac{Q W_i^Q (K W_i^K)^\top}{\sqrt{d_h}} + M\Big)\, V W_i^V
+\quad (B, T, d_h), \qquad \mathrm{MHA} = [\mathrm{head}_1; \dots; \mathrm{head}_h]\, W^O \quad (B, T, d),$$
+
+where the mask $M$ adds $-\infty$ where attending is not allowed. The output layer reads
+the last layer: $p(y_t \mid y_{<t}, x) = \mathrm{softmax}\big(W_s\, \mathrm{LN}(X^{(L)}_t) + b_s\big)$,
+with $W_s = E$ (tied embeddings, as in the paper).
+
+Where the RNN decoders of notebooks 02 and 03 carried a state from step to step, this
+decoder has none: position $t$ sees the earlier target positions only through causal
+self-attention, and the source only through cross-attention. Cross-attention plays the
+role Luong's attention played, with $h$ heads in each of $L$ layers instead of one map.
+
+**Pre-norm, deliberately.** The paper puts the layer norm *after* the residual sum,
+$\mathrm{LN}(x + \text{block}(x))$ ("post-norm"). We put it before, $x + \text{block}(\mathrm{LN}(x))$,
+as most implementations since do (Wang et al. 2019; Xiong et al. 2020). With post-norm
+every gradient that reaches a lower layer passes through the layer norms above it, and
+training diverges early unless the learning rate warms up slowly; with pre-norm the
+residual path is an identity from the loss to the embeddings. Pre-norm needs one more
+layer norm at the top of each stack. The layer, as `helpers` defines it:
+""")
+
+code(r"""
+# NBVAL_CHECK_OUTPUT
+print(inspect.getsource(TransformerDecoderLayer.forward))
+""")
+
+md(r"""
+## 2. The causal mask, checked
+
+Under teacher forcing the decoder sees the whole gold target at once. Position $t$ must
+not read $y_t$ or anything after it, or it would learn to copy the answer. The causal mask
+allows query position $t$ to attend to key positions $u \le t$ only:
+""")
+
+code(r"""
+# NBVAL_CHECK_OUTPUT
+print(causal_mask(5).int())
+""")
+
+md(r"""
+The check that matters is behavioural: change a target token at position $k$, and the
+decoder's outputs at every position before $k$ must not change at all, while position
+$k$'s (which reads $y_{k-1}$, not $y_k$ ... TO CHECK) does. A model with random weights is
+enough: the mask, not training, guarantees it.
+""")
+
+code(r"""
+tiny = Seq2Seq(variant_config("Transformer", task)).eval()
+generator = torch.Generator().manual_seed(0)
+source = torch.randint(4, 500, (1, 7), generator=generator)
+target_input = torch.randint(4, 500, (1, 9), generator=generator)
+with torch.no_grad():
+    memory = tiny.encode(source, torch.tensor([7]))
+    before, _ = tiny.decoder.forward_parallel(target_input, memory)
+    changed = target_input.clone()
+    changed[0, 5] = 42  # the input token at position 5
+    after, _ = tiny.decoder.forward_parallel(changed, memory)
+difference = (after - before).abs().amax(dim=-1)[0]  # (T,)
+print("largest change per position:", difference.numpy().round(4))
+assert torch.all(difference[:5] == 0), "a future token leaked into an earlier position"
+assert torch.all(difference[5:] > 1e-3), "later positions should see the change"
+""")
+
+md(r"""
+## 3. Our layer is PyTorch's layer
+
+`torch.nn.TransformerDecoderLayer` implements the same layer. With `norm_first=True` it
+is pre-norm; `TransformerDecoderLayer.load_from_torch` copies its weights into ours, and
+the two must then agree to rounding error, with a causal mask and a padded source.
+Two conventions differ and are worth knowing: our masks are True where attending is
+*allowed*, torch's `tgt_mask` and `memory_key_padding_mask` are True where it is
+*forbidden*.
+""")
+
+code(r"""
+torch.manual_seed(0)
+size, heads, feedforward = 64, 4, 128
+reference = torch.nn.TransformerDecoderLayer(
+    size, heads, feedforward, dropout=0.0, batch_first=True, norm_first=True
+).eval()
+ours = TransformerDecoderLayer(size, heads, feedforward, dropout=0.0).load_from_torch(reference).eval()
+
+target_states = torch.randn(3, 6, size)  # (B, T, d)
+encoder_states = torch.randn(3, 8, size)  # (B, S, d)
+source_mask = torch.arange(8) < torch.tensor([[8], [5], [2]])  # (B, S): True on real tokens
+with torch.no_grad():
+    expected = reference(
+        target_states,
+        encoder_states,
+        tgt_mask=~causal_mask(6),  # torch: True = forbidden
+        memory_key_padding_mask=~source_mask,
+    )
+    actual, _ = ours(target_states, encoder_states, source_mask)
+print(f"largest difference: {(actual - expected).abs().max():.2e}")
+torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+""")
+
+md(r"""
+## 4. Decoding one word at a time, with a key/value cache
+
+Training runs all positions at once. Decoding cannot: word $t$ must be chosen before
+it can be fed back. Recomputing every earlier position at every step would cost
+$O(T^2)$ layer evaluations per sentence. But by causality the earlier positions'
+states never change once computed, so each layer keeps their projected keys and values
+and appends one position per step; the cross-attention keys and values of the source
+are projected once per sentence. This is what `TransformerDecoder.step_features`
+does, behind the same one-step interface as the RNN decoders, so the series' greedy and
+beam search (`helpers.decoding`) decode the Transformer unchanged:
+""")
+
+code(r"""
+# NBVAL_CHECK_OUTPUT
+print(inspect.getsource(TransformerDecoderLayer.step))
+""")
+
+md(r"""
+The cache must not change a single number. Decode greedily, step by step through the
+cache, then run the decoder in parallel on the decoded words: the logits must agree.
+""")
+
+code(r"""
+with torch.no_grad():
+    state = tiny.decoder.init_state(memory)
+    token = torch.tensor([1])  # <sos>
+    step_logits, fed = [], [token]
+    for step in range(8):
+        logits, state, _ = tiny.decoder.step(token, state, memory, step)
+        token = logits.argmax(-1)
+        step_logits.append(logits)
+        fed.append(token)
+    parallel_features, _ = tiny.decoder.forward_parallel(torch.stack(fed[:-1], dim=1), memory)
+    parallel_logits = tiny.decoder.output_layer(parallel_features)[0]
+incremental_logits = torch.cat(step_logits)
+print(f"largest difference, cached vs from scratch: {(incremental_logits - parallel_logits).abs().max():.2e}")
+torch.testing.assert_close(incremental_logits, parallel_logits, atol=1e-5, rtol=0)
+""")
+
+md(r"""
+## 5. Training: the paper's optimiser, label smoothing, a fixed number of steps
+
+TO WRITE: warm-up + inverse square root (eq. 3 of the paper, peak at 400 steps), Adam
+β₂ = 0.98, label smoothing 0.1 (what it does to the loss; validation loss stays plain
+cross-entropy). The same batches, seed and number of steps as the Luong model.
+""")
+
+code(r"""
+from helpers.training import warmup_inverse_sqrt
+
+print(inspect.getsource(warmup_inverse_sqrt))
+settings = quick_settings(seed=0, epochs=2, variant="Transformer")
+steps_per_epoch = -(-len(task.train) // settings.batch_size)  # TO CHECK against the loader
+steps = np.arange(1, 15 * steps_per_epoch + 1)
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.plot(steps, [settings.learning_rate * warmup_inverse_sqrt(int(s), settings.warmup_steps) for s in steps])
+ax.axvline(2 * steps_per_epoch, color="grey", linestyle=":", label="end of this notebook's 2 epochs")
+ax.set_xlabel("optimiser step")
+ax.set_ylabel("learning rate")
+ax.set_title("Warm-up, then inverse square root (Vaswani et al. 2017, eq. 3)")
+ax.legend()
+plt.show()
+""")
+
+code(r"""
+transformer_row, transformer_outputs = run_variant(
+    "Transformer", settings, task, device=device, prefix="08_live", beam_size=5
+)
+luong_row, luong_outputs = run_variant(
+    "Luong general", quick_settings(seed=0, epochs=2), task, device=device, prefix="07_live", beam_size=5
+)
+""")
+
+md(r"""
+## 6. Side by side at equal training steps
+
+TO WRITE after the numbers.
+""")
+
+md(r"""
+## 7. At convergence, and at equal time (the full-budget runs)
+
+TO WRITE: results/transformer/ against results/comparison/'s Luong general.
+""")
+
+md(r"""
+## 8. What the cross-attention learns
+
+TO WRITE.
+""")
+
+md(r"""
+## 9. A known alignment: the dates task
+
+TO WRITE.
+""")
+
+md(r"""
+## Summary
+
+TO WRITE.
+
+## Exercises
+
+## References
+
+* A. Vaswani et al. *Attention Is All You Need.* NeurIPS 2017. [arXiv:1706.03762](https://arxiv.org/abs/1706.03762)
+* R. Xiong et al. *On Layer Normalization in the Transformer Architecture.* ICML 2020. [arXiv:2002.04745](https://arxiv.org/abs/2002.04745)
+* Q. Wang et al. *Learning Deep Transformer Models for Machine Translation.* ACL 2019. [arXiv:1906.01787](https://arxiv.org/abs/1906.01787)
+* O. Press, L. Wolf. *Using the Output Embedding to Improve Language Models.* EACL 2017. [arXiv:1608.05859](https://arxiv.org/abs/1608.05859)
+* C. Szegedy et al. *Rethinking the Inception Architecture for Computer Vision.* CVPR 2016 (label smoothing). [arXiv:1512.00567](https://arxiv.org/abs/1512.00567)
+* A. Rush. *The Annotated Transformer.* 2018. <https://nlp.seas.harvard.edu/annotated-transformer/>
+""")
+
+nb = nbformat.v4.new_notebook(cells=cells)
+nb.metadata = json.loads(OUT.read_text())["metadata"] if OUT.exists() else {}
+nbformat.write(nb, OUT)
+print("wrote", OUT, len(cells), "cells", file=sys.stderr)
