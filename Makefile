@@ -61,7 +61,7 @@ unit: setup $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests
 
 notebooks: setup
-	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:randomly notebooks
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) -p no:randomly notebooks
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -80,9 +80,14 @@ test notebooks: export PAYING_ATTENTION_PROGRESS = 0
 # silently blank every figure). The browser test checks exactly that.
 test notebooks unit bench results reproducibility: export MPLBACKEND = Agg
 
+# nbval's per-cell limit guards against a hung cell; it is not a speed target. Training
+# cells are defined by epochs, so a slow or busy machine must finish them, only later:
+# beside a busy loop on one of two cores, torch's two threads run several times slower.
+NBVAL_CELL_TIMEOUT ?= 3600
+
 # One pytest run: unit tests and nbval re-executing every notebook, one summary line.
 test: setup lint $(VENV)/.installed-test
-	$(BIN)/python -m pytest --durations=15 --nbval-lax --nbval-current-env --nbval-cell-timeout=900 tests notebooks
+	$(BIN)/python -m pytest --durations=15 --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NBVAL_CELL_TIMEOUT) tests notebooks
 
 bench: setup
 	$(BIN)/python -m helpers.benchmark

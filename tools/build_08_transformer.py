@@ -274,18 +274,70 @@ plt.show()
 """)
 
 code(r"""
-transformer_row, transformer_outputs = run_variant(
-    "Transformer", settings, task, device=device, prefix="08_live", beam_size=5
+from helpers.files import checkpoint_path
+from helpers.recipes import train_or_load
+
+# Both models: the same split, batches (seed 0, batch 128) and number of optimiser steps.
+luong_settings = quick_settings(seed=0, epochs=2)  # notebook 07's live Luong general
+transformer_model, transformer_history, _ = train_or_load(
+    task, variant_config("Transformer", task), settings,
+    checkpoint_path("08_live_transformer_seed0.pt"), device=device, description="Transformer",
 )
-luong_row, luong_outputs = run_variant(
-    "Luong general", quick_settings(seed=0, epochs=2), task, device=device, prefix="07_live", beam_size=5
+luong_model, luong_history, _ = train_or_load(
+    task, variant_config("Luong general", task), luong_settings,
+    checkpoint_path("07_live_luong-general_seed0.pt"), device=device, description="Luong general",
 )
+""")
+
+code(r"""
+from helpers.decoding import translate, translate_batch
+from helpers.metrics import corpus_scores, paired_bootstrap
+
+
+def sentences_per_second(model, sentences, beam_size):
+    # A measurement of this machine, printed, never asserted.
+    started = time.perf_counter()
+    translate_batch(model, sentences, beam_size=beam_size)
+    return len(sentences) / (time.perf_counter() - started)
+
+
+rows, outputs = {}, {}
+for name, model, history in [
+    ("Luong general (04's model)", luong_model, luong_history),
+    ("Transformer", transformer_model, transformer_history),
+]:
+    greedy = [t.text for t in translate_batch(model, task.test_sources)]
+    beam = [t.text for t in translate_batch(model, task.test_sources, beam_size=5)]
+    greedy_scores = corpus_scores(greedy, task.test_references)
+    beam_scores = corpus_scores(beam, task.test_references)
+    outputs[name] = greedy
+    rows[name] = {
+        "parameters": count_parameters(model),
+        "optimiser steps": history.epochs[-1].epoch * -(-len(task.train) // settings.batch_size),
+        "valid loss": history.epochs[-1].valid_loss,
+        "test BLEU (greedy)": greedy_scores.bleu,
+        "test chrF (greedy)": greedy_scores.chrf,
+        "test BLEU (beam 5)": beam_scores.bleu,
+        "test chrF (beam 5)": beam_scores.chrf,
+        "train target tokens/s": sum(r.target_tokens_per_second * r.seconds for r in history.epochs)
+        / history.total_seconds,
+        "greedy sentences/s": sentences_per_second(model, task.test_sources[:500], 1),
+        "beam-5 sentences/s": sentences_per_second(model, task.test_sources[:500], 5),
+    }
+equal_steps = pd.DataFrame(rows).T
+(significance,) = paired_bootstrap(
+    ("Luong general (04's model)", outputs["Luong general (04's model)"]),
+    [("Transformer", outputs["Transformer"])],
+    task.test_references,
+)
+print(f"Transformer - Luong, greedy BLEU: {significance['difference']:+.1f}, paired bootstrap p = {significance['p_value']:.4f}")
+equal_steps.style.format("{:,.2f}").format("{:,.0f}", subset=["parameters", "optimiser steps"])
 """)
 
 md(r"""
 ## 6. Side by side at equal training steps
 
-TO WRITE after the numbers.
+TO WRITE after the numbers (what is measured, what is deterministic, what is not).
 """)
 
 md(r"""
@@ -300,10 +352,92 @@ md(r"""
 TO WRITE.
 """)
 
+code(r"""
+from helpers.metrics import attention_row_entropies
+from helpers.viz import plot_attention
+
+example = "I don't know what you're talking about."
+transformer_translation = translate(transformer_model, example)
+luong_translation = translate(luong_model, example)
+maps = translation_cross_attention(transformer_model, transformer_translation)  # (L, h, T, S)
+layers, heads = maps.shape[:2]
+fig, axes = plt.subplots(layers, heads + 1, figsize=(3.2 * (heads + 1), 3.0 * layers), squeeze=False)
+for layer in range(layers):
+    for head in range(heads):
+        plot_attention(
+            maps[layer, head], transformer_translation.source_tokens, transformer_translation.output_tokens,
+            ax=axes[layer, head], title=f"layer {layer + 1}, head {head + 1}", colorbar=False,
+        )
+plot_attention(
+    luong_translation.attention, luong_translation.source_tokens, luong_translation.output_tokens,
+    ax=axes[0, heads], title="Luong general (one map)", colorbar=False,
+)
+for ax in axes[1:, heads]:
+    ax.axis("off")
+fig.suptitle(f"Transformer: {transformer_translation.text!r}   Luong: {luong_translation.text!r}")
+plt.tight_layout()
+plt.show()
+""")
+
+code(r"""
+sample = translate_batch(transformer_model, task.test_sources[:300])
+per_sentence = [translation_cross_attention(transformer_model, t) for t in sample]
+entropy = pd.DataFrame(
+    [
+        [
+            attention_row_entropies([maps[layer, head] for maps in per_sentence], normalise=True).mean().item()
+            for head in range(heads)
+        ]
+        for layer in range(layers)
+    ],
+    index=[f"layer {layer + 1}" for layer in range(layers)],
+    columns=[f"head {head + 1}" for head in range(heads)],
+)
+entropy["mean"] = entropy.mean(axis=1)
+luong_sample = translate_batch(luong_model, task.test_sources[:300])
+print("Luong general:", attention_row_entropies([t.attention for t in luong_sample], normalise=True).mean().item())
+entropy.style.format("{:.2f}")
+""")
+
 md(r"""
 ## 9. A known alignment: the dates task
 
 TO WRITE.
+""")
+
+code(r"""
+from helpers.metrics import alignment_accuracy
+from helpers.recipes import dates_recipe
+from helpers.tasks import dates_task
+from helpers.experiments import ALL_VARIANTS
+
+dates = dates_task(train_size=8000, valid_size=500, test_size=500, seed=0)
+architecture = {k: v for k, v in ALL_VARIANTS["Transformer"].items() if k not in ("feedforward_size", "dropout")}
+dates_model_settings, dates_settings = dates_recipe(**architecture)
+dates_transformer, _, _ = train_or_load(
+    dates, dates.model_config(**dates_model_settings), dates_settings,
+    checkpoint_path("08_dates_transformer.pt"), device=device, description="dates, Transformer",
+)
+bahdanau_settings, bahdanau_training = dates_recipe("bahdanau")
+dates_bahdanau, _, _ = train_or_load(
+    dates, dates.model_config(**bahdanau_settings), bahdanau_training,
+    checkpoint_path("05_dates_bahdanau.pt"), device=device, description="dates, Bahdanau",
+)
+dates_out = translate_batch(dates_transformer, dates.test_sources)
+dates_maps = [translation_cross_attention(dates_transformer, t) for t in dates_out]
+per_head = pd.DataFrame(
+    [
+        [alignment_accuracy([m[layer, head] for m in dates_maps], dates.test_gold_spans) for head in range(dates_maps[0].shape[1])]
+        for layer in range(dates_maps[0].shape[0])
+    ],
+    index=[f"layer {layer + 1}" for layer in range(dates_maps[0].shape[0])],
+    columns=[f"head {head + 1}" for head in range(dates_maps[0].shape[1])],
+)
+bahdanau_alignment = alignment_accuracy(
+    [t.attention for t in translate_batch(dates_bahdanau, dates.test_sources)], dates.test_gold_spans
+)
+print(f"Bahdanau: {bahdanau_alignment:.3f}; best Transformer head: {per_head.to_numpy().max():.3f}")
+per_head.style.format("{:.3f}")
 """)
 
 md(r"""
