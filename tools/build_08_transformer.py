@@ -151,10 +151,11 @@ print(causal_mask(5).int())
 """)
 
 md(r"""
-The check that matters is behavioural: change a target token at position $k$, and the
-decoder's outputs at every position before $k$ must not change at all, while position
-$k$'s (which reads $y_{k-1}$, not $y_k$ ... TO CHECK) does. A model with random weights is
-enough: the mask, not training, guarantees it.
+The check that matters is behavioural. The decoder's input at position $k$ is the
+previous word $y_{k-1}$ (the target shifted right). Change that input token, and the
+outputs at every position before $k$ must not change at all, while position $k$ and the
+positions after it, which may read it, do change. A model with random weights is enough:
+the mask, not training, guarantees it.
 """)
 
 code(r"""
@@ -251,9 +252,31 @@ torch.testing.assert_close(incremental_logits, parallel_logits, atol=1e-5, rtol=
 md(r"""
 ## 5. Training: the paper's optimiser, label smoothing, a fixed number of steps
 
-TO WRITE: warm-up + inverse square root (eq. 3 of the paper, peak at 400 steps), Adam
-β₂ = 0.98, label smoothing 0.1 (what it does to the loss; validation loss stays plain
-cross-entropy). The same batches, seed and number of steps as the Luong model.
+The RNN models of notebook 04 train with Adam at a constant $3\cdot10^{-3}$, decayed ×0.8
+per epoch. The Transformer is trained the way Vaswani et al. (2017, §5.3–5.4) train
+theirs, and each choice has a reason:
+
+* **Warm-up, then inverse square root** (their eq. 3). The learning rate rises linearly
+  for the first $w$ steps, then falls as $1/\sqrt{\text{step}}$:
+  $$\text{lr}(n) = \text{lr}_{\max} \cdot \min\!\big(n / w,\ \sqrt{w / n}\big).$$
+  The paper writes $d^{-0.5} \min(n^{-0.5}, n\, w^{-1.5})$: the same curve, with its peak
+  $(d\,w)^{-0.5}$ fixed by the model size. With $d = 256$ and their $w = 4000$ that peak is
+  $10^{-3}$, the peak we use; our data set is far smaller, so we warm up for $w = 400$
+  steps (a little over one epoch). Adam's first updates rest on moment estimates from a
+  handful of batches; a small learning rate while those estimates settle keeps the
+  attention logits from saturating early. With pre-norm, warm-up is less critical than
+  with the paper's post-norm (Xiong et al. 2020), but it still helps.
+* **Adam with $\beta_2 = 0.98$** instead of the default 0.999: the estimate of the
+  squared gradient forgets faster, so it follows the quickly changing gradients of early
+  training.
+* **Label smoothing, $\varepsilon = 0.1$** (Szegedy et al. 2016). The training target puts
+  $1 - \varepsilon$ on the gold word and spreads $\varepsilon$ over the others
+  (`<pad>` excluded), so the model is never pushed towards infinite confidence. It costs
+  perplexity and usually gains BLEU. The *validation* loss stays the plain cross-entropy,
+  so it compares with the RNN models' validation loss.
+
+Everything else is notebook 04's: the same split, vocabularies, batches of 128 in the same
+order (seed 0), gradient clipping at 1, and a set number of steps, never seconds.
 """)
 
 code(r"""
@@ -261,7 +284,7 @@ from helpers.training import warmup_inverse_sqrt
 
 print(inspect.getsource(warmup_inverse_sqrt))
 settings = quick_settings(seed=0, epochs=2, variant="Transformer")
-steps_per_epoch = -(-len(task.train) // settings.batch_size)  # TO CHECK against the loader
+steps_per_epoch = len(task.loaders(batch_size=settings.batch_size)[0])  # optimiser steps
 steps = np.arange(1, 15 * steps_per_epoch + 1)
 fig, ax = plt.subplots(figsize=(7, 3))
 ax.plot(steps, [settings.learning_rate * warmup_inverse_sqrt(int(s), settings.warmup_steps) for s in steps])
@@ -443,9 +466,40 @@ per_head.style.format("{:.3f}")
 md(r"""
 ## Summary
 
-TO WRITE.
+* The Transformer decoder replaces the RNN's recurrence with two attentions per layer:
+  causal self-attention over the words produced so far, and cross-attention over the
+  encoder's states, each followed by a feed-forward block, all in pre-norm residual
+  connections. Built from the series' `MultiHeadAttention`, it equals PyTorch's
+  `TransformerDecoderLayer` to rounding error.
+* The causal mask lets training process every target position at once; a key/value cache
+  lets decoding add one position per step without recomputing the others. Both were
+  checked: a future token changes nothing earlier, and cached decoding equals decoding
+  from scratch.
+* What it buys: training that is parallel over time as well as over the batch, depth
+  (every layer re-reads the source), and several heads that can attend to different
+  things. What it costs: attention that grows with the square of the length, more
+  hyper-parameters (warm-up, β₂, label smoothing, layers, heads, feed-forward width), and
+  a training recipe of its own. TO WRITE: what the measured table shows about its cost and
+  quality here.
+* Its cross-attention is spread over layers and heads; no single map is "the alignment".
+  TO WRITE: what the maps, the entropies and the dates task showed.
 
 ## Exercises
+
+1. **Post-norm.** Change `TransformerDecoderLayer.forward` to the paper's post-norm
+   $\mathrm{LN}(x + \text{block}(x))$ (and drop `final_norm`), then train with and without
+   warm-up (`warmup_steps=None`). Which one diverges or learns slower?
+2. **No cache.** Decode the test set with a version of `step_features` that recomputes all
+   earlier positions at every step. How much slower is it for the longest sentences, and
+   does any output change?
+3. **Heads.** Train with `decoder_heads=1` and with 8. How do the validation loss and the
+   per-head entropies change?
+4. **Label smoothing.** Train with `label_smoothing=0.0`. Compare the validation
+   perplexity and the test BLEU with the smoothed model: do they move in the same
+   direction?
+5. **Positions.** Remove the positional encoding from the decoder (add zeros). What goes
+   wrong in the translations, and why does causal self-attention alone not tell the model
+   where it is? (Hint: look at notebook 06.)
 
 ## References
 
