@@ -497,9 +497,11 @@ md(r"""
 4. **Label smoothing.** Train with `label_smoothing=0.0`. Compare the validation
    perplexity and the test BLEU with the smoothed model: do they move in the same
    direction?
-5. **Positions.** Remove the positional encoding from the decoder (add zeros). What goes
-   wrong in the translations, and why does causal self-attention alone not tell the model
-   where it is? (Hint: look at notebook 06.)
+5. **Positions.** Remove the positional encoding from the decoder only (add zeros) and
+   retrain. Haviv et al. (2022, "Transformer Language Models without Positional
+   Encodings Still Learn Positional Information") found that a *causal* stack can infer
+   positions by itself: does the validation loss confirm it here? Then try the same on the
+   encoder, whose self-attention is not causal (notebook 06), and explain the difference.
 
 ## References
 
