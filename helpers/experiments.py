@@ -164,10 +164,15 @@ def quick_settings(seed: int, epochs: int = 1, variant: str | None = None) -> Tr
     """The small budget of the notebooks' live replications: the full budget's recipe
     (with ``variant``'s :data:`TRAINING_OVERRIDES`) for a few epochs, no early stopping.
     Its epochs are the full run's first ones: every setting that shapes them is the same."""
-    shared = dict(
-        epochs=epochs, batch_size=128, learning_rate=3e-3, lr_decay=FULL_LR_DECAY, seed=seed
+    full = full_settings(seed, variant).to_dict()
+    return TrainSettings(
+        **{
+            **full,
+            "epochs": epochs,
+            "early_stopping_patience": None,
+            "early_stopping_min_delta": 0.0,
+        }
     )
-    return TrainSettings(**{**shared, **TRAINING_OVERRIDES.get(variant, {})})
 
 
 @functools.cache
