@@ -21,7 +21,9 @@ What it writes under ``results/comparison/`` (``results/transformer/`` for the T
 * ``significance.csv`` — sacreBLEU's paired bootstrap (1,000 resamples) for every pair
   of variants, per seed;
 * ``provenance.json`` — commit, command, hardware, thread count, library versions and
-  wall time.
+  wall time;
+* ``speed.json`` (``--measure-speed``, on an idle machine) — training and decoding speed
+  of the seed-0 models, measured back to back, for comparisons at equal time.
 
 The Bahdanau and "Luong general" rows are notebook 04's two models (same architecture
 and data) trained at this full budget instead of 04's few minutes.
@@ -51,10 +53,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .benchmark import decoding_sentences_per_second, project_trainer_tokens_per_second
+from .checkpoints import load_checkpoint
 from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
-from .models import ModelConfig, count_parameters
+from .models import ModelConfig, Seq2Seq, count_parameters
 from .recipes import cache_key, dates_recipe, train_or_load
 from .tasks import TranslationTask, dates_task, tatoeba_task
 from .training import TrainSettings
@@ -153,6 +157,20 @@ def full_settings(seed: int, variant: str | None = None) -> TrainSettings:
     return TrainSettings(**{**shared, **TRAINING_OVERRIDES.get(variant, {})})
 
 
+def dates_architecture(variant: str) -> dict[str, Any]:
+    """``variant``'s architecture for :func:`~helpers.recipes.dates_recipe`.
+
+    The entries of :data:`ALL_VARIANTS` that choose the architecture (decoder, attention,
+    encoder, heads, layers), without those that size or regularise it (feed-forward
+    width, dropout): the dates task keeps its own small recipe for those.
+    """
+    return {
+        key: value
+        for key, value in ALL_VARIANTS[variant].items()
+        if key not in ("feedforward_size", "dropout")
+    }
+
+
 def variant_config(variant: str, task: TranslationTask) -> ModelConfig:
     """The model config of ``variant`` on ``task``: :data:`SHARED_MODEL` + its own entries."""
     if variant not in ALL_VARIANTS:
@@ -237,13 +255,7 @@ def run_variant(
             [t.attention for t in greedy], normalise=True
         )
         if dates is not None:
-            # The variant's architecture at the dates recipe's small size.
-            architecture = {
-                key: value
-                for key, value in ALL_VARIANTS[variant].items()
-                if key not in ("feedforward_size", "dropout")
-            }
-            dates_model_settings, dates_training = dates_recipe(**architecture)
+            dates_model_settings, dates_training = dates_recipe(**dates_architecture(variant))
             dates_training = TrainSettings(**{**dates_training.to_dict(), "seed": settings.seed})
             dates_model, _, _ = train_or_load(
                 dates,
@@ -376,6 +388,71 @@ def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> p
     return pd.DataFrame(rows) if rows else None
 
 
+#: Models whose speed ``--measure-speed`` sets beside each experiment's own: the
+#: Transformer is compared with notebook 04's Luong model (the comparison's best).
+SPEED_BASELINES: dict[str, tuple[str, ...]] = {"comparison": (), "transformer": ("Luong general",)}
+
+
+def measure_speed(
+    models: dict[str, Seq2Seq],
+    task: TranslationTask,
+    device: torch.device | str = "cpu",
+    training_seconds: float = 60.0,
+    sentences: int = 500,
+    batch_size: int = 128,
+) -> pd.DataFrame:
+    """Training and decoding speed of trained models, measured back to back on one machine.
+
+    For each ``name → model``: target tokens per second while training a fresh model of
+    the same config (``helpers.training.train`` for ``training_seconds``, batches of
+    ``batch_size``), and test sentences per second decoding the first ``sentences`` test
+    sentences with the trained model, greedy and beam 5 (decoding speed depends on how
+    long the outputs are, so it needs the trained model, not the fresh one).
+
+    These are measurements of this machine, for the table that compares models at equal
+    *time*; no training result depends on them. Run on an otherwise idle machine.
+    """
+    device = torch.device(device)
+    rows = []
+    for name, model in models.items():
+        tokens_per_second, _ = project_trainer_tokens_per_second(
+            task, model.config, device, training_seconds, batch_size
+        )
+        model = model.to(device).eval()
+        test = task.test_sources[:sentences]
+        rows.append(
+            {
+                "variant": name,
+                "parameters": count_parameters(model),
+                "train target tokens/s": tokens_per_second,
+                "greedy sentences/s": decoding_sentences_per_second(model, test, 1),
+                "beam-5 sentences/s": decoding_sentences_per_second(model, test, 5),
+            }
+        )
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def _full_checkpoint(variant: str, seed: int) -> Path:
+    path = checkpoint_path(f"full_{slug(variant)}_seed{seed}.pt")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no full-budget checkpoint of {variant!r}, seed {seed}, at {path}: run "
+            f"`python -m helpers.experiments --variants {variant!r} --seeds {seed}` "
+            "(or the transformer experiment) on this machine first"
+        )
+    return path
+
+
+def _full_model(variant: str, seed: int, task: TranslationTask, device: str) -> Seq2Seq:
+    """The full-budget checkpoint of (variant, seed), refused unless it has the full settings."""
+    config = variant_config(variant, task)
+    path = _full_checkpoint(variant, seed)
+    model, extra = load_checkpoint(path, device, config, task.source_vocab, task.target_vocab)
+    if extra.get("cache_key") != cache_key(config, full_settings(seed, variant), task):
+        raise ValueError(f"{path} was not trained with the full-budget settings of {variant!r}")
+    return model
+
+
 def _git(*command: str) -> str:
     try:
         return subprocess.run(
@@ -481,6 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--summarise-only", action="store_true", help="only aggregate the runs on disk"
     )
+    parser.add_argument(
+        "--measure-speed",
+        action="store_true",
+        help="train nothing: measure training and decoding speed of the seed-0 full-budget "
+        "models (and the experiment's baselines) into speed.json; run on an idle machine",
+    )
     arguments = parser.parse_args(argv)
     experiment_variants, default_output = EXPERIMENTS[arguments.experiment]
     arguments.variants = arguments.variants or list(experiment_variants)
@@ -499,6 +582,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--workers and --threads must be at least 1")
     started = time.perf_counter()
     out_dir: Path = arguments.output
+    if arguments.measure_speed:
+        return _write_speed(arguments, argv, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance_file = out_dir / "provenance.json"
     # --summarise-only trains nothing: keep the wall time of the invocation that trained.
@@ -543,12 +628,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Path) -> int:
+    torch.set_num_threads(arguments.threads)
+    seed = min(arguments.seeds)
+    names = [*SPEED_BASELINES[arguments.experiment], *arguments.variants]
+    for name in names:  # before loading any data: a missing checkpoint is said at once
+        _full_checkpoint(name, seed)
+    task, _ = _tasks()
+    models = {name: _full_model(name, seed, task, arguments.device) for name in names}
+    speed = measure_speed(models, task, arguments.device)
+    record = {
+        "command": "python -m helpers.experiments " + " ".join(argv),
+        "code": code_state(),
+        "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "device": arguments.device,
+        "torch threads": arguments.threads,
+        "torch": torch.__version__,
+        "models": f"the full-budget checkpoints of seed {seed}",
+        "training": "helpers.training.train for 60 s after a 2 s warm-up, batches of 128",
+        "decoding": "the first 500 test sentences, batches of 256, after a warm-up",
+        "rows": speed.reset_index().to_dict(orient="records"),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "speed.json", json.dumps(record, indent=1).encode())
+    with pd.option_context("display.width", 200):
+        print(speed.round(1))
+    return 0
+
+
 def load_results(out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
     """The committed full-budget results: ``runs`` and ``summary`` tables, ``significance``
-    (may be ``None``), per-run ``histories`` and the ``provenance`` record."""
+    (may be ``None``), per-run ``histories``, the ``provenance`` record and the ``speed``
+    measurement of ``--measure-speed`` (``None`` if not made)."""
     runs = pd.read_csv(out_dir / "runs.csv")
     summary = pd.read_csv(out_dir / "summary.csv", index_col="variant")
     significance_file = out_dir / "significance.csv"
+    speed_file = out_dir / "speed.json"
     histories = {}
     for path in sorted((out_dir / "runs").glob("*.json")):
         row = json.loads(path.read_text())
@@ -559,6 +675,7 @@ def load_results(out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
         "significance": pd.read_csv(significance_file) if significance_file.is_file() else None,
         "histories": histories,
         "provenance": json.loads((out_dir / "provenance.json").read_text()),
+        "speed": json.loads(speed_file.read_text()) if speed_file.is_file() else None,
     }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .training import TrainingHistory
 
@@ -128,12 +129,16 @@ def plot_attention(
     gold=None,
     colorbar: bool = True,
     cmap: str = "viridis",
+    vmax: float | None = 1.0,
 ) -> Axes:
     """Heatmap of one attention matrix: source tokens on x, output tokens on y.
 
     Args:
         attention: ``(len(output_tokens), len(source_tokens))`` weights.
         gold: optional 0/1 matrix of the same shape; gold cells are outlined in red.
+        vmax: the weight drawn brightest. 1.0 (the default) puts every map on one scale,
+            so maps can be compared; ``None`` uses this map's own largest weight, which
+            shows the pattern of a diffuse map that the shared scale leaves all dark.
 
     A heatmap without its words cannot be read, so every tick is labelled while the labels
     have room (9 pt). A new figure grows with the sentence up to
@@ -149,7 +154,8 @@ def plot_attention(
         )
     if ax is None:
         _, ax = plt.subplots(figsize=attention_figure_size(len(source_tokens), len(output_tokens)))
-    image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    top = float(weights.max()) if vmax is None else vmax
+    image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=top if top > 0 else 1.0, aspect="auto")
     if gold is not None:
         gold_cells = np.argwhere(_as_array(gold) > 0)
         for row, column in gold_cells:
@@ -172,9 +178,16 @@ def plot_attention_grid(
     columns: int = 2,
     titles: Sequence[str] | None = None,
     cell_size: tuple[float, float] = (4.2, 3.4),
+    per_panel_scale: bool = False,
 ) -> Figure:
     """Several heatmaps side by side; ``items`` are ``(attention, source_tokens, output_tokens)``
-    or ``(attention, source_tokens, output_tokens, gold)``."""
+    or ``(attention, source_tokens, output_tokens, gold)``.
+
+    One colour bar, labelled, serves every panel on the shared 0–1 scale. With
+    ``per_panel_scale=True`` each panel runs from 0 to its own largest weight instead
+    (its title gives that maximum), and each panel gets its own colour bar: diffuse maps
+    show their pattern, but colours no longer compare across panels.
+    """
     if not items:
         raise ValueError("nothing to plot")
     rows = -(-len(items) // columns)
@@ -186,16 +199,27 @@ def plot_attention_grid(
             ax.axis("off")
             continue
         attention, source_tokens, output_tokens, *gold = items[index]
+        title = titles[index] if titles else None
+        if per_panel_scale:
+            top = float(_as_array(attention).max())
+            title = f"{title}\n(scale 0–{top:.2f})" if title else f"scale 0–{top:.2f}"
         plot_attention(
             attention,
             source_tokens,
             output_tokens,
             ax=ax,
-            title=titles[index] if titles else None,
+            title=title,
             gold=gold[0] if gold else None,
-            colorbar=False,
+            colorbar=per_panel_scale,
+            vmax=None if per_panel_scale else 1.0,
         )
     figure.tight_layout()
+    if not per_panel_scale:
+        # After the layout, so the shared bar takes its room from every panel alike.
+        image = axes.flat[0].images[0]
+        figure.colorbar(
+            image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.02, label="attention weight"
+        )
     return figure
 
 
@@ -210,6 +234,7 @@ def plot_loss_curves(histories: dict[str, TrainingHistory], ax: Axes | None = No
         ax.plot(frame.index, frame["train_loss"], "--", color=color, label=f"{name} train")
         ax.plot(frame.index, frame["valid_loss"], "-o", color=color, label=f"{name} validation")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 1.5" ticks
     ax.set_ylabel("cross-entropy per target token (nats)")
     ax.legend()
     ax.grid(alpha=0.3)

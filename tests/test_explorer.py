@@ -363,10 +363,47 @@ def test_grid_cells_get_readable_labels_too():
     items = [(random_attention(50, 45), source, output)] * 2
     figure = plot_attention_grid(items, columns=2, cell_size=(5.2, 4.0))
     for ax in figure.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
         report = label_report(ax)
         assert report["y"]["smallest"] >= MIN_LABEL_POINTS and report["y"]["overlaps"] == 0
         assert report["x"]["smallest"] >= MIN_LABEL_POINTS and report["x"]["overlaps"] == 0
     plt.close(figure)
+
+
+def test_the_grid_has_one_labelled_colour_bar_or_a_scale_per_panel():
+    """One shared 0–1 scale with one labelled bar; or each panel on its own maximum."""
+    from helpers.viz import plot_attention_grid
+
+    diffuse = torch.full((3, 4), 0.25)
+    sharp = torch.eye(3, 4)
+    items = [(diffuse, list("abcd"), list("xyz")), (sharp, list("abcd"), list("xyz"))]
+    shared = plot_attention_grid(items, columns=2, titles=["diffuse", "sharp"])
+    bars = [ax for ax in shared.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylabel() == "attention weight"
+    panels = [ax for ax in shared.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.images[0].get_clim() for ax in panels] == [(0.0, 1.0), (0.0, 1.0)]
+    plt.close(shared)
+    own = plot_attention_grid(items, columns=2, titles=["diffuse", "sharp"], per_panel_scale=True)
+    panels = [ax for ax in own.axes if ax.get_label() != "<colorbar>"]
+    assert [ax.images[0].get_clim()[1] for ax in panels] == [0.25, 1.0]
+    assert panels[0].get_title() == "diffuse\n(scale 0–0.25)"
+    assert sum(ax.get_label() == "<colorbar>" for ax in own.axes) == 2
+    plt.close(own)
+
+
+def test_loss_curves_tick_whole_epochs_only():
+    from helpers.training import EpochRecord, TrainingHistory
+    from helpers.viz import plot_loss_curves
+
+    history = TrainingHistory()
+    for epoch in (1, 2, 3):
+        history.epochs.append(EpochRecord(epoch, 3.0 / epoch, 2.5 / epoch, 12.0, 1.0, 1000.0))
+    ax = plot_loss_curves({"toy": history})
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(ax.figure)
 
 
 def test_the_explorer_draws_a_long_sentence_readably(task):

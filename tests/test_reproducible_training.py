@@ -234,3 +234,40 @@ def test_run_variant_trains_and_measures_the_transformer(small_dates, tmp_path, 
     assert row["settings"]["warmup_steps"] == 400
     assert 0 < row["attention entropy"] <= 1 and 0 <= row["dates gold alignment"] <= 1
     assert len(outputs["greedy"]) == len(small_dates.test_sources)
+
+
+def test_dates_architecture_keeps_the_architecture_and_drops_the_sizes():
+    from helpers.experiments import ALL_VARIANTS, dates_architecture
+    from helpers.recipes import dates_recipe
+
+    transformer = dates_architecture("Transformer")
+    assert transformer["decoder"] == "transformer" and transformer["decoder_layers"] == 2
+    assert "feedforward_size" not in transformer and "dropout" not in transformer
+    model_settings, _ = dates_recipe(**transformer)
+    # The dates recipe's small size and score, the variant's layers and heads.
+    assert (model_settings["hidden_size"], model_settings["dropout"]) == (64, 0.0)
+    assert model_settings["attention"] == "scaled_dot" and model_settings["encoder_heads"] == 4
+    assert dates_architecture("Luong local-p") == ALL_VARIANTS["Luong local-p"]
+    assert dates_recipe(**dates_architecture("Bahdanau (additive)"))[0]["attention"] == "additive"
+
+
+def test_measure_speed_times_training_and_both_decoders(small_dates):
+    from helpers.experiments import measure_speed
+
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    trained, _ = train_model(small_dates, config, TrainSettings(epochs=1, batch_size=32), "cpu")
+    speed = measure_speed({"tiny": trained}, small_dates, "cpu", training_seconds=0.5, sentences=8)
+    assert list(speed.index) == ["tiny"]
+    row = speed.loc["tiny"]
+    assert row["parameters"] == sum(p.numel() for p in trained.parameters())
+    for column in ("train target tokens/s", "greedy sentences/s", "beam-5 sentences/s"):
+        assert row[column] > 0, column
+
+
+def test_speed_needs_the_full_budget_checkpoint(tmp_path, monkeypatch):
+    from helpers.experiments import main
+
+    monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no full-budget checkpoint of 'Luong general'"):
+        main(["--experiment", "transformer", "--measure-speed", "--output", str(tmp_path)])
+    assert not (tmp_path / "speed.json").exists()

@@ -317,11 +317,12 @@ from helpers.decoding import translate, translate_batch
 from helpers.metrics import corpus_scores, paired_bootstrap
 
 
-def sentences_per_second(model, sentences, beam_size):
-    # A measurement of this machine, printed, never asserted.
+def timed_translations(model, beam_size):
+    # The test set's translations and the sentences per second it took: a measurement of
+    # this machine (printed, never asserted; another machine or load gives other figures).
     started = time.perf_counter()
-    translate_batch(model, sentences, beam_size=beam_size)
-    return len(sentences) / (time.perf_counter() - started)
+    texts = [t.text for t in translate_batch(model, task.test_sources, beam_size=beam_size)]
+    return texts, len(texts) / (time.perf_counter() - started)
 
 
 rows, outputs = {}, {}
@@ -329,23 +330,23 @@ for name, model, history in [
     ("Luong general (04's model)", luong_model, luong_history),
     ("Transformer", transformer_model, transformer_history),
 ]:
-    greedy = [t.text for t in translate_batch(model, task.test_sources)]
-    beam = [t.text for t in translate_batch(model, task.test_sources, beam_size=5)]
+    greedy, greedy_speed = timed_translations(model, 1)
+    beam, beam_speed = timed_translations(model, 5)
     greedy_scores = corpus_scores(greedy, task.test_references)
     beam_scores = corpus_scores(beam, task.test_references)
     outputs[name] = greedy
     rows[name] = {
         "parameters": count_parameters(model),
-        "optimiser steps": history.epochs[-1].epoch * -(-len(task.train) // settings.batch_size),
+        "optimiser steps": len(history.epochs) * steps_per_epoch,
         "valid loss": history.epochs[-1].valid_loss,
         "test BLEU (greedy)": greedy_scores.bleu,
         "test chrF (greedy)": greedy_scores.chrf,
         "test BLEU (beam 5)": beam_scores.bleu,
         "test chrF (beam 5)": beam_scores.chrf,
-        "train target tokens/s": sum(r.target_tokens_per_second * r.seconds for r in history.epochs)
+        "train target tokens/s (measured)": sum(r.target_tokens_per_second * r.seconds for r in history.epochs)
         / history.total_seconds,
-        "greedy sentences/s": sentences_per_second(model, task.test_sources[:500], 1),
-        "beam-5 sentences/s": sentences_per_second(model, task.test_sources[:500], 5),
+        "greedy sentences/s (measured)": greedy_speed,
+        "beam-5 sentences/s (measured)": beam_speed,
     }
 equal_steps = pd.DataFrame(rows).T
 (significance,) = paired_bootstrap(
@@ -367,6 +368,115 @@ md(r"""
 ## 7. At convergence, and at equal time (the full-budget runs)
 
 TO WRITE: results/transformer/ against results/comparison/'s Luong general.
+""")
+
+code(r"""
+from helpers.experiments import RESULTS_DIR, TRANSFORMER_RESULTS_DIR, load_results, load_translations, pairwise_verdicts
+
+rnn_results, transformer_results = load_results(RESULTS_DIR), load_results(TRANSFORMER_RESULTS_DIR)
+provenance = transformer_results["provenance"]
+for key in ("command", "code of the runs", "hardware of the runs", "torch", "torch threads per worker", "seeds"):
+    print(f"{key}: {provenance[key]}")
+full_runs = pd.concat(
+    [rnn_results["runs"][rnn_results["runs"]["variant"] == "Luong general"], transformer_results["runs"]],
+    ignore_index=True,
+)
+full_metrics = [
+    "parameters", "epochs run", "best epoch", "valid loss", "valid perplexity",
+    "test BLEU (greedy)", "test chrF (greedy)", "test BLEU (beam 5)", "test chrF (beam 5)",
+    "attention entropy", "dates gold alignment",
+]
+grouped = full_runs.groupby("variant", sort=False)[full_metrics]
+full_means, full_spread = grouped.mean(), grouped.std()
+full_table = full_means.round(2).astype(str) + " ± " + full_spread.round(2).astype(str)
+full_table["parameters"] = full_means["parameters"].map("{:,.0f}".format)
+full_table.T
+""")
+
+code(r"""
+# sacreBLEU's paired bootstrap on the committed test translations, seed by seed: the
+# Transformer of seed k against the Luong general model of seed k (the same batches).
+tests = []
+for seed in sorted(full_runs["seed"].unique()):
+    luong_outputs = load_translations("Luong general", seed, RESULTS_DIR)
+    transformer_outputs = load_translations("Transformer", seed, TRANSFORMER_RESULTS_DIR)
+    for decoding in ("greedy", "beam 5"):
+        (result,) = paired_bootstrap(
+            ("Luong general", luong_outputs[decoding]),
+            [("Transformer", transformer_outputs[decoding])],
+            task.test_references,
+        )
+        tests.append({
+            "decoding": decoding, "seed": seed, "variant A": "Luong general", "variant B": "Transformer",
+            "BLEU A": result["baseline_bleu"], "BLEU B": result["bleu"], "B - A": result["difference"],
+            "p value": result["p_value"],
+        })
+full_tests = pd.DataFrame(tests)
+display(full_tests.round(4))
+full_verdicts = pd.concat(
+    {decoding: pairwise_verdicts(group) for decoding, group in full_tests.groupby("decoding")}
+)
+full_verdicts
+""")
+
+code(r"""
+# Speed, measured once on an idle machine, one torch thread, both models back to back
+# (python -m helpers.experiments --experiment transformer --measure-speed). The runs' own
+# seconds are not used: some ran beside other jobs, and their clocks measured the load.
+speed_record = transformer_results["speed"]
+print(f"measured {speed_record['measured'][:10]} on {speed_record['hardware']['cpu']}, {speed_record['torch threads']} thread")
+speed = pd.DataFrame(speed_record["rows"]).set_index("variant")
+histories = {**rnn_results["histories"], **transformer_results["histories"]}
+first_epoch = histories["Luong general", 0].iloc[0]
+tokens_per_epoch = first_epoch["target_tokens_per_second"] * first_epoch["seconds"]  # the same data for both
+speed["seconds per epoch"] = tokens_per_epoch / speed["train target tokens/s"]
+speed.round(1)
+""")
+
+code(r"""
+steps_per_epoch_full = -(-len(task.train) // 128)
+colours = {"Luong general": "tab:blue", "Transformer": "tab:orange"}
+fig, (by_steps, by_time) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
+for (variant, seed), history in histories.items():
+    if variant in colours:
+        label = variant if seed == 0 else None
+        by_steps.plot(history["epoch"] * steps_per_epoch_full, history["valid_loss"], marker=".", color=colours[variant], label=label)
+        minutes = history["epoch"] * speed.loc[variant, "seconds per epoch"] / 60
+        by_time.plot(minutes, history["valid_loss"], marker=".", color=colours[variant], label=label)
+by_steps.set_xlabel("optimiser steps (batches of 128)")
+by_steps.set_ylabel("validation loss (cross-entropy, nats per token)")
+by_steps.set_title("Equal steps (3 seeds each)")
+by_time.set_xlabel("training minutes at the measured speed (one thread, this CPU)")
+by_time.set_title("Equal time")
+for ax in (by_steps, by_time):
+    ax.legend()
+    ax.grid(alpha=0.3)
+plt.tight_layout()
+plt.show()
+""")
+
+code(r"""
+# At equal time: give the Transformer the minutes the Luong model took to its best epoch.
+def best_loss_within(history, epochs):
+    return history.loc[history["epoch"] <= epochs, "valid_loss"].min()
+
+
+equal_time_rows = []
+for seed in sorted(full_runs["seed"].unique()):
+    luong_history, transformer_history_full = histories["Luong general", seed], histories["Transformer", seed]
+    luong_epochs = int(luong_history.loc[luong_history["valid_loss"].idxmin(), "epoch"])
+    minutes = luong_epochs * speed.loc["Luong general", "seconds per epoch"] / 60
+    transformer_epochs = int(minutes * 60 // speed.loc["Transformer", "seconds per epoch"])
+    equal_time_rows.append({
+        "seed": seed,
+        "minutes (Luong's best epoch)": minutes,
+        "Luong epochs": luong_epochs,
+        "Luong valid loss": best_loss_within(luong_history, luong_epochs),
+        "Transformer epochs in that time": transformer_epochs,
+        "Transformer valid loss": best_loss_within(transformer_history_full, transformer_epochs),
+    })
+equal_time = pd.DataFrame(equal_time_rows).set_index("seed")
+equal_time.round(3)
 """)
 
 md(r"""
@@ -432,11 +542,11 @@ code(r"""
 from helpers.metrics import alignment_accuracy
 from helpers.recipes import dates_recipe
 from helpers.tasks import dates_task
-from helpers.experiments import ALL_VARIANTS
+from helpers.experiments import dates_architecture
 
 dates = dates_task(train_size=8000, valid_size=500, test_size=500, seed=0)
-architecture = {k: v for k, v in ALL_VARIANTS["Transformer"].items() if k not in ("feedforward_size", "dropout")}
-dates_model_settings, dates_settings = dates_recipe(**architecture)
+# The full-budget runs' dates model: the Transformer's layers and heads at the dates size.
+dates_model_settings, dates_settings = dates_recipe(**dates_architecture("Transformer"))
 dates_transformer, _, _ = train_or_load(
     dates, dates.model_config(**dates_model_settings), dates_settings,
     checkpoint_path("08_dates_transformer.pt"), device=device, description="dates, Transformer",
