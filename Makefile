@@ -54,8 +54,11 @@ NOTEBOOK_DIR ?= notebooks
 
 # `env -u MPLBACKEND`: a backend inherited from the shell (Agg, say) would stop the
 # kernels from switching to inline plotting, and no figure would ever show.
+# The reading path (00_index) opens first, where the notebook folder has it.
+FIRST_PAGE := $(if $(wildcard $(NOTEBOOK_DIR)/00_index.ipynb),--LabApp.default_url=/lab/tree/00_index.ipynb,)
+
 lab: setup
-	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(NOTEBOOK_DIR) $(ROOT_FLAG) $(ARGS)
+	env -u MPLBACKEND $(BIN)/jupyter lab --notebook-dir=$(NOTEBOOK_DIR) $(ROOT_FLAG) $(FIRST_PAGE) $(ARGS)
 
 unit: setup $(VENV)/.installed-test
 	$(BIN)/python -m pytest tests

@@ -85,7 +85,7 @@ def test_binder_folder_reuses_the_top_level_pins_and_fetches_the_data():
     assert not (ROOT / "postBuild").exists()
 
 
-def test_readme_badge_opens_notebook_01_in_jupyterlab():
+def test_readme_badge_opens_the_reading_path_in_jupyterlab():
     readme = (ROOT / "README.md").read_text()
     badge = re.search(
         r"\[!\[Binder\]\(https://mybinder\.org/badge_logo\.svg\)\]\(([^)]+)\)", readme
@@ -94,7 +94,7 @@ def test_readme_badge_opens_notebook_01_in_jupyterlab():
     url = badge.group(1)
     prefix = "https://mybinder.org/v2/gh/paying-attention/paying-attention/HEAD?urlpath=lab/tree/"
     assert url.startswith(prefix), url
-    assert (ROOT / url.removeprefix(prefix)).name == "01_attention_concepts.ipynb"
+    assert (ROOT / url.removeprefix(prefix)).name == "00_index.ipynb"
     assert (ROOT / url.removeprefix(prefix)).is_file()
     assert readme.index(url) < readme.index("## The notebooks"), "the badge belongs at the top"
 
