@@ -85,6 +85,22 @@ def test_binder_folder_reuses_the_top_level_pins_and_fetches_the_data():
     assert not (ROOT / "postBuild").exists()
 
 
+def test_binder_starts_with_passive_openmp_waiting():
+    """Binder's CPUs are shared: spinning OpenMP threads would slow training tenfold."""
+    start = BINDER / "start"
+    assert os.access(start, os.X_OK), ".binder/start must be executable"
+    lines = [line for line in start.read_text().splitlines() if not line.startswith("#")]
+    assert "export OMP_WAIT_POLICY=PASSIVE" in lines
+    assert lines[-1] == 'exec "$@"', "start must hand over to the command Binder gives it"
+    finished = subprocess.run(
+        [str(start), sys.executable, "-c", "import os; print(os.environ['OMP_WAIT_POLICY'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert finished.stdout.strip() == "PASSIVE"
+
+
 def test_readme_badge_opens_the_reading_path_in_jupyterlab():
     readme = (ROOT / "README.md").read_text()
     badge = re.search(
