@@ -54,7 +54,6 @@ best RNN model of the series on the same data, metric and budget.
 """)
 
 code(r"""
-import inspect
 import time
 
 import matplotlib.pyplot as plt
@@ -65,6 +64,7 @@ import torch
 from helpers import select_device, set_seed
 from helpers.experiments import quick_settings, run_variant, variant_config
 from helpers.models import Seq2Seq, count_parameters
+from helpers.source import show_source
 from helpers.tasks import tatoeba_task
 from helpers.transformer import (
     TransformerDecoder,
@@ -86,9 +86,8 @@ md(r"""
 Notation: $B$ sentences in a batch, $S$ source and $T$ target positions, model size
 $d$ (here 256), $h$ heads of size $d_h = d/h$, $L$ layers, $V$ target words.
 
-**The encoder** is notebook 06's self-attention encoder: embeddings scaled by $\sqrt d$,
-sinusoidal positions, and $L$ layers of multi-head self-attention and a feed-forward
-block. It turns the source into $H \in \mathbb{R}^{B \times S \times d}$, one vector per
+**The encoder** is notebook 06's self-attention encoder: embeddings plus sinusoidal
+positions, and $L$ layers of multi-head self-attention and a feed-forward block. It turns the source into $H \in \mathbb{R}^{B \times S \times d}$, one vector per
 source token, each computed from the whole sentence.
 
 **The decoder** reads the target shifted right, $\langle s\rangle, y_1, \dots, y_{T-1}$:
@@ -134,7 +133,7 @@ layer norm at the top of each stack. The layer, as `helpers` defines it:
 
 code(r"""
 # NBVAL_CHECK_OUTPUT
-print(inspect.getsource(TransformerDecoderLayer.forward))
+show_source(TransformerDecoderLayer.forward)
 """)
 
 md(r"""
@@ -224,7 +223,7 @@ beam search (`helpers.decoding`) decode the Transformer unchanged:
 
 code(r"""
 # NBVAL_CHECK_OUTPUT
-print(inspect.getsource(TransformerDecoderLayer.step))
+show_source(TransformerDecoderLayer.step)
 """)
 
 md(r"""
@@ -280,9 +279,13 @@ order (seed 0), gradient clipping at 1, and a set number of steps, never seconds
 """)
 
 code(r"""
+# NBVAL_CHECK_OUTPUT
 from helpers.training import warmup_inverse_sqrt
 
-print(inspect.getsource(warmup_inverse_sqrt))
+show_source(warmup_inverse_sqrt)
+""")
+
+code(r"""
 settings = quick_settings(seed=0, epochs=2, variant="Transformer")
 steps_per_epoch = len(task.loaders(batch_size=settings.batch_size)[0])  # optimiser steps
 steps = np.arange(1, 15 * steps_per_epoch + 1)
