@@ -14,7 +14,8 @@ from pathlib import Path
 
 import nbformat
 
-OUT = Path(__file__).resolve().parents[1] / "notebooks" / "08_transformer.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08_transformer.ipynb"
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else NOTEBOOK  # a draft elsewhere, if given
 cells = []
 
 
@@ -627,6 +628,7 @@ md(r"""
 """)
 
 nb = nbformat.v4.new_notebook(cells=cells)
-nb.metadata = json.loads(OUT.read_text())["metadata"] if OUT.exists() else {}
+template = NOTEBOOK.parent / "07_comparison.ipynb"
+nb.metadata = json.loads(template.read_text())["metadata"]
 nbformat.write(nb, OUT)
 print("wrote", OUT, len(cells), "cells", file=sys.stderr)
