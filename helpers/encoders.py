@@ -251,7 +251,9 @@ class SelfAttentionEncoder(nn.Module):
     ) -> EncoderOutput:
         mask = real_token_mask(source)
         # nn.Embedding starts at unit variance, the scale of the position encodings, so
-        # no sqrt(d) factor (the paper's embeddings start at variance 1/d and need it).
+        # no sqrt(d) factor. (The paper multiplies by sqrt(d), §3.4, without saying how it
+        # initialises; embeddings that start at variance 1/d, as our Transformer decoder's
+        # do, need that factor to reach unit scale.)
         states = self.dropout(self.positions(self.embedding(source)))
         self.last_attention = []
         for layer in self.layers:
