@@ -636,7 +636,8 @@ def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Pa
         _full_checkpoint(name, seed)
     task, _ = _tasks()
     models = {name: _full_model(name, seed, task, arguments.device) for name in names}
-    speed = measure_speed(models, task, arguments.device)
+    training_seconds, sentences = 60.0, 500  # recorded below exactly as measured
+    speed = measure_speed(models, task, arguments.device, training_seconds, sentences)
     record = {
         "command": "python -m helpers.experiments " + " ".join(argv),
         "code": code_state(),
@@ -646,8 +647,10 @@ def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Pa
         "torch threads": arguments.threads,
         "torch": torch.__version__,
         "models": f"the full-budget checkpoints of seed {seed}",
-        "training": "helpers.training.train for 60 s after a 2 s warm-up, batches of 128",
-        "decoding": "the first 500 test sentences, batches of 256, after a warm-up",
+        "training": f"helpers.training.train for {training_seconds:g} s after a warm-up, "
+        "batches of 128",
+        "decoding": f"the first {sentences} test sentences, after a warm-up "
+        "(helpers.benchmark.decoding_sentences_per_second)",
         "rows": speed.reset_index().to_dict(orient="records"),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
