@@ -203,12 +203,26 @@ def test_the_transformer_trains_with_its_own_recipe_and_the_shared_stopping_rule
     assert transformer.label_smoothing == 0.1 and transformer.lr_decay is None
     for name in ("epochs", "batch_size", "early_stopping_patience", "early_stopping_min_delta"):
         assert getattr(transformer, name) == getattr(shared, name), name
-    assert transformer.seed == 1 and set(TRAINING_OVERRIDES) <= {"Transformer"}
+    assert transformer.seed == 1
+    assert set(TRAINING_OVERRIDES) <= {"Transformer", "Transformer at equal time"}
     # The live replication's settings differ from the full budget only in length and stopping.
     for variant in (None, "Transformer"):
         quick, full = quick_settings(1, 2, variant).to_dict(), full_settings(1, variant).to_dict()
         differing = {key for key in full if quick[key] != full[key]}
         assert differing == {"epochs", "early_stopping_patience", "early_stopping_min_delta"}
+
+
+def test_the_equal_time_transformer_is_the_transformer_stopped_early(small_dates):
+    from helpers.experiments import EQUAL_TIME_EPOCHS, full_settings, variant_config
+
+    full = full_settings(seed=2, variant="Transformer").to_dict()
+    equal_time = full_settings(seed=2, variant="Transformer at equal time").to_dict()
+    assert {key for key in full if full[key] != equal_time[key]} == {"epochs"}
+    assert equal_time["epochs"] == EQUAL_TIME_EPOCHS < full["epochs"]
+    same_model = variant_config("Transformer", small_dates)
+    assert variant_config("Transformer at equal time", small_dates) == same_model
+    # Its files must not overwrite the full run's.
+    assert slug("Transformer at equal time") != slug("Transformer")
 
 
 def test_each_experiment_runs_only_its_own_variants(capsys):
