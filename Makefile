@@ -95,9 +95,12 @@ test: setup lint $(VENV)/.installed-test
 bench: setup
 	$(BIN)/python -m helpers.benchmark
 
-# The full-budget comparison behind notebook 07 (hours on a 2-core CPU; resumable).
+# The full-budget experiments behind notebooks 07 and 08 (hours on a 2-core CPU;
+# resumable). 08's speed figures need an idle machine: run
+# `python -m helpers.experiments --experiment transformer --measure-speed` by itself.
 results: setup
 	$(BIN)/python -m helpers.experiments
+	$(BIN)/python -m helpers.experiments --experiment transformer
 
 # Same numbers on a busy machine: 04's recipe unloaded, beside a busy loop, on 1 thread.
 reproducibility: setup

@@ -13,6 +13,7 @@ cache behind them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoi
 from .keys import fingerprint
 from .models import ModelConfig, Seq2Seq
 from .tasks import TranslationTask
-from .training import TrainingHistory, TrainSettings, select_device, set_seed, train
+from .training import (
+    EpochRecord,
+    TrainingHistory,
+    TrainSettings,
+    select_device,
+    set_seed,
+    train,
+)
 
 # Bump when a change to the model or training code would make old checkpoints stale.
 CACHE_VERSION = 2
@@ -40,8 +48,14 @@ def train_model(
     device: torch.device | str | None = None,
     progress: bool | None = None,
     description: str = "train",
+    on_epoch_end: Callable[[Seq2Seq, EpochRecord], None] | None = None,
 ) -> tuple[Seq2Seq, TrainingHistory]:
-    """Seed, build, train; the model comes back with its vocabularies attached."""
+    """Seed, build, train; the model comes back with its vocabularies attached.
+
+    ``on_epoch_end(model, record)`` is called after each epoch's validation, with the
+    model as trained so far (notebook 05 measures its attention there). Whatever it does
+    must leave the model's weights and the random state alone, or training changes.
+    """
     device = torch.device(device) if device is not None else select_device()
     set_seed(settings.seed)
     model = Seq2Seq(config).attach_vocabularies(task.source_vocab, task.target_vocab)
@@ -56,6 +70,7 @@ def train_model(
         device=device,
         progress=progress,
         description=description,
+        on_epoch_end=None if on_epoch_end is None else lambda record: on_epoch_end(model, record),
     )
     return model.eval(), history
 

@@ -285,3 +285,33 @@ def test_speed_needs_the_full_budget_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no full-budget checkpoint of 'Luong general'"):
         main(["--experiment", "transformer", "--measure-speed", "--output", str(tmp_path)])
     assert not (tmp_path / "speed.json").exists()
+
+
+def test_train_model_calls_back_after_each_epoch_without_changing_the_training(small_dates):
+    from helpers.decoding import greedy_decode
+
+    config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.1)
+    settings = TrainSettings(epochs=2, batch_size=64, seed=3)
+    batch = next(iter(small_dates.loaders(batch_size=8)[1]))
+    seen = []
+
+    def measure(model, record):
+        # What notebook 05 does: decode with the model as trained so far.
+        seen.append(
+            (
+                record.epoch,
+                model.training,
+                len(greedy_decode(model, batch.source, batch.source_lengths)),
+            )
+        )
+
+    watched, watched_history = train_model(
+        small_dates, config, settings, "cpu", on_epoch_end=measure
+    )
+    plain, plain_history = train_model(small_dates, config, settings, "cpu")
+    assert [(epoch, training) for epoch, training, _ in seen] == [(1, True), (2, True)]
+    assert [r.valid_loss for r in watched_history.epochs] == [
+        r.valid_loss for r in plain_history.epochs
+    ]
+    for name, parameter in plain.state_dict().items():
+        assert torch.equal(parameter, watched.state_dict()[name]), name
