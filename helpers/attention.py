@@ -12,7 +12,7 @@ Shapes (``B`` batch, ``T`` decoder steps, ``S`` source length):
 * ``weights``: ``(B, S)`` or ``(B, T, S)``, ≥ 0, summing to 1 over the real positions,
   exactly 0 on padding; ``context``: ``(B, d_v)`` or ``(B, T, d_v)``.
 
-The score functions (``q`` the query, ``k`` a key; Luong et al. 2015 eq. 8, Bahdanau
+The score functions (``q`` the query, ``k`` a key; Luong et al. 2015 §3.1, Bahdanau
 et al. 2015 appendix A.1.2):
 
 =======================  ===========================================  ==================

@@ -211,12 +211,15 @@ def beam_search(
     finished hypothesis, or, if none finished, its best live beam. With ``beam_size=1``
     this is exactly greedy search.
 
-    How it stays fast (the design of joeynmt's ``search.py``): candidates are chosen with
-    ``topk``/``cumsum``/``scatter`` over the whole batch, not a Python loop; each step
-    stores only its tokens, attention rows and *back-pointers* (which beam each one
-    extends), and the outputs are traced back once at the end instead of copying every
-    history at every step; and finished sentences leave the batch, so the decoder runs
-    only on sentences still searching. Nothing is copied to the CPU inside the loop.
+    How it stays fast. As in joeynmt's ``search.py``, the ``k`` beams of every sentence
+    step together as one batch and finished sentences leave it, so the decoder runs only
+    on sentences still searching. Beyond it (joeynmt keeps the best ``k`` and copies the
+    histories): candidates are chosen with ``topk``/``cumsum``/``scatter`` over the whole
+    batch, not a Python loop; each step stores only its tokens, attention rows and
+    *back-pointers* (which beam each one extends), and the outputs are traced back once
+    at the end. No tensor is copied to the CPU inside the loop, but dropping the finished
+    sentences waits for the device once per step: the boolean indexing and ``nonzero``
+    that do it must know how many sentences are left.
 
     Args:
         source: ``(B, S)`` source indices; source_lengths: ``(B,)``.
