@@ -185,9 +185,8 @@ class BahdanauDecoder(Decoder):
         )
         context = context.squeeze(1)  # c_i: (B, H)
         output, hidden = self.rnn(torch.cat([embedded, context], dim=-1).unsqueeze(1), state.hidden)
-        features = torch.cat(
-            [output.squeeze(1), embedded, context], dim=-1
-        )  # [s_i; E y_{i-1}; c_i]
+        # The features [s_i; E y_{i-1}; c_i]: (B, 2H + E)
+        features = torch.cat([output.squeeze(1), embedded, context], dim=-1)
         return features, DecoderState(hidden), weights.squeeze(1)
 
     def output_layer(self, features: Tensor) -> Tensor:

@@ -79,7 +79,18 @@ def _axes_size_points(ax: Axes) -> tuple[float, float]:
     return box.width * width * 72, box.height * height * 72
 
 
-def _label_ticks(ax: Axes, source_tokens: Sequence[str], output_tokens: Sequence[str]) -> None:
+#: What the two axes of an attention map are, unless a caller names them otherwise.
+CROSS_ATTENTION_AXES = ("source token (attended to)", "output token (being produced)")
+#: Self-attention's axes: every token is both a query (a row) and a key (a column).
+SELF_ATTENTION_AXES = ("key token (attended to)", "query token (attending)")
+
+
+def _label_ticks(
+    ax: Axes,
+    source_tokens: Sequence[str],
+    output_tokens: Sequence[str],
+    axis_labels: tuple[str, str] = CROSS_ATTENTION_AXES,
+) -> None:
     """Tick labels that stay readable however long the sentence.
 
     Short sentences: every token labelled at 9 pt, source labels slanted at 60°. Long ones:
@@ -111,7 +122,7 @@ def _label_ticks(ax: Axes, source_tokens: Sequence[str], output_tokens: Sequence
         ax.set_yticks(range(len(output_tokens)), minor=True)
     ax.tick_params(axis="x", labelsize=x_size)
     ax.tick_params(axis="y", labelsize=y_size)
-    x_label, y_label = "source token (attended to)", "output token (being produced)"
+    x_label, y_label = axis_labels
     if x_step > 1:
         x_label += f"; every {_ordinal(x_step)} labelled"
     if y_step > 1:
@@ -130,11 +141,14 @@ def plot_attention(
     colorbar: bool = True,
     cmap: str = "viridis",
     vmax: float | None = 1.0,
+    axis_labels: tuple[str, str] = CROSS_ATTENTION_AXES,
 ) -> Axes:
     """Heatmap of one attention matrix: source tokens on x, output tokens on y.
 
     Args:
         attention: ``(len(output_tokens), len(source_tokens))`` weights.
+        axis_labels: ``(x, y)`` axis titles; :data:`SELF_ATTENTION_AXES` for a sequence
+            attending to itself, where the rows are queries and the columns keys.
         gold: optional 0/1 matrix of the same shape; gold cells are outlined in red.
         vmax: the weight drawn brightest. 1.0 (the default) puts every map on one scale,
             so maps can be compared; ``None`` uses this map's own largest weight, which
@@ -169,7 +183,7 @@ def plot_attention(
     if colorbar:
         ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="attention weight")
     # Last: the colorbar takes its room from the axes, and the labels must fit what is left.
-    _label_ticks(ax, source_tokens, output_tokens)
+    _label_ticks(ax, source_tokens, output_tokens, axis_labels)
     return ax
 
 
@@ -179,9 +193,11 @@ def plot_attention_grid(
     titles: Sequence[str] | None = None,
     cell_size: tuple[float, float] = (4.2, 3.4),
     per_panel_scale: bool = False,
+    axis_labels: tuple[str, str] = CROSS_ATTENTION_AXES,
 ) -> Figure:
     """Several heatmaps side by side; ``items`` are ``(attention, source_tokens, output_tokens)``
-    or ``(attention, source_tokens, output_tokens, gold)``.
+    or ``(attention, source_tokens, output_tokens, gold)``; ``axis_labels`` as in
+    :func:`plot_attention`.
 
     One colour bar, labelled, serves every panel on the shared 0–1 scale. With
     ``per_panel_scale=True`` each panel runs from 0 to its own largest weight instead
@@ -212,6 +228,7 @@ def plot_attention_grid(
             gold=gold[0] if gold else None,
             colorbar=per_panel_scale,
             vmax=None if per_panel_scale else 1.0,
+            axis_labels=axis_labels,
         )
     figure.tight_layout()
     if not per_panel_scale:

@@ -392,6 +392,22 @@ def test_the_grid_has_one_labelled_colour_bar_or_a_scale_per_panel():
     plt.close(own)
 
 
+def test_self_attention_maps_name_their_axes_query_and_key():
+    """Self-attention has no source and output: rows are queries, columns keys."""
+    from helpers.viz import SELF_ATTENTION_AXES, plot_attention_grid
+
+    tokens = ["I", "did", "n't", "."]
+    items = [(torch.eye(4), tokens, tokens)] * 2
+    figure = plot_attention_grid(items, columns=2, axis_labels=SELF_ATTENTION_AXES)
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in panels] == [SELF_ATTENTION_AXES] * 2
+    assert "query" in SELF_ATTENTION_AXES[1] and "key" in SELF_ATTENTION_AXES[0]
+    plt.close(figure)
+    ax = plot_attention(torch.eye(4), tokens, tokens)  # the default: cross-attention
+    assert ax.get_ylabel() == "output token (being produced)"
+    plt.close(ax.figure)
+
+
 def test_loss_curves_tick_whole_epochs_only():
     from helpers.training import EpochRecord, TrainingHistory
     from helpers.viz import plot_loss_curves
