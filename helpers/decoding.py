@@ -96,13 +96,19 @@ def _check_alpha(alpha: object) -> None:
 _NEVER_EMITTED = (PAD_INDEX, SOS_INDEX)
 
 
-def mask_special_logits(logits: Tensor) -> Tensor:
+def mask_special_logits(logits: Tensor, in_place: bool = False) -> Tensor:
     """``logits`` (float32) with ``<pad>`` and ``<sos>`` set to −inf: a search never emits them.
 
     ``<pad>`` only fills batches and ``<sos>`` only starts the decoder; neither is a word
     of the output, so both are removed before the softmax instead of being filtered out
-    of the text afterwards.
+    of the text afterwards. ``in_place=True`` writes into float32 ``logits`` (two columns)
+    instead of copying all ``B × V`` of them: for a search's fresh logits, nothing else
+    reads them.
     """
+    if in_place and logits.dtype == torch.float32:
+        for index in _NEVER_EMITTED:  # a fill through a view: no index tensor to copy over
+            logits[..., index] = -math.inf
+        return logits
     never = torch.tensor(_NEVER_EMITTED, device=logits.device)
     return logits.float().index_fill(-1, never, -math.inf)
 
@@ -273,11 +279,10 @@ def _beam_search(
         if weights is None:
             weights = _empty_attention(n * k, source_length, device)
         weights = weights.float().view(n, k, source_length)
-        log_probabilities = torch.log_softmax(mask_special_logits(logits), dim=-1)
-        vocab_size = log_probabilities.size(-1)
-        totals = (beam_scores.view(-1, 1) + log_probabilities).view(n, k * vocab_size)
-        scores, indices = totals.topk(min(2 * k, k * vocab_size), dim=-1)  # (n, 2k), best first
-        parents, candidates = indices // vocab_size, indices % vocab_size
+        log_probabilities = torch.log_softmax(mask_special_logits(logits, in_place=True), -1)
+        scores, parents, candidates = best_continuations(
+            log_probabilities.view(n, k, -1), beam_scores, 2 * k
+        )  # (n, 2k) each, best first
         alive = scores > -math.inf
         ends = alive & (candidates == EOS_INDEX)
         continues = alive & ~ends
@@ -332,11 +337,12 @@ def _beam_search(
         if rows.numel() == 0:
             break
         state = state.select(rows.flatten())
-        still = (~ended).nonzero().squeeze(1)
-        memory = memory.select((still.unsqueeze(1) * k + beam_offsets).flatten())
-        active = active[still]
-        tokens = tokens_kept[still].flatten()
-        beam_scores = beam_scores[still]
+        if rows.size(0) < n:  # a sentence ended: its k copies of the source leave the batch
+            still = (~ended).nonzero().squeeze(1)
+            memory = memory.select((still.unsqueeze(1) * k + beam_offsets).flatten())
+            active = active[still]
+            tokens_kept, beam_scores = tokens_kept[still], beam_scores[still]
+        tokens = tokens_kept.flatten()
 
     return _trace_back(
         source_lengths,
@@ -352,6 +358,52 @@ def _beam_search(
         final_step.cpu(),
         final_scores.cpu(),
     )
+
+
+def best_continuations(
+    log_probabilities: Tensor, beam_scores: Tensor, count: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``count`` best one-token extensions of each sentence's beams, best first.
+
+    Args:
+        log_probabilities: ``(n, k, V)`` each beam's next-token log-probabilities.
+        beam_scores: ``(n, k)`` each beam's log-probability so far (−inf: an empty beam).
+        count: how many to return (at most ``k · V``).
+
+    Returns ``(scores, parents, tokens)``, each ``(n, count)``: ``scores`` =
+    ``beam_scores[parent] + log_probabilities[parent, token]``, the same values, in the
+    same order, as ``topk`` over all ``k · V`` totals.
+
+    Why not just that ``topk``. Building the ``(n, k·V)`` totals and selecting from them
+    costs two passes over the largest tensor of the search, as much as the output layer
+    that made it. Instead the vocabulary is cut into blocks of about ``√V`` tokens, and
+    only the ``count`` blocks with the highest maxima are searched: any token in another
+    block has ``count`` better tokens ahead of it (each of those blocks' maxima), so it
+    cannot be among the best ``count``. One cheap pass (the block maxima) replaces two.
+    """
+    n, k, vocab_size = log_probabilities.shape
+    count = min(count, k * vocab_size)
+    block = max(1, math.isqrt(vocab_size))
+    full_blocks = vocab_size // block
+    rows = log_probabilities.reshape(n * k, vocab_size)
+    maxima = [rows[:, : full_blocks * block].view(n * k, full_blocks, block).amax(-1)]
+    if full_blocks * block < vocab_size:  # the last, shorter block
+        maxima.append(rows[:, full_blocks * block :].amax(-1, keepdim=True))
+    blocks_per_beam = full_blocks + len(maxima) - 1
+    # A beam's score shifts all its tokens alike (and rounding keeps the order).
+    block_totals = torch.cat(maxima, 1).view(n, k, blocks_per_beam) + beam_scores.unsqueeze(-1)
+    chosen = block_totals.view(n, k * blocks_per_beam).topk(min(count, k * blocks_per_beam), -1)[1]
+    parents = chosen // blocks_per_beam  # (n, c) the beam and block of each chosen block
+    first_token = (chosen % blocks_per_beam) * block
+    tokens = (first_token.unsqueeze(-1) + torch.arange(block, device=chosen.device)).flatten(1)
+    parents = parents.repeat_interleave(block, dim=1)  # (n, c · block)
+    inside = tokens < vocab_size
+    rows_of = (torch.arange(n, device=chosen.device).unsqueeze(1) * k + parents) * vocab_size
+    values = rows.view(-1)[(rows_of + tokens.clamp(max=vocab_size - 1))]
+    totals = beam_scores.gather(1, parents) + values
+    totals = totals.masked_fill(~inside, -math.inf)
+    scores, picked = totals.topk(count, -1)
+    return scores, parents.gather(1, picked), tokens.gather(1, picked)
 
 
 def _place_in_slots(values: Tensor, slots: Tensor, keep: Tensor, k: int, fill: float) -> Tensor:
@@ -382,32 +434,55 @@ def _trace_back(
     final_step: Tensor,
     final_scores: Tensor,
 ) -> list[Hypothesis]:
-    """Follow the back-pointers from each sentence's best hypothesis to the first step."""
+    """Follow the back-pointers from each sentence's best hypothesis to the first step.
 
-    def history(sentence: int, step: int, beam: int) -> tuple[list[int], list[Tensor]]:
-        ids, rows = [], []
-        for earlier in range(step, -1, -1):
-            ids.append(int(step_tokens[earlier, sentence, beam]))
-            rows.append(step_attention[earlier, sentence, beam])
-            beam = int(step_parents[earlier, sentence, beam])
-        return ids[::-1], rows[::-1]
-
+    All sentences walk back together, one step at a time: ``beams[t, b]`` is the beam
+    that sentence ``b``'s answer sat in at step ``t``. The step tensors are on the CPU.
+    """
+    steps, batch, _ = step_tokens.shape
+    sentences = torch.arange(batch)
+    ended = finished_count > 0  # else: nothing ended within the limit, take a live beam
+    best_finished = finished_ranking.argmax(-1)  # the first of equals, as max() would
+    best_live = final_scores.argmax(-1)  # live beams all have one length
+    # The last step whose token is not the closing <eos>, and the beam it was in.
+    last = torch.where(ended, finished_step[sentences, best_finished] - 1, final_step)
+    beam = torch.where(ended, finished_parent[sentences, best_finished], best_live)
+    beams = torch.zeros(steps, batch, dtype=torch.long)
+    for step in range(steps - 1, -1, -1):
+        beams[step] = beam
+        beam = torch.where(step <= last, step_parents[step, sentences, beam], beam)
+    path_tokens = step_tokens.gather(2, beams.unsqueeze(-1)).squeeze(-1).T  # (batch, steps)
+    path_attention = step_attention[torch.arange(steps).unsqueeze(1), sentences, beams]
+    # (steps, batch, S) → (batch, steps + 1, S), the closing <eos>'s row after the path
+    path_attention = torch.cat(
+        [
+            path_attention.transpose(0, 1),
+            path_attention.new_zeros(batch, 1, path_attention.size(-1)),
+        ],
+        1,
+    )
+    eos_row = (last + 1).clamp(max=steps)
+    path_attention[sentences[ended], eos_row[ended]] = finished_attention[
+        sentences[ended], best_finished[ended]
+    ]
+    scores = torch.where(
+        ended,
+        finished_log_probability[sentences, best_finished],
+        final_scores[sentences, best_live],
+    ).tolist()
     results = []
-    for sentence in range(step_tokens.size(1)):
-        real = int(source_lengths[sentence])
-        if int(finished_count[sentence]) > 0:
-            best = int(finished_ranking[sentence].argmax())  # the first of equals, as max()
-            step = int(finished_step[sentence, best])
-            ids, rows = history(sentence, step - 1, int(finished_parent[sentence, best]))
-            ids.append(EOS_INDEX)
-            rows.append(finished_attention[sentence, best])
-            score = float(finished_log_probability[sentence, best])
-        else:  # nothing ended within the limit: the best live beam (all have one length)
-            best = int(final_scores[sentence].argmax())
-            ids, rows = history(sentence, int(final_step[sentence]), best)
-            score = float(final_scores[sentence, best])
-        attention = torch.stack(rows)[:, :real].clone() if rows else torch.zeros(0, real)
-        results.append(Hypothesis(ids, attention, score))
+    for sentence, (ids, length, finished, real) in enumerate(
+        zip(
+            path_tokens.tolist(),
+            (last + 1).tolist(),
+            ended.tolist(),
+            source_lengths.tolist(),
+            strict=True,
+        )
+    ):
+        ids = ids[:length] + [EOS_INDEX] if finished else ids[:length]
+        attention = path_attention[sentence, : len(ids), :real].clone()
+        results.append(Hypothesis(ids, attention, scores[sentence]))
     return results
 
 

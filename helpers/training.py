@@ -178,8 +178,10 @@ def warmup_inverse_sqrt(step: int, warmup_steps: int) -> float:
 
 
 def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on ``device``: the GPU default, which the CPU also runs (slowly), so
+    that the tests exercise the mixed-precision path on machines without a GPU."""
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -327,7 +329,7 @@ def train(
         time_budget: **opt-in, command line only**: seconds after which training stops
             (after the batch that crosses it, then validates). A run stopped this way
             depends on the machine's speed, so nothing the series reports uses it.
-        amp: bf16 autocast on CUDA (default: on when the device is CUDA).
+        amp: bf16 autocast (default: on when the device is CUDA; a CPU runs it too, slowly).
         progress: one tqdm bar over the whole run, with an ETA (default: yes, unless the
             environment variable ``PAYING_ATTENTION_PROGRESS`` is ``0``, as when the
             notebooks are executed for committing, so their outputs hold no stale bars).

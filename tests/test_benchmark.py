@@ -37,7 +37,14 @@ def test_benchmark_prints_both_speeds_and_the_ratio_last():
     assert any(line.startswith("(a) article's loop") for line in lines)
     assert any(line.startswith("(a') the same loop, 100% teacher forcing") for line in lines)
     assert any(line.startswith("(b) helpers.training.train") for line in lines)
-    assert any(line.startswith("decoding, beam 5") for line in lines)
+    [beam_line] = [line for line in lines if line.startswith("decoding, beam 5")]
+    beam = re.fullmatch(
+        r"decoding, beam 5: ([0-9,]+) sentences/s; the series' first beam search .*: "
+        r"([0-9,]+) sentences/s; ([0-9.]+)x",
+        beam_line,
+    )
+    assert beam, beam_line  # the tensorised search and the old loop, timed side by side
+    assert all(float(beam.group(i).replace(",", "")) > 0 for i in (1, 2, 3))
     match = re.fullmatch(
         r"speed-up \(b\)/\(a\): ([0-9.]+)x; at the same objective, \(b\)/\(a'\): ([0-9.]+)x",
         lines[-1],

@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
-from reference_beam_search import reference_beam_search
 
 from helpers.batching import collate_batch
 from helpers.data import get_tokenizer
 from helpers.decoding import (
     beam_search,
+    best_continuations,
     greedy_decode,
     length_penalty,
     mask_special_logits,
@@ -19,6 +19,7 @@ from helpers.decoding import (
 )
 from helpers.models import ModelConfig, Seq2Seq
 from helpers.recipes import dates_recipe, train_model
+from helpers.reference_beam_search import reference_beam_search
 from helpers.tasks import dates_task
 from helpers.training import TrainSettings
 from helpers.vocab import EOS_INDEX, SOS_INDEX, Vocabulary
@@ -179,7 +180,7 @@ def _alone(model, batch, row):
 
 def assert_same_as_reference(model, batch, beam_size, max_length=None, alpha=0.6):
     """The batched search must return, for every sentence, what the old per-candidate
-    Python loop (tests/reference_beam_search.py) returns for that sentence alone."""
+    Python loop (helpers/reference_beam_search.py) returns for that sentence alone."""
     batched = beam_search(model, batch.source, batch.source_lengths, beam_size, max_length, alpha)
     for row, hypothesis in enumerate(batched):
         [expected] = reference_beam_search(
@@ -220,6 +221,53 @@ def test_beam_search_returns_what_the_reference_returns(decoder, attention, sett
     batch = random_batch(model.config.source_vocab_size)
     assert_same_as_reference(model, batch, beam_size)
     assert_same_as_reference(model, batch, beam_size, max_length=4, alpha=0.0)
+
+
+@pytest.mark.parametrize("vocab_size", [3, 11, 16, 1021, 6126])
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_best_continuations_are_a_topk_over_all_continuations(vocab_size, k):
+    """The block search must pick what one topk over all k·V totals picks, in order —
+    with a dead beam (−inf), masked tokens, a prime and a square vocabulary."""
+    generator = torch.Generator().manual_seed(vocab_size * 10 + k)
+    n = 7
+    log_probabilities = torch.log_softmax(
+        torch.randn(n, k, vocab_size, generator=generator) * 4, -1
+    )
+    log_probabilities[..., 0] = -math.inf  # <pad>, as the search masks it
+    beam_scores = torch.randn(n, k, generator=generator) * 3 - 4
+    beam_scores[0, 1:] = -math.inf  # the first step: one live beam
+    count = 2 * k
+    scores, parents, tokens = best_continuations(log_probabilities, beam_scores, count)
+    totals = (beam_scores.unsqueeze(-1) + log_probabilities).view(n, -1)
+    expected, index = totals.topk(min(count, k * vocab_size), -1)
+    assert torch.equal(scores, expected)
+    alive = expected > -math.inf
+    assert torch.equal(parents[alive], (index // vocab_size)[alive])
+    assert torch.equal(tokens[alive], (index % vocab_size)[alive])
+
+
+def test_beam_search_returns_what_the_reference_returns_at_tatoeba_size():
+    """A vocabulary the size of 04's (6,126 German tokens): many blocks per beam."""
+    torch.manual_seed(1)
+    config = ModelConfig(
+        source_vocab_size=4303,
+        target_vocab_size=6126,
+        embedding_size=32,
+        hidden_size=48,
+        decoder="luong",
+        attention="general",
+        tie_embeddings=True,
+        dropout=0.0,
+        max_target_length=14,
+    )
+    model = Seq2Seq(config).eval()
+    with torch.no_grad():  # <eos> made likelier, so that some sentences end and some do not
+        model.decoder.W_s.bias[EOS_INDEX] = 1.0
+    batch = random_batch(config.source_vocab_size, sentences=10, seed=3)
+    ended = sum(h.finished for h in beam_search(model, batch.source, batch.source_lengths, 5))
+    assert 0 < ended < 10
+    assert_same_as_reference(model, batch, beam_size=5)
+    assert_same_as_reference(model, batch, beam_size=4, alpha=0.0)
 
 
 @pytest.fixture(scope="module")

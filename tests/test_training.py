@@ -178,3 +178,50 @@ def test_evaluate_loss_restores_the_mode_and_refuses_empty_data(small_dates):
     assert not model.training
     with pytest.raises(ValueError, match="no target tokens"):
         evaluate_loss(model, [])
+
+
+@pytest.mark.parametrize(
+    "decoder,overrides",
+    [
+        ("bahdanau", {}),
+        ("luong", {"input_feeding": True}),
+        ("luong", {"attention": "local-p"}),
+        ("plain", {}),
+        ("luong", {"encoder": "self_attention"}),
+        ("transformer", {"encoder": "self_attention"}),
+    ],
+)
+def test_the_gpus_bf16_autocast_path_runs_on_the_cpu(small_dates, decoder, overrides):
+    """On a GPU, training runs under bf16 autocast (``amp``). CI has no GPU, so the same
+    path runs here on the CPU: every model family trains and validates under it, the
+    output layer really computes in bf16, the weights stay float32, and the losses stay
+    within bf16's rounding of the float32 run."""
+    from helpers.models import Seq2Seq
+    from helpers.recipes import dates_recipe
+    from helpers.training import train
+
+    model_settings, _ = dates_recipe(decoder, **overrides)
+    config = small_dates.model_config(**model_settings)
+    losses, seen = {}, []
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = Seq2Seq(config)
+        output_layer = model.decoder.output_layer
+
+        def recording_output_layer(features, amp=amp, output_layer=output_layer):
+            logits = output_layer(features)
+            seen.append((amp, logits.dtype))
+            return logits
+
+        model.decoder.output_layer = recording_output_layer
+        train_loader, valid_loader = small_dates.loaders(32, 0)
+        history = train(
+            model, train_loader, valid_loader, epochs=1, device="cpu", amp=amp, progress=False
+        )
+        record = history.epochs[-1]
+        losses[amp] = (record.train_loss, record.valid_loss)
+        assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
+    assert {dtype for amp, dtype in seen if amp} == {torch.bfloat16}
+    assert {dtype for amp, dtype in seen if not amp} == {torch.float32}
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2)
+    assert losses[True] != losses[False]  # the same numbers would mean autocast never ran

@@ -1,10 +1,13 @@
-"""The beam search of the series before it was tensorised, kept as a test oracle.
+"""The beam search of the series before it was tensorised: a test oracle and a baseline.
 
 It loops over every sentence and candidate in Python and copies the whole history at
 every step: slow, but easy to check by eye. ``helpers.decoding.beam_search`` must return
-exactly what this returns for a sentence decoded on its own. Two changes from the
-original: ``<pad>``/``<sos>`` logits are masked (as the library now does), and the score
-it reports is the normalised one it ranks by (the library reports the log-probability).
+exactly what this returns for a sentence decoded on its own (``tests/test_decoding.py``),
+and ``python -m helpers.benchmark`` times both on the same sentences. Two changes from
+the original: ``<pad>``/``<sos>`` logits are masked (as the library now does), and the
+score it reports is the normalised one it ranks by (the library reports the
+log-probability). Like the original, it decodes every sentence of a batch until all are
+done, up to a limit shared by the batch.
 """
 
 import math
@@ -12,9 +15,9 @@ import math
 import torch
 from torch import Tensor
 
-from helpers.decoding import Hypothesis, length_penalty, mask_special_logits
-from helpers.models import Seq2Seq
-from helpers.vocab import EOS_INDEX
+from .decoding import Hypothesis, length_penalty, mask_special_logits
+from .models import Seq2Seq
+from .vocab import EOS_INDEX
 
 
 def _resolve_max_length(model: Seq2Seq, source_lengths: Tensor, max_length: int | None) -> int:
