@@ -372,14 +372,17 @@ def best_continuations(
 
     Returns ``(scores, parents, tokens)``, each ``(n, count)``: ``scores`` =
     ``beam_scores[parent] + log_probabilities[parent, token]``, the same values, in the
-    same order, as ``topk`` over all ``k · V`` totals.
+    same order, as ``topk`` over all ``k · V`` totals. The parents and tokens of equal
+    scores may come in another order than that ``topk`` gives, and those of −inf scores
+    mean nothing (such a token may even be ≥ V): callers keep only finite scores.
 
     Why not just that ``topk``. Building the ``(n, k·V)`` totals and selecting from them
-    costs two passes over the largest tensor of the search, as much as the output layer
-    that made it. Instead the vocabulary is cut into blocks of about ``√V`` tokens, and
-    only the ``count`` blocks with the highest maxima are searched: any token in another
-    block has ``count`` better tokens ahead of it (each of those blocks' maxima), so it
-    cannot be among the best ``count``. One cheap pass (the block maxima) replaces two.
+    costs two passes over the largest tensor of the search. Instead each beam's
+    vocabulary is cut into blocks of about ``√V`` tokens, and only the ``count``
+    (beam, block) pairs with the highest "beam score + block maximum" are searched: a
+    continuation in any other block scores no higher than each of those ``count``
+    maxima, so the chosen blocks already hold ``count`` continuations at least as good
+    as it. One cheap pass (the block maxima) replaces two.
     """
     n, k, vocab_size = log_probabilities.shape
     count = min(count, k * vocab_size)
@@ -437,7 +440,8 @@ def _trace_back(
     """Follow the back-pointers from each sentence's best hypothesis to the first step.
 
     All sentences walk back together, one step at a time: ``beams[t, b]`` is the beam
-    that sentence ``b``'s answer sat in at step ``t``. The step tensors are on the CPU.
+    that sentence ``b``'s answer sat in at step ``t`` (for ``t`` up to its last step).
+    The step tensors are on the CPU.
     """
     steps, batch, _ = step_tokens.shape
     sentences = torch.arange(batch)

@@ -1,13 +1,14 @@
 """The beam search of the series before it was tensorised: a test oracle and a baseline.
 
 It loops over every sentence and candidate in Python and copies the whole history at
-every step: slow, but easy to check by eye. ``helpers.decoding.beam_search`` must return
-exactly what this returns for a sentence decoded on its own (``tests/test_decoding.py``),
-and ``python -m helpers.benchmark`` times both on the same sentences. Two changes from
-the original: ``<pad>``/``<sos>`` logits are masked (as the library now does), and the
-score it reports is the normalised one it ranks by (the library reports the
-log-probability). Like the original, it decodes every sentence of a batch until all are
-done, up to a limit shared by the batch.
+every step: slow, but easy to check by eye. For a sentence decoded on its own,
+``helpers.decoding.beam_search`` must return the same tokens, and the same attention and
+(normalised) score to within 1e-4 (``tests/test_decoding.py``); ``python -m
+helpers.benchmark`` times both on the same sentences. One change from the original:
+``<pad>``/``<sos>`` logits are masked, as the library now does. Like the original, it
+reports the normalised score it ranks by (the library reports the log-probability), and
+it decodes every sentence of a batch until all are done, up to a limit shared by the
+batch.
 """
 
 import math
@@ -43,9 +44,10 @@ def reference_beam_search(
     """Batched beam search with a length penalty.
 
     Every sentence keeps ``beam_size`` partial hypotheses; at each step each of them is
-    extended by every token, and the ``beam_size`` best continuations survive. A
-    hypothesis that emits ``<eos>`` is set aside with score ``log P / lp(|Y|)``; a
-    sentence is done once it has ``beam_size`` finished hypotheses. With
+    extended by every token, and the ``2 · beam_size`` best continuations are read best
+    first: one that emits ``<eos>`` is set aside with score ``log P / lp(|Y|)``, and the
+    first ``beam_size`` that do not end survive. A sentence is done once it has
+    ``beam_size`` finished hypotheses. With
     ``beam_size=1`` this is exactly greedy search.
 
     Returns the best hypothesis of each sentence.
