@@ -26,13 +26,11 @@ import argparse
 import platform
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import decoding
 from .attention import MultiHeadAttention
 from .decoding import Hypothesis, translate_batch
 from .models import ModelConfig, Seq2Seq
@@ -143,38 +141,19 @@ def decoding_sentences_per_second(
     beam_size: int,
     search: Callable[..., list[Hypothesis]] | None = None,
 ) -> float:
-    """Sentences per second through ``translate_batch`` (batches of 256; 512 on a GPU).
-
-    ``search`` replaces :func:`helpers.decoding.beam_search` for the run, e.g. with
+    """Sentences per second through ``translate_batch`` (256 hypotheses per batch; 512 on
+    a GPU). ``search`` replaces :func:`helpers.decoding.beam_search`, e.g. with
     :func:`helpers.reference_beam_search.reference_beam_search` to time the old loop.
     """
-    with _beam_search_replaced_by(search):
-        translate_batch(model, sentences[:64], beam_size=beam_size)  # warm-up
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        translate_batch(
-            model,
-            sentences,
-            beam_size=beam_size,
-            batch_size=512 if model.device.type == "cuda" else 256,
-        )
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
+    batch_size = 512 if model.device.type == "cuda" else 256
+    translate_batch(model, sentences[:64], beam_size=beam_size, search=search)  # warm-up
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    translate_batch(model, sentences, beam_size=beam_size, batch_size=batch_size, search=search)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
     return len(sentences) / (time.perf_counter() - start)
-
-
-@contextmanager
-def _beam_search_replaced_by(search: Callable[..., list[Hypothesis]] | None) -> Iterator[None]:
-    if search is None:
-        yield
-        return
-    original = decoding.beam_search
-    decoding.beam_search = search
-    try:
-        yield
-    finally:
-        decoding.beam_search = original
 
 
 def attention_kernel_rows(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -497,12 +497,15 @@ def decode(
     beam_size: int = 1,
     max_length: int | None = None,
     alpha: float = 0.6,
+    search: Callable[..., list[Hypothesis]] | None = None,
 ) -> list[Hypothesis]:
-    """Greedy for ``beam_size == 1``, beam search otherwise."""
+    """Greedy for ``beam_size == 1``, beam search otherwise: ``search`` if given (called
+    as :func:`beam_search` is), else :func:`beam_search`."""
     _check_positive_int("beam_size", beam_size)
     if beam_size == 1:
         return greedy_decode(model, source, source_lengths, max_length)
-    return beam_search(model, source, source_lengths, beam_size, max_length, alpha)
+    search = search or beam_search
+    return search(model, source, source_lengths, beam_size, max_length, alpha)
 
 
 def _prepare_source(model: Seq2Seq, sentence: object) -> list[str]:
@@ -530,6 +533,7 @@ def translate_batch(
     batch_size: int = 256,
     max_length: int | None = None,
     alpha: float = 0.6,
+    search: Callable[..., list[Hypothesis]] | None = None,
 ) -> list[Translation]:
     """Translate raw sentences in length-sorted batches; results keep the input order.
 
@@ -538,6 +542,9 @@ def translate_batch(
     sentence carries ``beam_size`` hypotheses), so memory stays about the same — a beam
     of 5 over 256 sentences at once would need five times the memory (over 1 GB for
     notebook 04's models), more than a Binder machine has to spare.
+
+    ``search`` replaces :func:`beam_search` for ``beam_size > 1`` (the benchmark passes
+    :func:`helpers.reference_beam_search.reference_beam_search` to time the old loop).
     """
     if isinstance(sentences, str) or not isinstance(sentences, Sequence):
         raise TypeError(
@@ -561,7 +568,9 @@ def translate_batch(
             for index in chunk
         ]
         batch = collate_batch(examples)
-        hypotheses = decode(model, batch.source, batch.source_lengths, beam_size, max_length, alpha)
+        hypotheses = decode(
+            model, batch.source, batch.source_lengths, beam_size, max_length, alpha, search
+        )
         for index, hypothesis in zip(chunk, hypotheses, strict=True):
             output_tokens = model.target_vocab.decode(hypothesis.token_ids, strip_special=False)
             words = model.target_vocab.decode(hypothesis.token_ids)

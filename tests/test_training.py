@@ -5,9 +5,10 @@ import torch
 
 from helpers.decoding import translate_batch
 from helpers.metrics import alignment_accuracy
-from helpers.recipes import train_model, train_or_load
+from helpers.models import Seq2Seq
+from helpers.recipes import dates_recipe, train_model, train_or_load
 from helpers.tasks import dates_task
-from helpers.training import TrainSettings, select_device, sequence_loss
+from helpers.training import TrainSettings, select_device, sequence_loss, train
 from helpers.vocab import PAD_INDEX
 
 
@@ -196,10 +197,6 @@ def test_the_gpus_bf16_autocast_path_runs_on_the_cpu(small_dates, decoder, overr
     path runs here on the CPU: every model family trains and validates under it, the
     output layer really computes in bf16, the weights stay float32, and the losses stay
     within bf16's rounding of the float32 run."""
-    from helpers.models import Seq2Seq
-    from helpers.recipes import dates_recipe
-    from helpers.training import train
-
     model_settings, _ = dates_recipe(decoder, **overrides)
     config = small_dates.model_config(**model_settings)
     losses, seen = {}, []
