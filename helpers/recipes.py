@@ -7,13 +7,15 @@ cache behind them.
 * :func:`train_or_load` — the same, cached: a model is trained once and saved under a
   key made of *every* setting that shapes it (model config, training settings, data
   fingerprint, code version), so a rerun with the same settings reloads it and a
-  changed setting retrains.
+  changed setting retrains; with ``snapshot_epochs`` it also keeps the weights after
+  chosen epochs (:func:`load_epoch_snapshot`), to study a run's early epochs without
+  training them again.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,16 +85,31 @@ def train_or_load(
     device: torch.device | str | None = None,
     progress: bool | None = None,
     description: str = "train",
+    snapshot_epochs: Sequence[int] = (),
 ) -> tuple[Seq2Seq, TrainingHistory, bool]:
     """Load the checkpoint at ``path`` if it was trained with exactly these settings,
     else train and save it there. Returns ``(model, history, loaded_from_cache)``.
 
     The checkpoint stores the cache key; a checkpoint with another key (another config,
     training setting or data) is never served — it is retrained and overwritten.
+
+    ``snapshot_epochs``: when it trains, also save the weights after each of these
+    epochs beside ``path`` (:func:`epoch_snapshot_path`), for
+    :func:`load_epoch_snapshot`. Saving reads the weights only, so the run, and the
+    model it returns, are the same with or without snapshots.
     """
     device = torch.device(device) if device is not None else select_device()
     key = cache_key(config, settings, task)
     path = Path(path)
+    for epoch in snapshot_epochs:
+        if (
+            not isinstance(epoch, int)
+            or isinstance(epoch, bool)
+            or not 1 <= epoch <= settings.epochs
+        ):
+            raise ValueError(
+                f"snapshot_epochs must be epochs of this run (1 to {settings.epochs}), got {epoch!r}"
+            )
     if path.is_file():
         try:
             model, extra = load_checkpoint(
@@ -102,13 +119,67 @@ def train_or_load(
                 return model, TrainingHistory.from_dict(extra["history"]), True
         except CheckpointMismatchError:
             pass
-    model, history = train_model(task, config, settings, device, progress, description)
+
+    def save_snapshot(model: Seq2Seq, record: EpochRecord) -> None:
+        if record.epoch in snapshot_epochs:
+            save_checkpoint(
+                model,
+                epoch_snapshot_path(path, record.epoch),
+                extra={"cache_key": key, "epoch": record.epoch, "valid_loss": record.valid_loss},
+            )
+
+    model, history = train_model(
+        task,
+        config,
+        settings,
+        device,
+        progress,
+        description,
+        on_epoch_end=save_snapshot if snapshot_epochs else None,
+    )
     save_checkpoint(
         model,
         path,
         extra={"cache_key": key, "history": history.to_dict(), "settings": settings.to_dict()},
     )
     return model, history, False
+
+
+def epoch_snapshot_path(path: str | os.PathLike, epoch: int) -> Path:
+    """Where :func:`train_or_load` keeps the weights after ``epoch`` of the run it saves
+    at ``path``: ``04_luong.pt`` → ``04_luong.epoch2.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.epoch{epoch}{path.suffix}")
+
+
+def load_epoch_snapshot(
+    task: TranslationTask,
+    config: ModelConfig,
+    settings: TrainSettings,
+    path: str | os.PathLike,
+    epoch: int,
+    device: torch.device | str | None = None,
+) -> tuple[Seq2Seq, float] | None:
+    """The model after ``epoch`` of the run ``train_or_load(task, config, settings, path,
+    snapshot_epochs=...)`` trained, and that epoch's validation loss; ``None`` when
+    there is no such snapshot, or it belongs to another run (another config, setting
+    or data), so that the caller trains instead.
+
+    Returns ``(model in eval mode, valid loss after that epoch)``.
+    """
+    device = torch.device(device) if device is not None else select_device()
+    snapshot = epoch_snapshot_path(path, epoch)
+    if not snapshot.is_file():
+        return None
+    try:
+        model, extra = load_checkpoint(
+            snapshot, device, config, task.source_vocab, task.target_vocab
+        )
+    except CheckpointMismatchError:
+        return None
+    if extra.get("cache_key") != cache_key(config, settings, task) or extra.get("epoch") != epoch:
+        return None
+    return model.eval(), extra["valid_loss"]
 
 
 def dates_recipe(

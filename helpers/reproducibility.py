@@ -15,16 +15,21 @@ times, each in a fresh process, and compares the per-epoch losses and the test s
 
 It prints a table and writes ``results/reproducibility.json``. Runs on the same machine
 and thread count must agree bit for bit, loaded or not (exit code 1 otherwise).
+
+:func:`on_committed_machine` tells a notebook whether it runs on the kind of machine
+that executed its committed outputs, where its trained numbers are those to the last digit.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import datetime
 import json
 import multiprocessing
 import os
+import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +40,45 @@ import torch
 from .files import atomic_write_bytes
 
 RESULT = Path(__file__).resolve().parent.parent / "results" / "reproducibility.json"
+#: Written by ``tools/execute_notebooks.py``: where and how each committed notebook ran.
+NOTEBOOK_RESOURCES = RESULT.parent / "notebook-resources.csv"
+
+
+def cpu_description() -> str:
+    """The CPU model and the cores this process may use, e.g. "AMD EPYC 7B13 (2 cores)"."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({cores} cores)"
+
+
+def on_committed_machine(notebook: str, resources: str | os.PathLike = NOTEBOOK_RESOURCES) -> bool:
+    """Whether this process runs on the kind of machine that executed ``notebook``'s
+    committed outputs: the same CPU model and core count, and the same torch thread count,
+    as its row of ``results/notebook-resources.csv``.
+
+    Only there does a notebook train, to the last digit, the models whose numbers its
+    text quotes. Another CPU or thread count rounds differently, and training amplifies
+    that (docs/reproducibility.md): a notebook asserts the quoted numbers exactly only
+    where this is true, and elsewhere only what holds on any CPU.
+    """
+    try:
+        with open(resources, newline="", encoding="utf-8") as stream:
+            rows = {row["notebook"]: row for row in csv.DictReader(stream)}
+    except OSError:
+        return False
+    row = rows.get(Path(notebook).name)
+    return (
+        row is not None
+        and row["cpu"] == cpu_description()
+        and row["torch_threads"] == str(torch.get_num_threads())
+    )
 
 
 def _busy_loop(core: int) -> None:  # pragma: no cover - runs in a child process

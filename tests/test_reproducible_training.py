@@ -315,3 +315,38 @@ def test_train_model_calls_back_after_each_epoch_without_changing_the_training(s
     ]
     for name, parameter in plain.state_dict().items():
         assert torch.equal(parameter, watched.state_dict()[name]), name
+
+
+def test_exact_quoted_numbers_are_asserted_only_on_the_committed_machine(tmp_path, monkeypatch):
+    """Notebooks assert their quoted trained numbers exactly only on the kind of machine
+    that executed them: the CPU and thread count of their row in notebook-resources.csv."""
+    import helpers.reproducibility as reproducibility
+
+    here = reproducibility.cpu_description()
+    assert here.endswith(" cores)") and "(" in here
+    threads = torch.get_num_threads()
+    resources = tmp_path / "notebook-resources.csv"
+    resources.write_text(
+        "notebook,seconds,peak_memory_mib,cpu,torch_threads,date\n"
+        f'05_visualization.ipynb,60.0,900,"{here}",{threads},2026-12-03\n'
+        f'08_transformer.ipynb,60.0,900,"Another CPU (2 cores)",{threads},2026-12-03\n'
+        f'06_self_attention.ipynb,60.0,900,"{here}",{threads + 1},2026-12-03\n',
+        encoding="utf-8",
+    )
+    check = reproducibility.on_committed_machine
+    assert check("05_visualization.ipynb", resources)
+    assert check("notebooks/05_visualization.ipynb", resources), "a path names the same notebook"
+    assert not check("08_transformer.ipynb", resources), "another CPU"
+    assert not check("06_self_attention.ipynb", resources), "another thread count"
+    assert not check("07_comparison.ipynb", resources), "no row"
+    assert not check("05_visualization.ipynb", tmp_path / "missing.csv")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
+    assert not check("05_visualization.ipynb", resources)
+    assert check("06_self_attention.ipynb", resources)
+    # The committed file names every notebook, with the columns read here.
+    committed = reproducibility.NOTEBOOK_RESOURCES.read_text(encoding="utf-8").splitlines()
+    assert committed[0].split(",")[3:5] == ["cpu", "torch_threads"]
+    assert {line.split(",")[0] for line in committed[1:]} >= {
+        "05_visualization.ipynb",
+        "08_transformer.ipynb",
+    }

@@ -6,7 +6,13 @@ import torch
 from helpers.decoding import translate_batch
 from helpers.metrics import alignment_accuracy
 from helpers.models import Seq2Seq
-from helpers.recipes import dates_recipe, train_model, train_or_load
+from helpers.recipes import (
+    dates_recipe,
+    epoch_snapshot_path,
+    load_epoch_snapshot,
+    train_model,
+    train_or_load,
+)
 from helpers.tasks import dates_task
 from helpers.training import TrainSettings, select_device, sequence_loss, train
 from helpers.vocab import PAD_INDEX
@@ -104,6 +110,68 @@ def test_train_or_load_caches_by_settings_and_never_serves_stale_models(small_da
         small_dates, other_config, settings, path, device="cpu", progress=False
     )
     assert not cached, "another attention must retrain"
+
+
+def test_epoch_snapshots_are_the_weights_of_a_shorter_run_and_change_nothing(small_dates, tmp_path):
+    """A run's early epochs can be studied from these snapshots instead of training them
+    again (notebook 05's entropy during training, once 04 and 05 adopt them): each must be
+    exactly the model a run of that many epochs gives."""
+    config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.2)
+    settings = TrainSettings(epochs=3, batch_size=32, lr_decay=0.8, seed=5)
+    path = tmp_path / "run.pt"
+    model, history, _ = train_or_load(
+        small_dates, config, settings, path, device="cpu", progress=False, snapshot_epochs=(1, 2)
+    )
+    assert epoch_snapshot_path(path, 2) == tmp_path / "run.epoch2.pt"
+    assert not epoch_snapshot_path(path, 3).exists()
+    plain, _ = train_model(small_dates, config, settings, device="cpu", progress=False)
+    for (name, left), right in zip(
+        model.state_dict().items(), plain.state_dict().values(), strict=True
+    ):
+        assert torch.equal(left, right), f"saving snapshots changed the run: {name}"
+    for epoch in (1, 2):
+        snapshot, valid_loss = load_epoch_snapshot(
+            small_dates, config, settings, path, epoch, "cpu"
+        )
+        assert not snapshot.training
+        assert valid_loss == history.epochs[epoch - 1].valid_loss
+        shorter, _ = train_model(
+            small_dates,
+            config,
+            TrainSettings(**{**settings.to_dict(), "epochs": epoch}),
+            device="cpu",
+            progress=False,
+        )
+        for (name, left), right in zip(
+            snapshot.state_dict().items(), shorter.state_dict().values(), strict=True
+        ):
+            assert torch.equal(left, right), (epoch, name)
+    first = load_epoch_snapshot(small_dates, config, settings, path, 1, "cpu")[0]
+    assert not all(
+        torch.equal(left, right)
+        for left, right in zip(
+            first.state_dict().values(), model.state_dict().values(), strict=True
+        )
+    ), "epoch 1's snapshot must not be the final model"
+    # Absent, or from another run: None, so that the caller trains instead.
+    assert load_epoch_snapshot(small_dates, config, settings, path, 3, "cpu") is None
+    other = TrainSettings(**{**settings.to_dict(), "learning_rate": 5e-3})
+    assert load_epoch_snapshot(small_dates, config, other, path, 1, "cpu") is None
+    wider = small_dates.model_config(embedding_size=8, hidden_size=24, dropout=0.2)
+    assert load_epoch_snapshot(small_dates, wider, settings, path, 1, "cpu") is None
+    epoch_snapshot_path(path, 2).write_bytes(b"truncated")
+    assert load_epoch_snapshot(small_dates, config, settings, path, 2, "cpu") is None
+    for wrong in (0, 4, 1.5, True):
+        with pytest.raises(ValueError, match="snapshot_epochs"):
+            train_or_load(
+                small_dates,
+                config,
+                settings,
+                tmp_path / "x.pt",
+                "cpu",
+                False,
+                snapshot_epochs=(wrong,),
+            )
 
 
 def test_bahdanau_learns_the_gold_alignment_of_the_dates_task():

@@ -28,7 +28,6 @@ import csv
 import datetime as dt
 import io
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from helpers.reproducibility import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES_CSV = ROOT / "results" / "notebook-resources.csv"
@@ -101,20 +102,6 @@ def peak_resident_mib(pid: int) -> float | None:
             kibibytes = int(line.split()[1])  # "VmHWM:   123456 kB"
             return kibibytes / 1024
     return None
-
-
-def cpu_description() -> str:
-    """The CPU model and the cores this process may use, e.g. "AMD EPYC 7B13 (2 cores)"."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model} ({cores} cores)"
 
 
 # --- the notebook file -------------------------------------------------------------------
