@@ -17,7 +17,8 @@ It prints a table and writes ``results/reproducibility.json``. Runs on the same 
 and thread count must agree bit for bit, loaded or not (exit code 1 otherwise).
 
 :func:`on_committed_machine` tells a notebook whether it runs on the kind of machine
-that executed its committed outputs, where its trained numbers are those to the last digit.
+that executed its committed outputs: the condition for its trained numbers to be those to
+the last digit (necessary, not sufficient: another PyTorch build also moves them).
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def on_committed_machine(notebook: str, resources: str | os.PathLike = NOTEBOOK_
     committed outputs: the same CPU model and core count, and the same torch thread count,
     as its row of ``results/notebook-resources.csv``.
 
-    Only there does a notebook train, to the last digit, the models whose numbers its
-    text quotes. Another CPU or thread count rounds differently, and training amplifies
+    Only there can a notebook train, to the last digit, the models whose numbers its
+    text quotes (the same CPU name can cover several generations of a virtual CPU, and
+    another PyTorch build also rounds differently, so this is necessary, not sufficient). Another CPU or thread count rounds differently, and training amplifies
     that (docs/reproducibility.md): a notebook asserts the quoted numbers exactly only
     where this is true, and elsewhere only what holds on any CPU.
     """
