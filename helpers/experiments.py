@@ -60,6 +60,7 @@ from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
 from .models import ModelConfig, Seq2Seq, count_parameters
 from .recipes import cache_key, dates_recipe, train_or_load
+from .reproducibility import cpu_model_name
 from .tasks import TranslationTask, dates_task, tatoeba_task
 from .training import TrainSettings
 
@@ -492,14 +493,7 @@ def code_state() -> dict[str, Any]:
 
 def hardware() -> dict[str, Any]:
     """This machine: CPU model, core count, architecture."""
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown"
+    cpu = cpu_model_name() or platform.processor() or "unknown"
     return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()}
 
 

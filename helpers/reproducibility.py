@@ -45,16 +45,20 @@ RESULT = Path(__file__).resolve().parent.parent / "results" / "reproducibility.j
 NOTEBOOK_RESOURCES = RESULT.parent / "notebook-resources.csv"
 
 
-def cpu_description() -> str:
-    """The CPU model and the cores this process may use, e.g. "AMD EPYC 7B13 (2 cores)"."""
-    model = platform.processor() or platform.machine()
+def cpu_model_name() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), or ``None`` where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def cpu_description() -> str:
+    """The CPU model and the cores this process may use, e.g. "AMD EPYC 7B13 (2 cores)"."""
+    model = cpu_model_name() or platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{model} ({cores} cores)"
 
