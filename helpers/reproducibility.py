@@ -69,10 +69,11 @@ def on_committed_machine(notebook: str, resources: str | os.PathLike = NOTEBOOK_
     as its row of ``results/notebook-resources.csv``.
 
     Only there can a notebook train, to the last digit, the models whose numbers its
-    text quotes (the same CPU name can cover several generations of a virtual CPU, and
-    another PyTorch build also rounds differently, so this is necessary, not sufficient). Another CPU or thread count rounds differently, and training amplifies
-    that (docs/reproducibility.md): a notebook asserts the quoted numbers exactly only
-    where this is true, and elsewhere only what holds on any CPU.
+    text quotes: another CPU or thread count rounds differently, and training amplifies
+    that (docs/reproducibility.md). The check is necessary, not sufficient: one CPU name
+    can cover several generations of a virtual CPU, and another PyTorch build also rounds
+    differently. A notebook asserts its quoted numbers to their quoted precision only
+    where this is true, and elsewhere only what held on the other CPUs measured.
     """
     try:
         with open(resources, newline="", encoding="utf-8") as stream:

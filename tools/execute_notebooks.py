@@ -38,10 +38,10 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from helpers.reproducibility import cpu_description
+from helpers.reproducibility import NOTEBOOK_RESOURCES, cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
-RESOURCES_CSV = ROOT / "results" / "notebook-resources.csv"
+RESOURCES_CSV = NOTEBOOK_RESOURCES  # the file on_committed_machine reads
 RESOURCE_COLUMNS = ["notebook", "seconds", "peak_memory_mib", "cpu", "torch_threads", "date"]
 # A guard against a hung cell, like the Makefile's nbval limit: not a speed target.
 CELL_TIMEOUT = 3600
