@@ -214,8 +214,8 @@ def tatoeba_recipe(
     Notebooks 04 and 05 (and ``python -m helpers.train``) use the same recipe, so 05
     finds 04's checkpoints in the cache.
 
-    On a CPU the model is small and trains for a fixed number of epochs, three to six
-    minutes per model on two cores: Luong 7 epochs, Bahdanau 3 (its step-by-step decoder
+    On a CPU the model is small and trains for a fixed number of epochs, two to seven
+    minutes per model on two cores, depending on the CPU: Luong 7 epochs, Bahdanau 3 (its step-by-step decoder
     costs more per epoch). The same epochs on a slower machine give the same model, only
     later. ``python -m helpers.experiments`` trains both to convergence (the committed
     ``results/``). With a GPU the recipe trains a bigger model for longer.
