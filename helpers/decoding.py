@@ -221,11 +221,12 @@ def beam_search(
     step together as one batch and finished sentences leave it, so the decoder runs only
     on sentences still searching. Beyond it (joeynmt keeps the best ``k`` and copies the
     histories): candidates are chosen with tensor operations over the whole batch
-    (:func:`best_continuations`, then ``cumsum``/``scatter``), not a Python loop; each step stores only its tokens, attention rows and
-    *back-pointers* (which beam each one extends), and the outputs are traced back once
-    at the end. No tensor is copied to the CPU inside the loop, but dropping the finished
-    sentences waits for the device once per step: the boolean indexing and ``nonzero``
-    that do it must know how many sentences are left.
+    (:func:`best_continuations`, then ``cumsum``/``scatter``), not a Python loop; each
+    step stores only its tokens, attention rows and *back-pointers* (which beam each one
+    extends), and the outputs are traced back once at the end. No tensor is copied to
+    the CPU inside the loop, but dropping the finished sentences waits for the device
+    once per step: the boolean indexing and ``nonzero`` that do it must know how many
+    sentences are left.
 
     Args:
         source: ``(B, S)`` source indices; source_lengths: ``(B,)``.

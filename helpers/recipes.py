@@ -215,9 +215,9 @@ def tatoeba_recipe(
     finds 04's checkpoints in the cache.
 
     On a CPU the model is small and trains for a fixed number of epochs, two to seven
-    minutes per model on two cores, depending on the CPU: Luong 7 epochs, Bahdanau 3 (its step-by-step decoder
-    costs more per epoch). The same epochs on a slower machine give the same model, only
-    later. ``python -m helpers.experiments`` trains both to convergence (the committed
+    minutes per model on two cores, depending on the CPU: Luong 7 epochs, Bahdanau 3 (its
+    step-by-step decoder costs more per epoch). The same epochs on a slower machine give
+    the same model, only later. ``python -m helpers.experiments`` trains both to convergence (the committed
     ``results/``). With a GPU the recipe trains a bigger model for longer.
     """
     device = torch.device(device) if device is not None else select_device()
