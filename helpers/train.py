@@ -24,6 +24,7 @@ model cannot take (longer than ``max_source_length``) never costs the trained mo
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -331,9 +332,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"stopped by the --time-budget of {settings.time_budget:g} s", flush=True)
         print(json.dumps(summary, indent=2), flush=True)
     if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+        del trained  # the DDP wrapper: end_distributed frees it before the group goes
+        end_distributed()
     return status
+
+
+def end_distributed() -> None:
+    """Tear the process group down on every rank once all of them are done with it.
+
+    The barrier keeps a rank that finished early (or skipped rank 0's saving and scoring)
+    from closing its connections while a peer still talks to it. ``gc.collect()`` then
+    frees the caller's dropped DistributedDataParallel wrapper now: its hooks point back at
+    it, so only the cycle collector frees it, and with it the gloo group its reducer holds.
+    Left to chance, that can happen during interpreter shutdown, while gloo's threads are
+    still running, and the process aborts ("terminate called without an active
+    exception"). Callers drop their references to the wrapper first.
+    """
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def _fail(message: str, distributed: bool) -> int:

@@ -90,13 +90,17 @@ def _ddp_worker(rank, init_file, result_file):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from helpers.train import end_distributed
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     model, examples = _tiny_problem()
     shard = examples[:1] if rank == 0 else examples[1:]  # 2 tokens against 24
-    _one_step(DistributedDataParallel(model), shard)
+    wrapped = DistributedDataParallel(model)
+    _one_step(wrapped, shard)
     if rank == 0:
         torch.save(model.state_dict(), result_file)
-    dist.destroy_process_group()
+    del wrapped
+    end_distributed()  # as the CLI ends: a barrier, the wrapper freed, then the teardown
 
 
 def test_a_ddp_step_with_unequal_shards_is_the_single_process_step(tmp_path):
@@ -110,3 +114,37 @@ def test_a_ddp_step_with_unequal_shards_is_the_single_process_step(tmp_path):
     ddp_state = torch.load(result, weights_only=True)
     for name, tensor in single_model.state_dict().items():
         assert torch.allclose(tensor, ddp_state[name], atol=1e-6), name
+
+
+def test_end_distributed_frees_the_ddp_wrapper_before_the_group_goes(tmp_path):
+    """A dropped DDP wrapper that only the cycle collector can free (in torch 2.13 the first
+    wrapper of a process is held by a cycle through a frame of torch's lazy attribute
+    lookup) keeps the gloo group alive through its reducer. end_distributed must free it
+    before the teardown, not leave it to interpreter shutdown, where gloo's running threads
+    abort the process."""
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from helpers.train import end_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    was_enabled = gc.isenabled()
+    gc.disable()  # no collection by chance in between: only end_distributed's counts
+    try:
+        wrapped = DistributedDataParallel(torch.nn.Linear(3, 3))
+        wrapped(torch.randn(2, 3)).sum().backward()
+        wrapped.__dict__["cycle"] = wrapped  # such a cycle, whatever torch's state
+        alive = weakref.ref(wrapped)
+        del wrapped
+        assert alive() is not None
+        end_distributed()
+        assert alive() is None
+        assert not dist.is_initialized()
+    finally:
+        if was_enabled:
+            gc.enable()
+        if dist.is_initialized():
+            dist.destroy_process_group()
