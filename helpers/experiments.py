@@ -222,6 +222,7 @@ def run_variant(
     device: torch.device | str | None = None,
     prefix: str = "full",
     beam_size: int = 5,
+    longer_run: tuple[TrainSettings, str | os.PathLike] | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Train (or load) one variant and measure it.
 
@@ -229,11 +230,19 @@ def run_variant(
     greedy and beam test translations (for significance tests). The checkpoint goes to
     ``checkpoint_path(f"{prefix}_{slug}_seed{seed}.pt")``. With ``dates`` given, the same
     attention is also trained on the dates task and scored against its gold alignment.
+    ``longer_run`` is :func:`~helpers.recipes.train_or_load`'s: a longer run of the same
+    variant and recipe whose epoch snapshot is this run, read instead of training.
     """
     config = variant_config(variant, task)
     name = f"{prefix}_{slug(variant)}_seed{settings.seed}"
     model, history, cached = train_or_load(
-        task, config, settings, checkpoint_path(f"{name}.pt"), device=device, description=variant
+        task,
+        config,
+        settings,
+        checkpoint_path(f"{name}.pt"),
+        device=device,
+        description=variant,
+        longer_run=longer_run,
     )
     greedy = translate_batch(model, task.test_sources, beam_size=1)
     greedy_scores = corpus_scores([t.text for t in greedy], task.test_references)

@@ -9,7 +9,8 @@ cache behind them.
   fingerprint, code version), so a rerun with the same settings reloads it and a
   changed setting retrains; with ``snapshot_epochs`` it also keeps the weights after
   chosen epochs (:func:`load_epoch_snapshot`), to study a run's early epochs without
-  training them again.
+  training them again, and with ``longer_run`` it serves a short run from such a
+  snapshot of a longer one.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def train_or_load(
     progress: bool | None = None,
     description: str = "train",
     snapshot_epochs: Sequence[int] = (),
+    longer_run: tuple[TrainSettings, str | os.PathLike] | None = None,
 ) -> tuple[Seq2Seq, TrainingHistory, bool]:
     """Load the checkpoint at ``path`` if it was trained with exactly these settings,
     else train and save it there. Returns ``(model, history, loaded_from_cache)``.
@@ -97,6 +99,14 @@ def train_or_load(
     epochs beside ``path`` (:func:`epoch_snapshot_path`), for
     :func:`load_epoch_snapshot`. Saving reads the weights only, so the run, and the
     model it returns, are the same with or without snapshots.
+
+    ``longer_run``: ``(its settings, its path)``, a run of ``config`` on ``task`` with
+    these settings but more epochs. Its first ``settings.epochs`` epochs are exactly
+    this run (seed, batches, learning-rate schedule: nothing depends on the number of
+    epochs still to come), so where it kept a snapshot after epoch ``settings.epochs``
+    that snapshot and its history so far are served, and saved at ``path``, instead of
+    training the same epochs again. Where it did not, or its settings differ in more
+    than the epochs, this run trains as usual.
     """
     device = torch.device(device) if device is not None else select_device()
     key = cache_key(config, settings, task)
@@ -119,13 +129,35 @@ def train_or_load(
                 return model, TrainingHistory.from_dict(extra["history"]), True
         except CheckpointMismatchError:
             pass
+    if longer_run is not None:
+        served = _first_epochs_of(task, config, settings, *longer_run, device)
+        if served is not None:
+            model, history = served
+            save_checkpoint(
+                model,
+                path,
+                extra={
+                    "cache_key": key,
+                    "history": history.to_dict(),
+                    "settings": settings.to_dict(),
+                },
+            )
+            return model, history, True
+
+    records_so_far: list[EpochRecord] = []
 
     def save_snapshot(model: Seq2Seq, record: EpochRecord) -> None:
+        records_so_far.append(record)
         if record.epoch in snapshot_epochs:
             save_checkpoint(
                 model,
                 epoch_snapshot_path(path, record.epoch),
-                extra={"cache_key": key, "epoch": record.epoch, "valid_loss": record.valid_loss},
+                extra={
+                    "cache_key": key,
+                    "epoch": record.epoch,
+                    "valid_loss": record.valid_loss,
+                    "history": TrainingHistory(list(records_so_far)).to_dict(),
+                },
             )
 
     model, history = train_model(
@@ -167,6 +199,23 @@ def load_epoch_snapshot(
 
     Returns ``(model in eval mode, valid loss after that epoch)``.
     """
+    read = _read_snapshot(task, config, settings, path, epoch, device)
+    if read is None:
+        return None
+    model, extra = read
+    return model, extra["valid_loss"]
+
+
+def _read_snapshot(
+    task: TranslationTask,
+    config: ModelConfig,
+    settings: TrainSettings,
+    path: str | os.PathLike,
+    epoch: int,
+    device: torch.device | str | None,
+) -> tuple[Seq2Seq, dict[str, Any]] | None:
+    """The snapshot of :func:`load_epoch_snapshot` (the model in eval mode) and what was
+    saved with it; ``None`` when absent or from another run."""
     device = torch.device(device) if device is not None else select_device()
     snapshot = epoch_snapshot_path(path, epoch)
     if not snapshot.is_file():
@@ -179,7 +228,30 @@ def load_epoch_snapshot(
         return None
     if extra.get("cache_key") != cache_key(config, settings, task) or extra.get("epoch") != epoch:
         return None
-    return model.eval(), extra["valid_loss"]
+    return model.eval(), extra
+
+
+def _first_epochs_of(
+    task: TranslationTask,
+    config: ModelConfig,
+    settings: TrainSettings,
+    longer_settings: TrainSettings,
+    longer_path: str | os.PathLike,
+    device: torch.device | str | None,
+) -> tuple[Seq2Seq, TrainingHistory] | None:
+    """The run of ``settings`` read from the snapshot the longer run kept after epoch
+    ``settings.epochs`` (see ``train_or_load``'s ``longer_run``), with the history of
+    its epochs so far; ``None`` when that is not this run or no such snapshot exists."""
+    if longer_settings.epochs <= settings.epochs or longer_settings.to_dict() != {
+        **settings.to_dict(),
+        "epochs": longer_settings.epochs,
+    }:
+        return None
+    read = _read_snapshot(task, config, longer_settings, longer_path, settings.epochs, device)
+    if read is None or "history" not in read[1]:  # snapshots of older versions: no history
+        return None
+    model, extra = read
+    return model, TrainingHistory.from_dict(extra["history"])
 
 
 def dates_recipe(

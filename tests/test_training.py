@@ -174,6 +174,71 @@ def test_epoch_snapshots_are_the_weights_of_a_shorter_run_and_change_nothing(sma
             )
 
 
+def _same_weights(left: torch.nn.Module, right: torch.nn.Module) -> bool:
+    return all(
+        torch.equal(a, b)
+        for a, b in zip(left.state_dict().values(), right.state_dict().values(), strict=True)
+    )
+
+
+def test_a_short_run_is_served_from_a_longer_runs_snapshot(small_dates, tmp_path):
+    """Notebooks 06 and 07 read 04's Luong model after two epochs instead of training it
+    again: what they get must be exactly the two-epoch run, with its history, and only
+    where the longer run really begins with that run."""
+    config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.2)
+    longer = TrainSettings(epochs=3, batch_size=32, lr_decay=0.8, seed=5)
+    longer_path = tmp_path / "longer.pt"
+    _, longer_history, _ = train_or_load(
+        small_dates, config, longer, longer_path, "cpu", False, snapshot_epochs=(2,)
+    )
+    short = TrainSettings(**{**longer.to_dict(), "epochs": 2})
+    trained, trained_history = train_model(small_dates, config, short, "cpu", False)
+
+    served_path = tmp_path / "short.pt"
+    served, history, cached = train_or_load(
+        small_dates, config, short, served_path, "cpu", False, longer_run=(longer, longer_path)
+    )
+    assert cached, "the snapshot must be served, not trained again"
+    assert _same_weights(served, trained)
+    assert history.epochs == longer_history.epochs[:2]  # the longer run's records, as measured
+    assert [r.valid_loss for r in history.epochs] == [r.valid_loss for r in trained_history.epochs]
+    # Saved where this run lives, under this run's key: a plain reload finds it.
+    reloaded, reloaded_history, cached_again = train_or_load(
+        small_dates, config, short, served_path, "cpu", False
+    )
+    assert cached_again and _same_weights(reloaded, trained)
+    assert reloaded_history.epochs == history.epochs
+
+    # Not the same run (another learning rate, a shorter "longer" run, no such snapshot):
+    # train as usual.
+    for settings, other in [
+        (TrainSettings(**{**short.to_dict(), "learning_rate": 5e-3}), longer),
+        (TrainSettings(**{**short.to_dict(), "epochs": 1}), longer),  # no epoch-1 snapshot
+        (short, TrainSettings(**{**longer.to_dict(), "epochs": 2})),
+    ]:
+        path = tmp_path / f"other-{settings.learning_rate}-{settings.epochs}-{other.epochs}.pt"
+        _, _, cached = train_or_load(
+            small_dates, config, settings, path, "cpu", False, longer_run=(other, longer_path)
+        )
+        assert not cached, (settings, other)
+    # A snapshot without its history (saved by an older version) is not served either.
+    from helpers.checkpoints import load_checkpoint, save_checkpoint
+
+    snapshot_path = epoch_snapshot_path(longer_path, 2)
+    model, extra = load_checkpoint(snapshot_path, "cpu")
+    save_checkpoint(model, snapshot_path, extra={k: v for k, v in extra.items() if k != "history"})
+    _, _, cached = train_or_load(
+        small_dates,
+        config,
+        short,
+        tmp_path / "again.pt",
+        "cpu",
+        False,
+        longer_run=(longer, longer_path),
+    )
+    assert not cached
+
+
 def test_bahdanau_learns_the_gold_alignment_of_the_dates_task():
     """The issue's acceptance check: a small Bahdanau model, CPU, alignment ≥ 0.9."""
     task = dates_task(train_size=6000, valid_size=300, test_size=300, seed=0)
