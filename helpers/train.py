@@ -342,11 +342,12 @@ def end_distributed() -> None:
 
     The barrier keeps a rank that finished early (or skipped rank 0's saving and scoring)
     from closing its connections while a peer still talks to it. ``gc.collect()`` then
-    frees the caller's dropped DistributedDataParallel wrapper now: its hooks point back at
-    it, so only the cycle collector frees it, and with it the gloo group its reducer holds.
-    Left to chance, that can happen during interpreter shutdown, while gloo's threads are
-    still running, and the process aborts ("terminate called without an active
-    exception"). Callers drop their references to the wrapper first.
+    frees the caller's dropped DistributedDataParallel wrapper now: the first wrapper of a
+    process sits in a reference cycle (in torch 2.13, through a frame that torch's lazy
+    attribute lookup keeps), so only the cycle collector frees it, and with it the gloo
+    group its reducer holds. Left to chance, that can happen during interpreter shutdown,
+    while gloo's threads are still running, and the process aborts ("terminate called
+    without an active exception"). Callers drop their references to the wrapper first.
     """
     dist.barrier()
     gc.collect()
