@@ -59,10 +59,10 @@ from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
 from .models import ModelConfig, Seq2Seq, count_parameters
-from .recipes import cache_key, dates_recipe, train_or_load
+from .recipes import cache_key, dates_recipe, tatoeba_recipe, train_or_load
 from .reproducibility import cpu_model_name
 from .tasks import TranslationTask, dates_task, tatoeba_task
-from .training import TrainSettings
+from .training import TrainSettings, select_device
 
 RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
 RESULTS_DIR = RESULTS_ROOT / "comparison"
@@ -212,6 +212,24 @@ def quick_settings(seed: int, epochs: int = 1, variant: str | None = None) -> Tr
 @functools.cache
 def _tasks() -> tuple[TranslationTask, TranslationTask]:
     return tatoeba_task(seed=0), dates_task(train_size=8000, valid_size=500, test_size=500, seed=0)
+
+
+#: The variants that notebook 04 trains, by 04's decoder name: the same model and recipe.
+NOTEBOOK_04_DECODERS: dict[str, str] = {"Bahdanau (additive)": "bahdanau", "Luong general": "luong"}
+
+
+def notebook_04_run(
+    variant: str, device: torch.device | str | None = None
+) -> tuple[TrainSettings, Path] | None:
+    """Notebook 04's run of ``variant``, as ``train_or_load``'s ``longer_run``: its
+    training settings and checkpoint path, beside which it keeps its epoch snapshots;
+    ``None`` for a variant that 04 does not train. Where 04 trained another model (on a
+    GPU its recipe is bigger), ``train_or_load`` finds no matching snapshot and trains."""
+    decoder = NOTEBOOK_04_DECODERS.get(variant)
+    if decoder is None:
+        return None
+    device = torch.device(device) if device is not None else select_device()
+    return tatoeba_recipe(decoder, device)[1], checkpoint_path(f"04_{decoder}.pt")
 
 
 def run_variant(

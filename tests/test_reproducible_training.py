@@ -9,7 +9,15 @@ import torch
 from tqdm.auto import tqdm
 
 import helpers.training as training
-from helpers.experiments import VARIANTS, quick_settings, run_variant, slug
+from helpers.experiments import (
+    NOTEBOOK_04_DECODERS,
+    SHARED_MODEL,
+    VARIANTS,
+    notebook_04_run,
+    quick_settings,
+    run_variant,
+    slug,
+)
 from helpers.metrics import paired_bootstrap
 from helpers.recipes import dates_recipe, tatoeba_recipe, train_model
 from helpers.tasks import dates_task
@@ -350,3 +358,18 @@ def test_exact_quoted_numbers_are_asserted_only_on_the_committed_machine(tmp_pat
         "05_visualization.ipynb",
         "08_transformer.ipynb",
     }
+
+
+def test_notebook_04_run_is_the_longer_run_of_exactly_its_variants():
+    """06 and 07 read these variants' first epochs from 04's snapshots: on a CPU, 04's
+    recipe must be the variant's model and its settings the live ones but for the epochs."""
+    cpu = torch.device("cpu")
+    for variant, decoder in NOTEBOOK_04_DECODERS.items():
+        model_settings, recipe_settings = tatoeba_recipe(decoder, cpu)
+        assert model_settings == {**SHARED_MODEL, **VARIANTS[variant]}, variant
+        settings, path = notebook_04_run(variant, cpu)
+        assert settings == recipe_settings and path.name == f"04_{decoder}.pt"
+        live = quick_settings(seed=0, epochs=2, variant=variant)
+        assert settings.to_dict() == {**live.to_dict(), "epochs": settings.epochs}
+    assert notebook_04_run("no attention", cpu) is None
+    assert notebook_04_run("self-attention encoder", cpu) is None
