@@ -106,8 +106,10 @@ class Encoder(nn.Module):
 
     Packing makes the RNN stop at each sentence's real end, so the backward direction
     starts at the last real word rather than at a run of padding. The decoder's initial
-    state is :math:`s_0 = \\tanh(W_s [\\overrightarrow{h}_S; \\overleftarrow{h}_1])`, as
-    Bahdanau et al. (appendix A.2.2) initialise it from the backward state.
+    state is :math:`s_0 = \\tanh(W_s [\\overrightarrow{h}_S; \\overleftarrow{h}_1])`.
+    Bahdanau et al. (appendix A.2.2) initialise it from the backward state
+    :math:`\\overleftarrow{h}_1` alone; the last forward state is added here, so that the
+    summary has read the whole sentence in both directions.
     """
 
     def __init__(self, config: ModelConfig) -> None:

@@ -9,8 +9,9 @@ cache behind them.
   fingerprint, code version), so a rerun with the same settings reloads it and a
   changed setting retrains; with ``snapshot_epochs`` it also keeps the weights after
   chosen epochs (:func:`load_epoch_snapshot`), to study a run's early epochs without
-  training them again, and with ``longer_run`` it serves a short run from such a
-  snapshot of a longer one.
+  training them again; with ``longer_run`` it serves a short run from such a
+  snapshot of a longer one, and with ``same_run`` a run that another notebook keeps
+  under another name.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def train_or_load(
     description: str = "train",
     snapshot_epochs: Sequence[int] = (),
     longer_run: tuple[TrainSettings, str | os.PathLike] | None = None,
+    same_run: str | os.PathLike | None = None,
 ) -> tuple[Seq2Seq, TrainingHistory, bool]:
     """Load the checkpoint at ``path`` if it was trained with exactly these settings,
     else train and save it there. Returns ``(model, history, loaded_from_cache)``.
@@ -107,6 +109,11 @@ def train_or_load(
     that snapshot and its history so far are served, and saved at ``path``, instead of
     training the same epochs again. Where it did not, or its settings differ in more
     than the epochs, this run trains as usual.
+
+    ``same_run``: the path where another notebook keeps this very run (the same config,
+    settings and data: notebook 05 reads 02's dates model so). Where the checkpoint there
+    carries this run's key, it is served, and saved at ``path``, instead of training; else
+    this run trains as usual.
     """
     device = torch.device(device) if device is not None else select_device()
     key = cache_key(config, settings, task)
@@ -120,15 +127,15 @@ def train_or_load(
             raise ValueError(
                 f"snapshot_epochs must be epochs of this run (1 to {settings.epochs}), got {epoch!r}"
             )
-    if path.is_file():
-        try:
-            model, extra = load_checkpoint(
-                path, device, config, task.source_vocab, task.target_vocab
-            )
-            if extra.get("cache_key") == key:
-                return model, TrainingHistory.from_dict(extra["history"]), True
-        except CheckpointMismatchError:
-            pass
+    cached = _read_run(task, config, key, path, device)
+    if cached is not None:
+        return cached[0], TrainingHistory.from_dict(cached[1]["history"]), True
+    if same_run is not None and Path(same_run) != path:
+        served = _read_run(task, config, key, same_run, device)
+        if served is not None:
+            model, extra = served
+            save_checkpoint(model, path, extra=extra)
+            return model, TrainingHistory.from_dict(extra["history"]), True
     if longer_run is not None:
         served = _first_epochs_of(task, config, settings, *longer_run, device)
         if served is not None:
@@ -204,6 +211,26 @@ def load_epoch_snapshot(
         return None
     model, extra = read
     return model, extra["valid_loss"]
+
+
+def _read_run(
+    task: TranslationTask,
+    config: ModelConfig,
+    key: str,
+    path: str | os.PathLike,
+    device: torch.device,
+) -> tuple[Seq2Seq, dict[str, Any]] | None:
+    """The model :func:`train_or_load` saved at ``path`` and what was saved with it;
+    ``None`` when there is none, or it is another run's (another key or config)."""
+    if not Path(path).is_file():
+        return None
+    try:
+        model, extra = load_checkpoint(path, device, config, task.source_vocab, task.target_vocab)
+    except CheckpointMismatchError:
+        return None
+    if extra.get("cache_key") != key or "history" not in extra:
+        return None
+    return model, extra
 
 
 def _read_snapshot(

@@ -239,6 +239,46 @@ def test_a_short_run_is_served_from_a_longer_runs_snapshot(small_dates, tmp_path
     assert not cached
 
 
+def test_a_run_another_notebook_keeps_is_served_under_this_notebooks_name(small_dates, tmp_path):
+    """Notebook 05 reads 02's dates model (the same run under 02's file name) instead of
+    training it again, and keeps it under its own name, where 08 looks for it."""
+    config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.0)
+    settings = TrainSettings(epochs=2, batch_size=32, seed=3)
+    kept = tmp_path / "02_kept.pt"
+    original, original_history, _ = train_or_load(small_dates, config, settings, kept, "cpu", False)
+
+    served_path = tmp_path / "05_served.pt"
+    served, history, cached = train_or_load(
+        small_dates, config, settings, served_path, "cpu", False, same_run=kept
+    )
+    assert cached, "the other notebook's run must be served, not trained again"
+    assert _same_weights(served, original) and history.epochs == original_history.epochs
+    # Saved under this notebook's name: a plain reload, without same_run, finds it.
+    reloaded, _, cached_again = train_or_load(
+        small_dates, config, settings, served_path, "cpu", False
+    )
+    assert cached_again and _same_weights(reloaded, original)
+
+    # Another run (another seed, or another config) is never served from it: it trains.
+    other_seed = TrainSettings(**{**settings.to_dict(), "seed": 4})
+    other_config = small_dates.model_config(embedding_size=8, hidden_size=24, dropout=0.0)
+    for other_settings, other_config_, name in [
+        (other_seed, config, "seed.pt"),
+        (settings, other_config, "config.pt"),
+    ]:
+        _, _, cached = train_or_load(
+            small_dates, other_config_, other_settings, tmp_path / name, "cpu", False,
+            same_run=kept,
+        )  # fmt: skip
+        assert not cached, name
+    # A missing file is no error either: it trains.
+    _, _, cached = train_or_load(
+        small_dates, config, settings, tmp_path / "fresh.pt", "cpu", False,
+        same_run=tmp_path / "missing.pt",
+    )  # fmt: skip
+    assert not cached
+
+
 def test_bahdanau_learns_the_gold_alignment_of_the_dates_task():
     """The issue's acceptance check: a small Bahdanau model, CPU, alignment ≥ 0.9."""
     task = dates_task(train_size=6000, valid_size=300, test_size=300, seed=0)
