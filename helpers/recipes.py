@@ -128,11 +128,11 @@ def train_or_load(
                 f"snapshot_epochs must be epochs of this run (1 to {settings.epochs}), got {epoch!r}"
             )
     cached = _read_run(task, config, key, path, device)
-    if cached is not None:
+    if cached is not None and "history" in cached[1]:
         return cached[0], TrainingHistory.from_dict(cached[1]["history"]), True
     if same_run is not None and Path(same_run) != path:
         served = _read_run(task, config, key, same_run, device)
-        if served is not None:
+        if served is not None and "history" in served[1]:
             model, extra = served
             save_checkpoint(model, path, extra=extra)
             return model, TrainingHistory.from_dict(extra["history"]), True
@@ -218,19 +218,20 @@ def _read_run(
     config: ModelConfig,
     key: str,
     path: str | os.PathLike,
-    device: torch.device,
+    device: torch.device | str | None,
 ) -> tuple[Seq2Seq, dict[str, Any]] | None:
-    """The model :func:`train_or_load` saved at ``path`` and what was saved with it;
-    ``None`` when there is none, or it is another run's (another key or config)."""
+    """The model saved at ``path`` (in eval mode) and what was saved with it; ``None``
+    when there is none, or it belongs to another run (another key or config)."""
     if not Path(path).is_file():
         return None
+    device = torch.device(device) if device is not None else select_device()
     try:
         model, extra = load_checkpoint(path, device, config, task.source_vocab, task.target_vocab)
     except CheckpointMismatchError:
         return None
-    if extra.get("cache_key") != key or "history" not in extra:
+    if extra.get("cache_key") != key:
         return None
-    return model, extra
+    return model.eval(), extra
 
 
 def _read_snapshot(
@@ -243,19 +244,11 @@ def _read_snapshot(
 ) -> tuple[Seq2Seq, dict[str, Any]] | None:
     """The snapshot of :func:`load_epoch_snapshot` (the model in eval mode) and what was
     saved with it; ``None`` when absent or from another run."""
-    device = torch.device(device) if device is not None else select_device()
     snapshot = epoch_snapshot_path(path, epoch)
-    if not snapshot.is_file():
+    read = _read_run(task, config, cache_key(config, settings, task), snapshot, device)
+    if read is None or read[1].get("epoch") != epoch:
         return None
-    try:
-        model, extra = load_checkpoint(
-            snapshot, device, config, task.source_vocab, task.target_vocab
-        )
-    except CheckpointMismatchError:
-        return None
-    if extra.get("cache_key") != cache_key(config, settings, task) or extra.get("epoch") != epoch:
-        return None
-    return model.eval(), extra
+    return read
 
 
 def _first_epochs_of(
