@@ -127,14 +127,13 @@ def train_or_load(
             raise ValueError(
                 f"snapshot_epochs must be epochs of this run (1 to {settings.epochs}), got {epoch!r}"
             )
-    cached = _read_run(task, config, key, path, device)
-    if cached is not None and "history" in cached[1]:
-        return cached[0], TrainingHistory.from_dict(cached[1]["history"]), True
-    if same_run is not None and Path(same_run) != path:
-        served = _read_run(task, config, key, same_run, device)
-        if served is not None and "history" in served[1]:
-            model, extra = served
-            save_checkpoint(model, path, extra=extra)
+    # This run where it lives, else where another notebook keeps it (then saved here too).
+    for source in [path] if same_run is None else [path, Path(same_run)]:
+        read = _read_run(task, config, key, source, device)
+        if read is not None and "history" in read[1]:
+            model, extra = read
+            if source != path:
+                save_checkpoint(model, path, extra=extra)
             return model, TrainingHistory.from_dict(extra["history"]), True
     if longer_run is not None:
         served = _first_epochs_of(task, config, settings, *longer_run, device)
@@ -220,8 +219,9 @@ def _read_run(
     path: str | os.PathLike,
     device: torch.device | str | None,
 ) -> tuple[Seq2Seq, dict[str, Any]] | None:
-    """The model saved at ``path`` (in eval mode) and what was saved with it; ``None``
-    when there is none, or it belongs to another run (another key or config)."""
+    """The model saved at ``path`` (in eval mode, as ``load_checkpoint`` gives it) and
+    what was saved with it; ``None`` when there is none, or it belongs to another run
+    (another key or config)."""
     if not Path(path).is_file():
         return None
     device = torch.device(device) if device is not None else select_device()
@@ -229,9 +229,7 @@ def _read_run(
         model, extra = load_checkpoint(path, device, config, task.source_vocab, task.target_vocab)
     except CheckpointMismatchError:
         return None
-    if extra.get("cache_key") != key:
-        return None
-    return model.eval(), extra
+    return (model, extra) if extra.get("cache_key") == key else None
 
 
 def _read_snapshot(
