@@ -27,12 +27,18 @@ class Batch:
         source_mask: ``(batch, src_len)`` bool, True where a real token is.
         target: ``(batch, tgt_len + 1)`` ``<sos> y_1 … y_n <eos>`` padded; the decoder
             reads ``target[:, :-1]`` and learns to predict ``target[:, 1:]``.
+        target_positions: ``(N,)`` where the ``N`` real tokens of ``decoder_target`` sit
+            in its flattened ``(batch · tgt_len)`` positions, ascending. Found on the CPU
+            when the batch is made, so that picking those positions on a GPU
+            (``index_select``) has a known size: a boolean mask would make the GPU
+            report how many it holds, a wait of the host on every batch.
     """
 
     source: torch.Tensor
     source_lengths: torch.Tensor
     source_mask: torch.Tensor
     target: torch.Tensor
+    target_positions: torch.Tensor
 
     @property
     def decoder_input(self) -> torch.Tensor:
@@ -49,6 +55,7 @@ class Batch:
             source_lengths=self.source_lengths,
             source_mask=self.source_mask.to(device, non_blocking=non_blocking),
             target=self.target.to(device, non_blocking=non_blocking),
+            target_positions=self.target_positions.to(device, non_blocking=non_blocking),
         )
 
     def pin_memory(self) -> Batch:
@@ -58,12 +65,14 @@ class Batch:
             self.source_lengths,
             self.source_mask.pin_memory(),
             self.target.pin_memory(),
+            self.target_positions.pin_memory(),
         )
 
     @property
     def target_token_count(self) -> int:
-        """Real target tokens to predict (``<eos>`` included, padding not)."""
-        return int((self.decoder_target != PAD_INDEX).sum())
+        """Real target tokens to predict (``<eos>`` included, padding not); a shape, so
+        reading it never waits for a GPU."""
+        return self.target_positions.numel()
 
 
 class TranslationDataset(Dataset):
@@ -135,7 +144,8 @@ def collate_batch(examples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Batc
         list(targets), batch_first=True, padding_value=PAD_INDEX
     )
     source_mask = torch.arange(source.size(1))[None, :] < source_lengths[:, None]
-    return Batch(source, source_lengths, source_mask, target)
+    target_positions = (target[:, 1:] != PAD_INDEX).flatten().nonzero().squeeze(1)
+    return Batch(source, source_lengths, source_mask, target, target_positions)
 
 
 class BucketBatchSampler(Sampler[list[int]]):

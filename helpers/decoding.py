@@ -105,12 +105,12 @@ def mask_special_logits(logits: Tensor, in_place: bool = False) -> Tensor:
     instead of copying all ``B × V`` of them: for a search's fresh logits, nothing else
     reads them.
     """
-    if in_place and logits.dtype == torch.float32:
-        for index in _NEVER_EMITTED:  # a fill through a view: no index tensor to copy over
-            logits[..., index] = -math.inf
-        return logits
-    never = torch.tensor(_NEVER_EMITTED, device=logits.device)
-    return logits.float().index_fill(-1, never, -math.inf)
+    masked = logits.float()  # logits itself when it is float32 already, else a copy
+    if masked is logits and not in_place:
+        masked = logits.clone()
+    for index in _NEVER_EMITTED:  # a fill through a view: no index tensor to send to a GPU
+        masked[..., index] = -math.inf
+    return masked
 
 
 @contextmanager
@@ -148,14 +148,16 @@ def greedy_decode(
     """
     with evaluation_mode(model):
         device = model.device
-        limits = sentence_max_lengths(model, source_lengths, max_length).to(device)
+        limits = sentence_max_lengths(model, source_lengths, max_length)
+        steps = int(limits.max())  # read on the CPU, before the limits go to the device
+        limits = limits.to(device, non_blocking=True)
         memory = model.encode(source.to(device), source_lengths)
         state = model.decoder.init_state(memory)
         batch, source_length = source.shape
         tokens = model.start_tokens(batch)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         emitted, attentions, scores = [], [], torch.zeros(batch, device=device)
-        for step in range(int(limits.max())):
+        for step in range(steps):
             logits, state, weights = model.decoder.step(tokens, state, memory, step)
             log_probabilities = torch.log_softmax(mask_special_logits(logits), dim=-1)
             best_scores, tokens = log_probabilities.max(dim=-1)
@@ -166,11 +168,11 @@ def greedy_decode(
             )
             # A sentence ends at <eos> or at its own length limit, whichever comes first.
             finished |= (tokens == EOS_INDEX) | (limits <= step + 1)
-            if bool(finished.all()):
+            if bool(finished.all()):  # the one wait for the device per step: stop early?
                 break
         emitted_matrix = torch.stack(emitted, 1).cpu()
         attention_matrix = torch.stack(attentions, 1).float().cpu()
-        limits = limits.cpu()
+        limits, scores = limits.cpu(), scores.cpu()
     hypotheses = []
     for row in range(batch):
         ids = emitted_matrix[row, : int(limits[row])].tolist()
@@ -225,8 +227,7 @@ def beam_search(
     step stores only its tokens, attention rows and *back-pointers* (which beam each one
     extends), and the outputs are traced back once at the end. No tensor is copied to
     the CPU inside the loop, but dropping the finished sentences waits for the device
-    once per step: the boolean indexing and ``nonzero`` that do it must know how many
-    sentences are left.
+    once per step: the ``nonzero`` that does it must know how many sentences are left.
 
     Args:
         source: ``(B, S)`` source indices; source_lengths: ``(B,)``.
@@ -250,7 +251,9 @@ def _beam_search(
 ) -> list[Hypothesis]:
     device = model.device
     batch, source_length = source.shape
-    limits = sentence_max_lengths(model, source_lengths, max_length).to(device)
+    limits = sentence_max_lengths(model, source_lengths, max_length)
+    steps = int(limits.max())  # read on the CPU, before the limits go to the device
+    limits = limits.to(device, non_blocking=True)
     beam_offsets = torch.arange(k, device=device)
     active = torch.arange(batch, device=device)  # original index of each sentence still searching
     memory = model.encode(source.to(device), source_lengths).select(active.repeat_interleave(k))
@@ -274,7 +277,7 @@ def _beam_search(
     final_step = torch.zeros(batch, dtype=torch.long, device=device)
     final_scores = torch.full((batch, k), -math.inf, device=device)
 
-    for step in range(int(limits.max())):
+    for step in range(steps):
         n = active.numel()
         logits, state, weights = model.decoder.step(tokens, state, memory, step)
         if weights is None:
@@ -334,12 +337,12 @@ def _beam_search(
         final_step[active] = torch.where(ended, step, final_step[active])
         final_scores[active] = torch.where(ended.unsqueeze(1), beam_scores, final_scores[active])
         # Reorder every beam's state to follow its parent, then drop ended sentences.
-        rows = (torch.arange(n, device=device).unsqueeze(1) * k + parents_kept)[~ended]
-        if rows.numel() == 0:
+        # The one wait for the device in a step: how many sentences are left.
+        still = (~ended).nonzero().squeeze(1)
+        if still.numel() == 0:
             break
-        state = state.select(rows.flatten())
-        if rows.size(0) < n:  # a sentence ended: its k copies of the source leave the batch
-            still = (~ended).nonzero().squeeze(1)
+        state = state.select((still.unsqueeze(1) * k + parents_kept[still]).flatten())
+        if still.numel() < n:  # a sentence ended: its k copies of the source leave the batch
             memory = memory.select((still.unsqueeze(1) * k + beam_offsets).flatten())
             active = active[still]
             tokens_kept, beam_scores = tokens_kept[still], beam_scores[still]

@@ -144,7 +144,7 @@ class ModelConfig:
 @dataclass
 class Seq2SeqOutput:
     """logits ``(B, T, V)`` — or ``(N, V)`` for the ``N`` positions selected by
-    ``output_mask`` — and attention ``(B, T, S)`` (None without attention)."""
+    ``output_positions`` — and attention ``(B, T, S)`` (None without attention)."""
 
     logits: Tensor
     attention: Tensor | None
@@ -214,15 +214,16 @@ class Seq2Seq(nn.Module):
         source_lengths: Tensor,
         decoder_input: Tensor,
         teacher_forcing_ratio: float = 1.0,
-        output_mask: Tensor | None = None,
+        output_positions: Tensor | None = None,
     ) -> Seq2SeqOutput:
         """Args:
         source: ``(B, S)`` source indices; source_lengths: ``(B,)``.
         decoder_input: ``(B, T)`` ``<sos> y_1 … y_{T-1}`` (``batch.decoder_input``).
         teacher_forcing_ratio: 1 feeds the gold tokens; below 1 feeds the model's
             own predictions at that rate.
-        output_mask: optional ``(B, T)`` bool; logits are computed only where it
-            is True and come back flattened to ``(N, V)``. The output layer is
+        output_positions: optional ``(N,)`` indices into the ``B · T`` positions of
+            ``decoder_input`` flattened row by row (``batch.target_positions``); logits
+            are computed only there and come back as ``(N, V)``. The output layer is
             the most expensive part of a step (``H × V`` per token), so training
             skips the padded positions with it.
         """
@@ -237,12 +238,14 @@ class Seq2Seq(nn.Module):
             raise ValueError("teacher_forcing_ratio must lie in [0, 1]")
         memory = self.encode(source, source_lengths)
         features, attention = self.decoder(decoder_input, memory, teacher_forcing_ratio)
-        if output_mask is not None:
-            if output_mask.shape != decoder_input.shape:
+        if output_positions is not None:
+            if output_positions.dim() != 1 or output_positions.dtype != torch.long:
                 raise ValueError(
-                    f"output_mask must be {tuple(decoder_input.shape)}, got {tuple(output_mask.shape)}"
+                    "output_positions must be a 1-D long tensor of flat (batch · steps) "
+                    f"indices, got {output_positions.dtype} of shape {tuple(output_positions.shape)}"
                 )
-            features = features[output_mask]
+            # index_select, not a boolean mask: its size is known without asking the GPU.
+            features = features.flatten(0, 1).index_select(0, output_positions)
         return Seq2SeqOutput(self.decoder.output_layer(features), attention)
 
     def start_tokens(self, batch_size: int) -> Tensor:

@@ -217,14 +217,19 @@ def batch_loss(
 
     The output layer — a softmax over the whole target vocabulary, the most expensive
     part of a step — is computed only where the target is not padding
-    (``Seq2Seq(..., output_mask=...)``), for training and validation alike.
+    (``Seq2Seq(..., output_positions=batch.target_positions)``), for training and
+    validation alike. Those positions were found on the CPU when the batch was made, so
+    on a GPU nothing here waits for the device.
     """
-    real = batch.decoder_target != PAD_INDEX
+    real = batch.target_positions  # (N,) flat indices of the real target tokens
     output = model(
         batch.source, batch.source_lengths, batch.decoder_input, teacher_forcing_ratio, real
     )
     return smoothed_cross_entropy(
-        output.logits.float(), batch.decoder_target[real], label_smoothing, reduction
+        output.logits.float(),
+        batch.decoder_target.flatten().index_select(0, real),
+        label_smoothing,
+        reduction,
     )
 
 

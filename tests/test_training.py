@@ -14,7 +14,7 @@ from helpers.recipes import (
     train_or_load,
 )
 from helpers.tasks import dates_task
-from helpers.training import TrainSettings, select_device, sequence_loss, train
+from helpers.training import TrainSettings, batch_loss, select_device, sequence_loss, train
 from helpers.vocab import PAD_INDEX
 
 
@@ -395,3 +395,49 @@ def test_the_gpus_bf16_autocast_path_runs_on_the_cpu(small_dates, decoder, overr
     assert {dtype for amp, dtype in seen if not amp} == {torch.float32}
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
     assert losses[True] != losses[False]  # the same numbers would mean autocast never ran
+
+
+@pytest.mark.parametrize(
+    "decoder,overrides",
+    [
+        ("bahdanau", {}),
+        ("luong", {}),
+        ("luong", {"input_feeding": True, "rnn_type": "lstm", "bidirectional": True}),
+        ("luong", {"attention": "local-p"}),
+        ("plain", {}),
+        ("luong", {"encoder": "self_attention"}),
+        ("transformer", {"encoder": "self_attention"}),
+    ],
+)
+def test_a_training_step_never_reads_a_value_back_from_the_device(small_dates, decoder, overrides):
+    """On a GPU a training step must not wait for the device: no ``.item()``, no
+    ``.cpu()``, no boolean-mask selection (whose size only the GPU knows). Tensors on the
+    ``meta`` device have shapes but no values, so any such read fails there: a whole step
+    (forward, loss, backward, with teacher forcing below 1 too) on ``meta`` proves the
+    step needs none. ``python -m helpers.benchmark`` and ``torch.cuda.set_sync_debug_mode``
+    confirmed the same on a GPU (docs/performance.md)."""
+    model_settings, _ = dates_recipe(decoder, **overrides)
+    config = small_dates.model_config(**model_settings)
+    model = Seq2Seq(config).to("meta")
+    batch = next(iter(small_dates.loaders(8, 0)[0])).to("meta")
+    for teacher_forcing_ratio in (1.0, 0.5):
+        loss = batch_loss(model, batch, teacher_forcing_ratio, label_smoothing=0.1)
+        loss.backward()
+        assert loss.device.type == "meta" and loss.shape == ()
+
+
+def test_the_loss_reads_exactly_the_real_target_positions(small_dates):
+    """``batch.target_positions`` (found on the CPU) selects the same tokens, in the same
+    order, as the boolean mask it replaces, so the loss is the masked loss bit for bit."""
+    model_settings, _ = dates_recipe("luong")
+    torch.manual_seed(0)
+    model = Seq2Seq(small_dates.model_config(**model_settings)).eval()
+    batch = next(iter(small_dates.loaders(16, 0)[0]))
+    real = batch.decoder_target != PAD_INDEX
+    assert torch.equal(batch.target_positions, real.flatten().nonzero().squeeze(1))
+    assert batch.target_token_count == int(real.sum())
+    full = model(batch.source, batch.source_lengths, batch.decoder_input)
+    masked = torch.nn.functional.cross_entropy(full.logits[real], batch.decoder_target[real])
+    assert torch.equal(batch_loss(model, batch), masked)
+    with pytest.raises(ValueError, match="output_positions"):
+        model(batch.source, batch.source_lengths, batch.decoder_input, 1.0, real)
