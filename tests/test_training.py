@@ -414,8 +414,8 @@ def test_a_training_step_never_reads_a_value_back_from_the_device(small_dates, d
     ``.cpu()``, no boolean-mask selection (whose size only the GPU knows). Tensors on the
     ``meta`` device have shapes but no values, so any such read fails there: a whole step
     (forward, loss, backward, with teacher forcing below 1 too) on ``meta`` proves the
-    step needs none. ``python -m helpers.benchmark`` and ``torch.cuda.set_sync_debug_mode``
-    confirmed the same on a GPU (docs/performance.md)."""
+    step needs none. ``torch.cuda.set_sync_debug_mode`` confirmed it on a GPU for the RNN
+    models (docs/performance.md)."""
     model_settings, _ = dates_recipe(decoder, **overrides)
     config = small_dates.model_config(**model_settings)
     model = Seq2Seq(config).to("meta")
