@@ -141,8 +141,7 @@ class Encoder(nn.Module):
         # same sort of the CPU lengths, with both orders sent ahead without waiting, does
         # the same arithmetic (bit for bit on a CPU) and never waits.
         lengths, order = torch.sort(source_lengths.cpu(), descending=True)
-        restore = torch.empty_like(order)
-        restore[order] = torch.arange(order.numel())
+        restore = order.argsort()  # the inverse permutation: back to the batch's order
         order = order.to(source.device, non_blocking=True)
         restore = restore.to(source.device, non_blocking=True)
         packed = pack_padded_sequence(embedded.index_select(0, order), lengths, batch_first=True)
