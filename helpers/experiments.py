@@ -26,7 +26,9 @@ What it writes under ``results/comparison/`` (``results/transformer/`` for the T
   of the seed-0 models, measured back to back, for comparisons at equal time.
 
 The Bahdanau and "Luong general" rows are notebook 04's two models (same architecture
-and data) trained at this full budget instead of 04's few minutes.
+and data) trained at this full budget instead of 04's few minutes. The full budget's
+schedule is 04's Bahdanau recipe (Adam 3e-3, x0.8 per epoch); 04's Luong recipe anneals
+faster (5e-3, x0.7 per epoch) to get the most out of its ten epochs.
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
 from .models import ModelConfig, Seq2Seq, count_parameters
-from .recipes import cache_key, dates_recipe, tatoeba_recipe, train_or_load
+from .recipes import cache_key, dates_recipe, train_or_load
 from .reproducibility import cpu_model_name
 from .tasks import TranslationTask, dates_task, tatoeba_task
-from .training import TrainSettings, select_device
+from .training import TrainSettings
 
 RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
 RESULTS_DIR = RESULTS_ROOT / "comparison"
@@ -136,7 +138,7 @@ SHARED_MODEL: dict[str, Any] = dict(
     embedding_size=128, hidden_size=256, dropout=0.2, tie_embeddings=True
 )
 
-#: The full budget: notebook 04's recipe (Adam 3e-3, x0.8 per epoch, batch 128), run to
+#: The full budget: notebook 04's Bahdanau recipe (Adam 3e-3, x0.8 per epoch, batch 128), run to
 #: convergence: up to 15 epochs, stopping once the validation loss improves by less than
 #: 0.5% in an epoch, with the best epoch's weights kept.
 FULL_EPOCHS = 15
@@ -214,24 +216,6 @@ def _tasks() -> tuple[TranslationTask, TranslationTask]:
     return tatoeba_task(seed=0), dates_task(train_size=8000, valid_size=500, test_size=500, seed=0)
 
 
-#: The variants that notebook 04 trains, by 04's decoder name: the same model and recipe.
-NOTEBOOK_04_DECODERS: dict[str, str] = {"Bahdanau (additive)": "bahdanau", "Luong general": "luong"}
-
-
-def notebook_04_run(
-    variant: str, device: torch.device | str | None = None
-) -> tuple[TrainSettings, Path] | None:
-    """Notebook 04's run of ``variant``, as ``train_or_load``'s ``longer_run``: its
-    training settings and checkpoint path, beside which it keeps its epoch snapshots;
-    ``None`` for a variant that 04 does not train. Where 04 trained another model (on a
-    GPU its recipe is bigger), ``train_or_load`` finds no matching snapshot and trains."""
-    decoder = NOTEBOOK_04_DECODERS.get(variant)
-    if decoder is None:
-        return None
-    device = torch.device(device) if device is not None else select_device()
-    return tatoeba_recipe(decoder, device)[1], checkpoint_path(f"04_{decoder}.pt")
-
-
 def run_variant(
     variant: str,
     settings: TrainSettings,
@@ -241,6 +225,7 @@ def run_variant(
     prefix: str = "full",
     beam_size: int = 5,
     longer_run: tuple[TrainSettings, str | os.PathLike] | None = None,
+    same_run: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Train (or load) one variant and measure it.
 
@@ -249,7 +234,8 @@ def run_variant(
     ``checkpoint_path(f"{prefix}_{slug}_seed{seed}.pt")``. With ``dates`` given, the same
     attention is also trained on the dates task and scored against its gold alignment.
     ``longer_run`` is :func:`~helpers.recipes.train_or_load`'s: a longer run of the same
-    variant and recipe whose epoch snapshot is this run, read instead of training.
+    variant and recipe whose epoch snapshot is this run, read instead of training;
+    ``same_run`` is its too: where another notebook keeps this very run.
     """
     config = variant_config(variant, task)
     name = f"{prefix}_{slug(variant)}_seed{settings.seed}"
@@ -261,6 +247,7 @@ def run_variant(
         device=device,
         description=variant,
         longer_run=longer_run,
+        same_run=same_run,
     )
     greedy = translate_batch(model, task.test_sources, beam_size=1)
     greedy_scores = corpus_scores([t.text for t in greedy], task.test_references)
@@ -432,7 +419,7 @@ def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> p
 
 
 #: Models whose speed ``--measure-speed`` sets beside each experiment's own: the
-#: Transformer is compared with notebook 04's Luong model (the comparison's best).
+#: Transformer is compared with Luong general (the comparison's best).
 SPEED_BASELINES: dict[str, tuple[str, ...]] = {"comparison": (), "transformer": ("Luong general",)}
 
 

@@ -10,7 +10,7 @@ times, each in a fresh process, and compares the per-epoch losses and the test s
 
 ::
 
-    python -m helpers.reproducibility                  # 04's Luong recipe, all 7 epochs
+    python -m helpers.reproducibility                  # 04's Luong recipe, all its epochs
     python -m helpers.reproducibility --epochs 2       # a quicker check
 
 It prints a table and writes ``results/reproducibility.json``. Runs on the same machine
