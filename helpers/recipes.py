@@ -304,8 +304,9 @@ def tatoeba_recipe(
     Notebooks 04 and 05 (and ``python -m helpers.train``) use the same recipe, so 05
     finds 04's checkpoints in the cache.
 
-    On a CPU the model is small and trains for a fixed number of epochs, four to seven
-    minutes per model on two cores, depending on the CPU. The same epochs on a slower
+    On a CPU the model is small and trains for a fixed number of epochs, two to six
+    minutes per model on two cores (Bahdanau's 3 epochs took 2 minutes and Luong's 10 took
+    5.4 on the 2-core AMD EPYC of notebook 04's committed run). The same epochs on a slower
     machine give the same model, only later. With a GPU the recipe trains a bigger model
     for longer.
 

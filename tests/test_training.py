@@ -182,9 +182,9 @@ def _same_weights(left: torch.nn.Module, right: torch.nn.Module) -> bool:
 
 
 def test_a_short_run_is_served_from_a_longer_runs_snapshot(small_dates, tmp_path):
-    """Notebooks 06 and 07 read 04's Luong model after two epochs instead of training it
-    again: what they get must be exactly the two-epoch run, with its history, and only
-    where the longer run really begins with that run."""
+    """A short run read from a longer run's epoch snapshot (``train_or_load``'s
+    ``longer_run``) must be exactly the short run, with its history, and only where the
+    longer run really begins with that run."""
     config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.2)
     longer = TrainSettings(epochs=3, batch_size=32, lr_decay=0.8, seed=5)
     longer_path = tmp_path / "longer.pt"
