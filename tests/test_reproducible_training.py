@@ -149,28 +149,22 @@ def test_run_variant_measures_a_real_model(small_dates, tmp_path, monkeypatch):
     assert again["loaded from cache"] and again["test BLEU (greedy)"] == row["test BLEU (greedy)"]
     # The same run kept under another notebook's name (07 reads 06's Luong model so) is
     # served and saved under this prefix; another seed is not that run, and trains.
-    served, _ = run_variant(
-        "Luong dot",
-        quick_settings(seed=0, epochs=1),
-        small_dates,
-        None,
-        "cpu",
-        "u",
-        1,
-        same_run=tmp_path / "t_luong-dot_seed0.pt",
+    kept_by_06 = tmp_path / "t_luong-dot_seed0.pt"
+    served, other_seed = (
+        run_variant(
+            "Luong dot",
+            quick_settings(seed, 1),
+            small_dates,
+            None,
+            "cpu",
+            "u",
+            1,
+            same_run=kept_by_06,
+        )[0]
+        for seed in (0, 1)
     )
     assert served["loaded from cache"] and served["test BLEU (greedy)"] == row["test BLEU (greedy)"]
     assert (tmp_path / "u_luong-dot_seed0.pt").is_file()
-    other_seed, _ = run_variant(
-        "Luong dot",
-        quick_settings(seed=1, epochs=1),
-        small_dates,
-        None,
-        "cpu",
-        "u",
-        1,
-        same_run=tmp_path / "t_luong-dot_seed0.pt",
-    )
     assert not other_seed["loaded from cache"]
     with pytest.raises(ValueError, match="unknown variant"):
         run_variant("Luong cosine", quick_settings(0), small_dates)
