@@ -190,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "decoder": arguments.decoder,
         "epochs": len(reference["valid loss"]),
+        "cpu": cpu_description(),
         "cpu cores": os.cpu_count(),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

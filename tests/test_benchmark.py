@@ -39,8 +39,9 @@ def test_benchmark_prints_both_speeds_and_the_ratio_last():
     assert any(line.startswith("(b) helpers.training.train") for line in lines)
     [beam_line] = [line for line in lines if line.startswith("decoding, beam 5")]
     beam = re.fullmatch(
-        r"decoding, beam 5: ([0-9,]+) sentences/s; the series' first beam search .*: "
-        r"([0-9,]+) sentences/s; ([0-9.]+)x",
+        r"decoding, beam 5: ([0-9,]+) sentences/s \(1,024 hypotheses per batch\); the "
+        r"series' first beam search .*, 256 hypotheses per batch\): ([0-9,]+) sentences/s; "
+        r"([0-9.]+)x",
         beam_line,
     )
     assert beam, beam_line  # the tensorised search and the old loop, timed side by side

@@ -338,6 +338,33 @@ def test_a_sentence_alone_decodes_as_it_does_in_any_batch(beam_size):
         ] == [r.output_tokens for r in together]
 
 
+@pytest.mark.parametrize(("beam_size", "sentences_per_batch"), [(1, 256), (5, 204), (4, 256)])
+def test_default_batches_hold_256_greedy_sentences_or_1024_beam_hypotheses(
+    beam_size, sentences_per_batch, monkeypatch
+):
+    """Greedy search decodes 256 sentences at a time by default, beam search 1,024
+    hypotheses (``1024 // beam_size`` sentences); an explicit ``batch_size`` still counts
+    hypotheses, and the translations are the same either way."""
+    import helpers.decoding as decoding
+
+    model = tiny_model()
+    sentences = [f"the cat sat {'on a mat ' * (index % 4)}" for index in range(300)]
+    seen = []
+    real_decode = decoding.decode
+
+    def recording_decode(model, source, *arguments):
+        seen.append(source.size(0))
+        return real_decode(model, source, *arguments)
+
+    monkeypatch.setattr(decoding, "decode", recording_decode)
+    by_default = translate_batch(model, sentences, beam_size=beam_size)
+    assert seen == [sentences_per_batch, 300 - sentences_per_batch]
+    seen.clear()
+    explicit = translate_batch(model, sentences, beam_size=beam_size, batch_size=100)
+    assert set(seen[:-1]) == {100 // beam_size} and sum(seen) == 300
+    assert [r.output_tokens for r in explicit] == [r.output_tokens for r in by_default]
+
+
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_pad_and_sos_are_never_emitted(beam_size):
     model = tiny_model()

@@ -393,3 +393,44 @@ def test_notebook_04s_models_are_the_full_budgets_and_only_luongs_schedule_diffe
     differing = {key for key, value in luong.to_dict().items() if full[key] != value}
     assert differing == {"learning_rate", "lr_decay"}
     assert luong.learning_rate > full["learning_rate"] and luong.lr_decay < full["lr_decay"]
+
+
+def test_reproducibility_report_names_its_machine_and_fails_when_runs_differ(tmp_path, monkeypatch):
+    """``python -m helpers.reproducibility`` writes which CPU ran it, compares each run
+    with the unloaded one, and exits 1 when the loaded run is not bit-identical. The
+    training runs are replaced by fixed numbers here (each takes minutes); the
+    comparison, the report and the exit code are what is tested."""
+    import helpers.reproducibility as reproducibility
+
+    def fake_run(unloaded_loss):
+        def run(decoder, epochs, threads, load):
+            loss = unloaded_loss if not load else 1.5
+            return {
+                "threads": threads or 2,
+                "train seconds": 1.0,
+                "train loss": [2.0, loss if threads is None else loss + 1e-4],
+                "valid loss": [2.5, 2.25],
+                "test BLEU (greedy)": 40.0 if threads is None else 40.25,
+                "test chrF (greedy)": 56.0,
+            }
+
+        return run
+
+    output = tmp_path / "reproducibility.json"
+    monkeypatch.setattr(reproducibility, "run", fake_run(1.5))
+    assert reproducibility.main(["--epochs", "2", "--output", str(output)]) == 0
+    report = json.loads(output.read_text())
+    assert report["cpu"] == reproducibility.cpu_description()
+    assert report["epochs"] == 2 and set(report["runs"]) == {
+        "unloaded",
+        "loaded (busy loop on core 0)",
+        "1 thread",
+    }
+    assert all(value == 0 for value in report["loaded vs unloaded"].values())
+    assert report["1 thread vs unloaded"]["max |train loss difference|"] == pytest.approx(1e-4)
+    assert report["1 thread vs unloaded"]["|test BLEU difference|"] == pytest.approx(0.25)
+
+    monkeypatch.setattr(reproducibility, "run", fake_run(1.25))  # the loaded run now differs
+    assert reproducibility.main(["--epochs", "2", "--output", str(output)]) == 1
+    report = json.loads(output.read_text())
+    assert report["loaded vs unloaded"]["max |train loss difference|"] == pytest.approx(0.25)
