@@ -545,16 +545,16 @@ def translate_batch(
     ``batch_size`` sentences per batch, beam search ``batch_size // beam_size`` (each
     sentence carries ``beam_size`` hypotheses), so memory is bounded whatever the beam.
     By default greedy search takes 256 sentences and beam search 1,024 hypotheses (204
-    sentences with a beam of 5). The two differ because their costs do: a greedy batch
-    runs until its last sentence ends, so a larger one mostly adds steps for sentences
-    already finished, while beam search drops finished sentences and spends much of each
-    step on its own bookkeeping (choosing candidates, gathering states), which a larger
-    batch shares among more sentences. On notebook 04's Luong model on a 2-core CPU,
-    beam-5 decoding of the test set ran about 17% faster at 1,024 hypotheses than at
-    256 (best of three runs each), and greedy decoding was a little slower at 1,024
-    sentences than at 256 (``docs/performance.md``). The translations are the same at
-    any batch size; scores and attention weights may differ in their last float digits
-    (matrix products of another size sum in another order).
+    sentences with a beam of 5). The two differ because their costs do: beam search
+    drops finished sentences and spends much of each step on its own bookkeeping
+    (choosing candidates, gathering states), which a larger batch shares among more
+    sentences, while a greedy batch runs until its last sentence ends. On notebook 04's
+    Luong model on a 2-core CPU, beam-5 decoding of the test set ran about 17% faster at
+    1,024 hypotheses than at 256 (best of three runs each), and greedy decoding was a
+    little slower at 1,024 sentences than at 256 (``docs/performance.md``). The batch
+    size does not change which words come out, except in principle at a near-tie: scores
+    and attention weights may differ in their last float digits (matrix products of
+    another size sum in another order).
 
     ``search`` replaces :func:`beam_search` for ``beam_size > 1`` (the benchmark passes
     :func:`helpers.reference_beam_search.reference_beam_search` to time the old loop).
