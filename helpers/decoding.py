@@ -79,6 +79,12 @@ def sentence_max_lengths(
     return (source_lengths.long() * 2 + 10).clamp(max=model.config.max_target_length)
 
 
+#: ``translate_batch``'s default batches: greedy search decodes this many sentences at once,
+#: beam search this many hypotheses (``BEAM_BATCH_HYPOTHESES // beam_size`` sentences).
+GREEDY_BATCH_SENTENCES = 256
+BEAM_BATCH_HYPOTHESES = 1024
+
+
 def _check_positive_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
@@ -566,7 +572,7 @@ def translate_batch(
         )
     _check_positive_int("beam_size", beam_size)
     if batch_size is None:
-        batch_size = 256 if beam_size == 1 else 1024
+        batch_size = GREEDY_BATCH_SENTENCES if beam_size == 1 else BEAM_BATCH_HYPOTHESES
     _check_positive_int("batch_size", batch_size)
     _check_alpha(alpha)
     if max_length is not None:
