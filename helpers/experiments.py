@@ -55,7 +55,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .benchmark import decoding_sentences_per_second, project_trainer_tokens_per_second
+from .benchmark import (
+    TRAIN_BATCHES,
+    WARMUP_BATCHES,
+    decoding_sentences_per_second,
+    project_trainer_tokens_per_second,
+)
 from .checkpoints import load_checkpoint
 from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
@@ -224,7 +229,6 @@ def run_variant(
     device: torch.device | str | None = None,
     prefix: str = "full",
     beam_size: int = 5,
-    longer_run: tuple[TrainSettings, str | os.PathLike] | None = None,
     same_run: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Train (or load) one variant and measure it.
@@ -233,9 +237,8 @@ def run_variant(
     greedy and beam test translations (for significance tests). The checkpoint goes to
     ``checkpoint_path(f"{prefix}_{slug}_seed{seed}.pt")``. With ``dates`` given, the same
     attention is also trained on the dates task and scored against its gold alignment.
-    ``longer_run`` is :func:`~helpers.recipes.train_or_load`'s: a longer run of the same
-    variant and recipe whose epoch snapshot is this run, read instead of training;
-    ``same_run`` is its too: where another notebook keeps this very run.
+    ``same_run`` is :func:`~helpers.recipes.train_or_load`'s: where another notebook
+    keeps this very run, read instead of training.
     """
     config = variant_config(variant, task)
     name = f"{prefix}_{slug(variant)}_seed{settings.seed}"
@@ -246,7 +249,6 @@ def run_variant(
         checkpoint_path(f"{name}.pt"),
         device=device,
         description=variant,
-        longer_run=longer_run,
         same_run=same_run,
     )
     greedy = translate_batch(model, task.test_sources, beam_size=1)
@@ -427,15 +429,15 @@ def measure_speed(
     models: dict[str, Seq2Seq],
     task: TranslationTask,
     device: torch.device | str = "cpu",
-    training_seconds: float = 60.0,
+    training_batches: int = TRAIN_BATCHES,
     sentences: int = 500,
     batch_size: int = 128,
 ) -> pd.DataFrame:
     """Training and decoding speed of trained models, measured back to back on one machine.
 
     For each ``name → model``: target tokens per second while training a fresh model of
-    the same config (``helpers.training.train`` for ``training_seconds``, batches of
-    ``batch_size``), and test sentences per second decoding the first ``sentences`` test
+    the same config (``helpers.training.train`` on ``training_batches`` batches of
+    ``batch_size`` after a warm-up, :func:`helpers.benchmark.project_trainer_tokens_per_second`), and test sentences per second decoding the first ``sentences`` test
     sentences with the trained model, greedy and beam 5 (decoding speed depends on how
     long the outputs are, so it needs the trained model, not the fresh one).
 
@@ -446,7 +448,7 @@ def measure_speed(
     rows = []
     for name, model in models.items():
         tokens_per_second, _ = project_trainer_tokens_per_second(
-            task, model.config, device, training_seconds, batch_size
+            task, model.config, device, training_batches, batch_size
         )
         model = model.to(device).eval()
         test = task.test_sources[:sentences]
@@ -659,8 +661,8 @@ def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Pa
         _full_checkpoint(name, seed)
     task, _ = _tasks()
     models = {name: _full_model(name, seed, task, arguments.device) for name in names}
-    training_seconds, sentences = 60.0, 500  # recorded below exactly as measured
-    speed = measure_speed(models, task, arguments.device, training_seconds, sentences)
+    training_batches, sentences = TRAIN_BATCHES, 500  # recorded below exactly as measured
+    speed = measure_speed(models, task, arguments.device, training_batches, sentences)
     record = {
         "command": "python -m helpers.experiments " + " ".join(argv),
         "code": code_state(),
@@ -670,8 +672,8 @@ def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Pa
         "torch threads": arguments.threads,
         "torch": torch.__version__,
         "models": f"the full-budget checkpoints of seed {seed}",
-        "training": f"helpers.training.train for {training_seconds:g} s after a warm-up, "
-        "batches of 128",
+        "training": f"helpers.training.train on {training_batches} batches of 128 after "
+        f"{WARMUP_BATCHES} of warm-up",
         "decoding": f"the first {sentences} test sentences, after a warm-up "
         "(helpers.benchmark.decoding_sentences_per_second)",
         "rows": speed.reset_index().to_dict(orient="records"),

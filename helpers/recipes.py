@@ -9,8 +9,7 @@ cache behind them.
   fingerprint, code version), so a rerun with the same settings reloads it and a
   changed setting retrains; with ``snapshot_epochs`` it also keeps the weights after
   chosen epochs (:func:`load_epoch_snapshot`), to study a run's early epochs without
-  training them again; with ``longer_run`` it serves a short run from such a
-  snapshot of a longer one, and with ``same_run`` a run that another notebook keeps
+  training them again; with ``same_run`` it serves a run that another notebook keeps
   under another name.
 """
 
@@ -88,7 +87,6 @@ def train_or_load(
     progress: bool | None = None,
     description: str = "train",
     snapshot_epochs: Sequence[int] = (),
-    longer_run: tuple[TrainSettings, str | os.PathLike] | None = None,
     same_run: str | os.PathLike | None = None,
 ) -> tuple[Seq2Seq, TrainingHistory, bool]:
     """Load the checkpoint at ``path`` if it was trained with exactly these settings,
@@ -101,14 +99,6 @@ def train_or_load(
     epochs beside ``path`` (:func:`epoch_snapshot_path`), for
     :func:`load_epoch_snapshot`. Saving reads the weights only, so the run, and the
     model it returns, are the same with or without snapshots.
-
-    ``longer_run``: ``(its settings, its path)``, a run of ``config`` on ``task`` with
-    these settings but more epochs. Its first ``settings.epochs`` epochs are exactly
-    this run (seed, batches, learning-rate schedule: nothing depends on the number of
-    epochs still to come), so where it kept a snapshot after epoch ``settings.epochs``
-    that snapshot and its history so far are served, and saved at ``path``, instead of
-    training the same epochs again. Where it did not, or its settings differ in more
-    than the epochs, this run trains as usual.
 
     ``same_run``: the path where another notebook keeps this very run (the same config,
     settings and data: notebook 05 reads 02's dates model so). Where the checkpoint there
@@ -135,20 +125,6 @@ def train_or_load(
             if source != path:
                 save_checkpoint(model, path, extra=extra)
             return model, TrainingHistory.from_dict(extra["history"]), True
-    if longer_run is not None:
-        served = _first_epochs_of(task, config, settings, *longer_run, device)
-        if served is not None:
-            model, history = served
-            save_checkpoint(
-                model,
-                path,
-                extra={
-                    "cache_key": key,
-                    "history": history.to_dict(),
-                    "settings": settings.to_dict(),
-                },
-            )
-            return model, history, True
 
     records_so_far: list[EpochRecord] = []
 
@@ -247,29 +223,6 @@ def _read_snapshot(
     if read is None or read[1].get("epoch") != epoch:
         return None
     return read
-
-
-def _first_epochs_of(
-    task: TranslationTask,
-    config: ModelConfig,
-    settings: TrainSettings,
-    longer_settings: TrainSettings,
-    longer_path: str | os.PathLike,
-    device: torch.device | str | None,
-) -> tuple[Seq2Seq, TrainingHistory] | None:
-    """The run of ``settings`` read from the snapshot the longer run kept after epoch
-    ``settings.epochs`` (see ``train_or_load``'s ``longer_run``), with the history of
-    its epochs so far; ``None`` when that is not this run or no such snapshot exists."""
-    if longer_settings.epochs <= settings.epochs or longer_settings.to_dict() != {
-        **settings.to_dict(),
-        "epochs": longer_settings.epochs,
-    }:
-        return None
-    read = _read_snapshot(task, config, longer_settings, longer_path, settings.epochs, device)
-    if read is None or "history" not in read[1]:  # snapshots of older versions: no history
-        return None
-    model, extra = read
-    return model, TrainingHistory.from_dict(extra["history"])
 
 
 def dates_recipe(

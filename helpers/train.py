@@ -47,7 +47,7 @@ from .metrics import alignment_accuracy, corpus_scores
 from .models import Seq2Seq
 from .recipes import dates_recipe, tatoeba_recipe
 from .tasks import dates_task, tatoeba_task
-from .training import TrainingHistory, TrainSettings, select_device, set_seed, train
+from .training import TrainingHistory, TrainSettings, make_adam, select_device, set_seed, train
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -207,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     global_batches = BucketBatchSampler(
         task.train.length_keys, settings.batch_size, shuffle=True, seed=settings.seed
     )
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=settings.learning_rate, betas=(0.9, settings.adam_beta2)
-    )
+    optimizer = make_adam(model, settings.learning_rate, settings.adam_beta2)
     output = Path(arguments.output)
     previous: TrainingHistory | None = None
     if arguments.resume:

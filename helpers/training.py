@@ -296,6 +296,19 @@ def _total_batches(loader: DataLoader, epochs: int) -> int | None:
         return None
 
 
+def make_adam(model: nn.Module, learning_rate: float, beta2: float = 0.999) -> torch.optim.Adam:
+    """The series' optimiser: Adam (Kingma and Ba 2015) with :math:`\\beta_1 = 0.9`.
+
+    ``foreach=True`` updates all parameters with one call per operation instead of a
+    Python loop over them, as torch already does on a GPU. On a CPU that is about 15%
+    less time per Adam step on notebook 04's model (4.0 against 4.7 ms), with the same
+    arithmetic in the same order: the weights come out bit for bit as the loop's
+    (``tests/test_training.py``). Not ``fused=True``: its CPU kernel is faster still but
+    rounds differently, so every trained number in the series would move.
+    """
+    return torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, beta2), foreach=True)
+
+
 def train(
     model: nn.Module,
     train_loader: DataLoader,
@@ -358,16 +371,17 @@ def train(
             others wait for it forever). Default: on whenever a process group is
             initialised.
 
-    Under DistributedDataParallel each process sums its share of a global batch, and the
-    sum is divided by the token count of the *whole* global batch (all-reduced, without a
-    host sync); DDP then averages the gradients over processes, so multiplying by the
-    world size makes the step exactly the single-process step on the global batch
-    (a mean of each rank's own mean would weight the tokens of short shards more).
         description: names the run on its progress bar (e.g. the model's name).
         history: the history of an interrupted run to continue (``--resume``): training
             goes on from the epoch after its last one, up to ``epochs``. The caller
             restores the model, the ``optimizer`` (its state holds the decayed learning
             rate), the random state and the sampler's epoch; see ``helpers.train``.
+
+    Under DistributedDataParallel each process sums its share of a global batch, and the
+    sum is divided by the token count of the *whole* global batch (all-reduced, without a
+    host sync); DDP then averages the gradients over processes, so multiplying by the
+    world size makes the step exactly the single-process step on the global batch
+    (a mean of each rank's own mean would weight the tokens of short shards more).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -385,9 +399,7 @@ def train(
         raise ValueError(
             f"warmup_steps must be at least 1 and not combined with lr_decay, got {warmup_steps}"
         )
-    optimizer = optimizer or torch.optim.Adam(
-        model.parameters(), lr=learning_rate, betas=(0.9, adam_beta2)
-    )
+    optimizer = optimizer or make_adam(model, learning_rate, adam_beta2)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay) if lr_decay else None
     history = TrainingHistory(list(history.epochs)) if history is not None else TrainingHistory()
     first_epoch = len(history.epochs) + 1
@@ -431,7 +443,7 @@ def train(
                     summed = summed.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
+            nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
             optimizer_steps += 1
             if warmup_steps is not None:
                 rate = learning_rate * warmup_inverse_sqrt(optimizer_steps, warmup_steps)

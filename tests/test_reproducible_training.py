@@ -295,7 +295,7 @@ def test_measure_speed_times_training_and_both_decoders(small_dates):
 
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     trained, _ = train_model(small_dates, config, TrainSettings(epochs=1, batch_size=32), "cpu")
-    speed = measure_speed({"tiny": trained}, small_dates, "cpu", training_seconds=0.5, sentences=8)
+    speed = measure_speed({"tiny": trained}, small_dates, "cpu", training_batches=3, sentences=8)
     assert list(speed.index) == ["tiny"]
     row = speed.loc["tiny"]
     assert row["parameters"] == sum(p.numel() for p in trained.parameters())

@@ -14,7 +14,14 @@ from helpers.recipes import (
     train_or_load,
 )
 from helpers.tasks import dates_task
-from helpers.training import TrainSettings, batch_loss, select_device, sequence_loss, train
+from helpers.training import (
+    TrainSettings,
+    batch_loss,
+    select_device,
+    sequence_loss,
+    set_seed,
+    train,
+)
 from helpers.vocab import PAD_INDEX
 
 
@@ -181,62 +188,43 @@ def _same_weights(left: torch.nn.Module, right: torch.nn.Module) -> bool:
     )
 
 
-def test_a_short_run_is_served_from_a_longer_runs_snapshot(small_dates, tmp_path):
-    """A short run read from a longer run's epoch snapshot (``train_or_load``'s
-    ``longer_run``) must be exactly the short run, with its history, and only where the
-    longer run really begins with that run."""
-    config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.2)
-    longer = TrainSettings(epochs=3, batch_size=32, lr_decay=0.8, seed=5)
-    longer_path = tmp_path / "longer.pt"
-    _, longer_history, _ = train_or_load(
-        small_dates, config, longer, longer_path, "cpu", False, snapshot_epochs=(2,)
-    )
-    short = TrainSettings(**{**longer.to_dict(), "epochs": 2})
-    trained, trained_history = train_model(small_dates, config, short, "cpu", False)
+def test_the_batched_optimiser_step_trains_exactly_the_per_parameter_loop(small_dates, monkeypatch):
+    """train() updates (Adam) and clips all parameters with one call per operation
+    (``foreach``), for speed: the trained weights must be the per-parameter loops' bit
+    for bit, or every committed number would move (as ``fused=True`` would make them)."""
+    config = small_dates.model_config(embedding_size=8, hidden_size=16, decoder="luong")
 
-    served_path = tmp_path / "short.pt"
-    served, history, cached = train_or_load(
-        small_dates, config, short, served_path, "cpu", False, longer_run=(longer, longer_path)
-    )
-    assert cached, "the snapshot must be served, not trained again"
-    assert _same_weights(served, trained)
-    assert history.epochs == longer_history.epochs[:2]  # the longer run's records, as measured
-    assert [r.valid_loss for r in history.epochs] == [r.valid_loss for r in trained_history.epochs]
-    # Saved where this run lives, under this run's key: a plain reload finds it.
-    reloaded, reloaded_history, cached_again = train_or_load(
-        small_dates, config, short, served_path, "cpu", False
-    )
-    assert cached_again and _same_weights(reloaded, trained)
-    assert reloaded_history.epochs == history.epochs
-
-    # Not the same run (another learning rate, a shorter "longer" run, no such snapshot):
-    # train as usual.
-    for settings, other in [
-        (TrainSettings(**{**short.to_dict(), "learning_rate": 5e-3}), longer),
-        (TrainSettings(**{**short.to_dict(), "epochs": 1}), longer),  # no epoch-1 snapshot
-        (short, TrainSettings(**{**longer.to_dict(), "epochs": 2})),
-    ]:
-        path = tmp_path / f"other-{settings.learning_rate}-{settings.epochs}-{other.epochs}.pt"
-        _, _, cached = train_or_load(
-            small_dates, config, settings, path, "cpu", False, longer_run=(other, longer_path)
+    def run(optimiser=None):
+        set_seed(5)
+        model = Seq2Seq(config)
+        train_loader, valid_loader = small_dates.loaders(batch_size=32, seed=5)
+        history = train(
+            model,
+            train_loader,
+            valid_loader,
+            epochs=2,
+            learning_rate=5e-3,
+            clip=0.5,  # low enough that clipping acts
+            device="cpu",
+            progress=False,
+            optimizer=optimiser(model) if optimiser else None,
         )
-        assert not cached, (settings, other)
-    # A snapshot without its history (saved by an older version) is not served either.
-    from helpers.checkpoints import load_checkpoint, save_checkpoint
+        return model, history
 
-    snapshot_path = epoch_snapshot_path(longer_path, 2)
-    model, extra = load_checkpoint(snapshot_path, "cpu")
-    save_checkpoint(model, snapshot_path, extra={k: v for k, v in extra.items() if k != "history"})
-    _, _, cached = train_or_load(
-        small_dates,
-        config,
-        short,
-        tmp_path / "again.pt",
-        "cpu",
-        False,
-        longer_run=(longer, longer_path),
+    batched, batched_history = run()
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(
+        torch.nn.utils,
+        "clip_grad_norm_",
+        lambda parameters, max_norm, foreach=None: clip(parameters, max_norm, foreach=False),
     )
-    assert not cached
+    looped, looped_history = run(
+        lambda model: torch.optim.Adam(model.parameters(), lr=5e-3, foreach=False)
+    )
+    assert _same_weights(batched, looped)
+    assert batched_history.epochs[-1].valid_loss == looped_history.epochs[-1].valid_loss
+    fused, _ = run(lambda model: torch.optim.Adam(model.parameters(), lr=5e-3, fused=True))
+    assert not _same_weights(batched, fused), "the test must tell another rounding apart"
 
 
 def test_a_run_another_notebook_keeps_is_served_under_this_notebooks_name(small_dates, tmp_path):
