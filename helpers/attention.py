@@ -575,6 +575,12 @@ class MultiHeadAttention(nn.Module):
         single_step = query.dim() == 2
         if single_step:
             query = query.unsqueeze(1)
+        if mask is not None:
+            # Padding selected away before projecting (0 × NaN is NaN, and the fused
+            # kernel adds its −inf mask to the scores, where a NaN key would survive).
+            # Before the projection, not after: the products keep their shapes and
+            # layouts, so clean inputs give the same numbers bit for bit.
+            keys, values = real_values(keys, mask), real_values(values, mask)
         k, v = self.project_keys_values(keys, values)
         context, weights = self.attend_projected(query, k, v, mask, need_weights, average_heads)
         if single_step:
@@ -604,7 +610,10 @@ class MultiHeadAttention(nn.Module):
 
         Args:
             query: ``(B, T, d_model)``, not yet projected.
-            k, v: ``(B, h, S, d_h)``.
+            k, v: ``(B, h, S, d_h)``. Their padded positions must hold finite numbers,
+                since a weight of 0 times NaN is NaN: :meth:`forward` and the
+                Transformer's cache project the inputs after setting padding to 0
+                (:func:`real_values`).
             mask: ``(B, S)`` or ``(B, T, S)``, True where attending is allowed.
 
         Returns context ``(B, T, d_model)`` and weights as :meth:`forward` does.

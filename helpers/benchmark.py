@@ -251,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--train-batches must be at least 1, got {arguments.train_batches}")
     if arguments.batch_size is not None and arguments.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    device = select_device(arguments.device)
+    try:
+        device = select_device(arguments.device)
+    except ValueError as error:
+        parser.error(str(error))
     batch_size = arguments.batch_size or (512 if device.type == "cuda" else 128)
     hardware = (
         torch.cuda.get_device_name(device)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,17 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (weights, config, vocabularies) and ``extra`` to ``path`` atomically.
 
-    ``extra`` may hold plain data (``None``, bools, ints, floats, strings, tensors, and
-    lists, tuples and dicts of them, an optimizer's ``state_dict()`` included), e.g. the training history: exactly what
+    ``extra`` is a dict of plain data (``None``, bools, ints, floats, strings, tensors,
+    and lists, tuples, dicts and ``OrderedDict`` objects of them, an optimizer's or a model's
+    ``state_dict()`` included), e.g. the training history: exactly what
     ``torch.load(..., weights_only=True)`` reads back. Anything else (a NumPy number, say)
     is refused *before* writing, so a good checkpoint at ``path`` is never replaced by one
     that cannot be loaded. The file is flushed to disk (``fsync``) before the rename.
     """
     if model.source_vocab is None or model.target_vocab is None:
         raise ValueError("attach the vocabularies (model.attach_vocabularies) before saving")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra must be a dict of plain data, got a {type(extra).__name__}")
     _check_plain(extra or {}, "extra")
     path = Path(path)
     payload = {
@@ -72,7 +76,7 @@ def _check_plain(value: Any, where: str) -> None:
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
         return
-    if type(value) is dict:
+    if type(value) in (dict, OrderedDict):  # a state_dict() is an OrderedDict
         for key, item in value.items():
             _check_plain(key, f"{where} key {key!r}")  # (an optimizer's state has int keys)
             _check_plain(item, f"{where}[{key!r}]")
@@ -154,10 +158,13 @@ def load_checkpoint(
     if expected_config is not None and config != expected_config:
         differences = "; ".join(_differences(expected_config.to_dict(), config.to_dict()))
         raise CheckpointMismatchError(f"{path} was trained with another config — {differences}")
-    stored_source, stored_target = (
-        Vocabulary(payload["source_vocab"]),
-        Vocabulary(payload["target_vocab"]),
-    )
+    try:
+        stored_source, stored_target = (
+            Vocabulary(payload["source_vocab"]),
+            Vocabulary(payload["target_vocab"]),
+        )
+    except (TypeError, ValueError) as error:
+        raise CheckpointMismatchError(f"{path}: its vocabularies cannot be read: {error}") from None
     for name, given, stored in (
         ("source", source_vocab, stored_source),
         ("target", target_vocab, stored_target),
@@ -170,7 +177,12 @@ def load_checkpoint(
     model = Seq2Seq(config)
     try:
         model.load_state_dict(payload["state_dict"])
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, AttributeError) as error:
         raise CheckpointMismatchError(f"{path}: weights do not fit the config: {error}") from error
+    extra = payload.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CheckpointMismatchError(
+            f"{path}: its extra data is a {type(extra).__name__}, not a dict"
+        )
     model.attach_vocabularies(stored_source, stored_target)
-    return model.to(device).eval(), payload.get("extra", {})
+    return model.to(device).eval(), extra

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
+import numbers
 import os
 import random
 import re
@@ -90,7 +91,11 @@ def read_pairs(path: str | os.PathLike, max_pairs: int | None = None) -> list[Pa
         ValueError: ``max_pairs`` below 1.
     """
     path = Path(path)
-    if max_pairs is not None and (isinstance(max_pairs, bool) or max_pairs < 1):
+    if max_pairs is not None and (
+        isinstance(max_pairs, bool) or not isinstance(max_pairs, numbers.Integral)
+    ):
+        raise TypeError(f"max_pairs must be an int (or None for all), got {max_pairs!r}")
+    if max_pairs is not None and max_pairs < 1:
         raise ValueError(f"max_pairs must be at least 1 (or None for all), got {max_pairs!r}")
     if path.is_dir():
         raise DataNotFoundError(f"{path} is a directory, not a data file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ BEAM_BATCH_HYPOTHESES = 1024
 
 
 def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # numbers.Integral: a NumPy integer (e.g. from a sweep over np.arange) is an int too.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
@@ -157,7 +159,7 @@ def greedy_decode(
         limits = sentence_max_lengths(model, source_lengths, max_length)
         steps = int(limits.max())  # read on the CPU, before the limits go to the device
         limits = limits.to(device, non_blocking=True)
-        memory = model.encode(source.to(device), source_lengths)
+        memory = model.encode(source, source_lengths)  # checked on the CPU, then moved
         state = model.decoder.init_state(memory)
         batch, source_length = source.shape
         tokens = model.start_tokens(batch)
@@ -262,7 +264,8 @@ def _beam_search(
     limits = limits.to(device, non_blocking=True)
     beam_offsets = torch.arange(k, device=device)
     active = torch.arange(batch, device=device)  # original index of each sentence still searching
-    memory = model.encode(source.to(device), source_lengths).select(active.repeat_interleave(k))
+    # encode checks the source on the CPU, then moves it
+    memory = model.encode(source, source_lengths).select(active.repeat_interleave(k))
     state = model.decoder.init_state(memory)
     tokens = model.start_tokens(batch * k)
     beam_scores = torch.full((batch, k), -math.inf, device=device)

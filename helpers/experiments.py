@@ -437,9 +437,11 @@ def measure_speed(
 
     For each ``name → model``: target tokens per second while training a fresh model of
     the same config (``helpers.training.train`` on ``training_batches`` batches of
-    ``batch_size`` after a warm-up, :func:`helpers.benchmark.project_trainer_tokens_per_second`), and test sentences per second decoding the first ``sentences`` test
-    sentences with the trained model, greedy and beam 5 (decoding speed depends on how
-    long the outputs are, so it needs the trained model, not the fresh one).
+    ``batch_size`` after a warm-up:
+    :func:`helpers.benchmark.project_trainer_tokens_per_second`), and test sentences per
+    second decoding the first ``sentences`` test sentences with the trained model, greedy
+    and beam 5 (decoding speed depends on how long the outputs are, so it needs the
+    trained model, not the fresh one).
 
     These are measurements of this machine, for the table that compares models at equal
     *time*; no training result depends on them. Run on an otherwise idle machine.

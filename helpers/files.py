@@ -56,6 +56,14 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 def _umask() -> int:
+    """The process's umask. Linux reports it in /proc; elsewhere it can only be read by
+    setting it, briefly, which another thread creating a file at that moment would see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

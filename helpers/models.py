@@ -204,8 +204,14 @@ class Seq2Seq(nn.Module):
         return isinstance(self.decoder.attention, LocalAttention)
 
     def encode(self, source: Tensor, source_lengths: Tensor) -> EncoderOutput:
-        """Encode and precompute the attention's key projection."""
+        """Encode and precompute the attention's key projection.
+
+        ``source`` may still be on the CPU when the model is on a GPU (as decoding passes
+        it): it is checked there, where reading its ids costs nothing, and then moved. A
+        bad id found on the GPU would be an asynchronous device assert instead.
+        """
         _check_source(source, source_lengths, self.config.source_vocab_size)
+        source = source.to(self.device)
         return self.decoder.prepare(self.encoder(source, source_lengths))
 
     def forward(

@@ -59,7 +59,7 @@ def reference_beam_search(
     device = model.device
     batch, source_length = source.shape
     expand = torch.arange(batch, device=device).repeat_interleave(beam_size)
-    memory = model.encode(source.to(device), source_lengths).select(expand)
+    memory = model.encode(source, source_lengths).select(expand)
     state = model.decoder.init_state(memory)
     tokens = model.start_tokens(batch * beam_size)
     beam_scores = torch.full((batch, beam_size), -math.inf, device=device)

@@ -17,8 +17,10 @@ validates, scores BLEU and writes the checkpoint (the same format the notebooks 
 Nothing is lost. Every flag, the output paths and the data are checked before the first
 batch. The checkpoint is written (atomically) at the end of *every* epoch, so Ctrl-C or a
 crash loses at most one epoch; ``--resume`` continues from it, with the same result as an
-uninterrupted run. The final model is saved before it is scored, so a test sentence the
-model cannot take (longer than ``max_source_length``) never costs the trained model.
+uninterrupted run (every process gets its own random state back, so this holds under
+torchrun too, with the same number of processes). The final model is saved before it is
+scored, so a test sentence the model cannot take (longer than ``max_source_length``)
+never costs the trained model.
 """
 
 from __future__ import annotations
@@ -172,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
-    device = select_device(arguments.device)
+    try:
+        device = select_device(arguments.device)
+    except ValueError as error:
+        return _fail(f"error: {error}", distributed=False)
     rank = 0
     if distributed:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -210,15 +215,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = make_adam(model, settings.learning_rate, settings.adam_beta2)
     output = Path(arguments.output)
     previous: TrainingHistory | None = None
+    saved_random_states: list[dict[str, torch.Tensor]] = []
     if arguments.resume:
         try:
-            previous = _restore(output, model, optimizer, global_batches, config, settings, device)
+            previous, saved_random_states = _restore(
+                output, model, optimizer, global_batches, config, settings, device
+            )
         except (FileNotFoundError, CheckpointMismatchError) as error:
             return _fail(f"error: cannot resume: {error}", distributed)
-    if rank > 0:
+    if len(saved_random_states) == world_size:
+        # Every rank continues its own random stream (its dropout masks) where it was.
+        _set_random_state(saved_random_states[rank], device)
+    elif rank > 0:
         # The same initial weights everywhere (above), but each rank its own dropout
         # masks: identical masks on every shard would waste the extra processes'
-        # regularisation. Rank 0 keeps the single-process random stream.
+        # regularisation. Rank 0 keeps the single-process random stream. (A run resumed
+        # with another number of processes shards its batches differently anyway.)
         torch.manual_seed(settings.seed + 1_000_003 * rank)
     train_loader = DataLoader(
         task.train,
@@ -240,6 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def save_epoch(record) -> None:
         """The end-of-epoch checkpoint: everything --resume needs to continue exactly."""
         history_so_far.epochs.append(record)
+        random_states = _random_state(device)  # every rank's, gathered on every rank
+        if distributed:
+            gathered: list = [None] * world_size
+            dist.all_gather_object(gathered, random_states)
+            random_states = gathered
+        else:
+            random_states = [random_states]
         if is_main:
             save_checkpoint(
                 model,
@@ -250,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "resume": {
                         "optimizer": optimizer.state_dict(),
                         "torch_rng": torch.get_rng_state(),
+                        "random_state_by_rank": random_states,
                         "sampler_epoch": global_batches.epoch,
                     },
                 },
@@ -367,8 +387,11 @@ def _restore(
     config,
     settings: TrainSettings,
     device: torch.device,
-) -> TrainingHistory:
-    """Load the end-of-epoch checkpoint at ``output`` into a fresh model and optimizer."""
+) -> tuple[TrainingHistory, list[dict[str, torch.Tensor]]]:
+    """Load the end-of-epoch checkpoint at ``output`` into a fresh model and optimizer.
+
+    Returns the history so far and each process's random state when it was saved
+    (one per rank; empty for checkpoints written before they were kept)."""
     saved, extra = load_checkpoint(
         output,
         device,
@@ -390,7 +413,24 @@ def _restore(
     optimizer.load_state_dict(extra["resume"]["optimizer"])
     torch.set_rng_state(extra["resume"]["torch_rng"])
     sampler.set_epoch(extra["resume"]["sampler_epoch"])
-    return TrainingHistory.from_dict(extra["history"])
+    return (
+        TrainingHistory.from_dict(extra["history"]),
+        extra["resume"].get("random_state_by_rank", []),
+    )
+
+
+def _random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random generators: the CPU's, and the GPU's where dropout runs."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_random_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,27 @@ from .vocab import PAD_INDEX
 def select_device(preferred: str | None = None) -> torch.device:
     """``cuda`` when a GPU is available (``torch.cuda.is_available()`` — *called*: the
     article tested the bare function object, which is always truthy), else ``cpu``.
-    ``preferred`` (or ``$PAYING_ATTENTION_DEVICE``) overrides."""
+    ``preferred`` (or ``$PAYING_ATTENTION_DEVICE``) overrides; a device that does not
+    exist here is a ``ValueError`` saying so, before anything is loaded or trained."""
     preferred = preferred or os.environ.get("PAYING_ATTENTION_DEVICE")
-    if preferred:
-        return torch.device(preferred)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not preferred:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(preferred)
+    except RuntimeError:
+        raise ValueError(f"unknown device {preferred!r}: use cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {preferred!r} was asked for, but torch.cuda.is_available() is False "
+                f"(PyTorch {torch.__version__}: a CPU-only build, or no GPU visible); use cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {preferred!r} was asked for, but only {torch.cuda.device_count()} "
+                "GPU(s) are visible"
+            )
+    return device
 
 
 def set_seed(seed: int) -> None:
@@ -201,7 +217,9 @@ def _world_size() -> int:
 def _global_token_count(local_tokens: int, world_size: int, device: torch.device):
     """The DDP loss divisor: all processes' real tokens of this step, divided by the world
     size (DDP's gradient averaging divides by it again)."""
-    count = torch.tensor(float(local_tokens), device=device)
+    # torch.full, not torch.tensor: the value travels as a kernel argument, where
+    # torch.tensor would copy it from host memory, a copy a GPU makes the host wait for.
+    count = torch.full((), float(local_tokens), device=device)
     dist.all_reduce(count)  # a collective, but no host sync: the divisor stays a tensor
     return count / world_size
 
@@ -370,7 +388,6 @@ def train(
             on when the time budget is spent (otherwise one rank could stop while the
             others wait for it forever). Default: on whenever a process group is
             initialised.
-
         description: names the run on its progress bar (e.g. the model's name).
         history: the history of an interrupted run to continue (``--resume``): training
             goes on from the epoch after its last one, up to ``epochs``. The caller
@@ -390,6 +407,10 @@ def train(
             raise ValueError("early stopping needs a valid_loader")
         if early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be >= 1, got {early_stopping_patience}")
+    if valid_loader is not None and len(valid_loader) == 0:  # said now, not after an epoch
+        raise ValueError("valid_loader holds no batches (an empty validation split?)")
+    if len(train_loader) == 0:
+        raise ValueError("train_loader holds no batches (an empty training split?)")
     device = torch.device(device) if device is not None else select_device()
     if progress is None:
         progress = os.environ.get("PAYING_ATTENTION_PROGRESS", "1") != "0"

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, real_values
 from .decoders import Decoder
 from .encoders import EncoderOutput, PositionalEncoding
 from .vocab import PAD_INDEX, SOS_INDEX
@@ -158,8 +158,10 @@ class TransformerDecoderLayer(nn.Module):
         states = states + self.dropout(self.feedforward(self.norm_feedforward(states)))
         return states, weights
 
-    def start_cache(self, memory: Tensor) -> LayerCache:
-        """Project the encoder states for cross-attention, once per sentence."""
+    def start_cache(self, memory: Tensor, memory_mask: Tensor | None = None) -> LayerCache:
+        """Project the encoder states for cross-attention, once per sentence (padding set
+        to 0 first, as ``MultiHeadAttention.forward`` does, so garbage there stays out)."""
+        memory = real_values(memory, memory_mask)
         keys, values = self.cross_attention.project_keys_values(memory, memory)
         return LayerCache(None, None, keys, values)
 
@@ -271,7 +273,9 @@ class TransformerDecoder(Decoder):
         return self.dropout(embedded + table)
 
     def init_state(self, memory: EncoderOutput) -> TransformerState:
-        return TransformerState([layer.start_cache(memory.states) for layer in self.layers])
+        return TransformerState(
+            [layer.start_cache(memory.states, memory.mask) for layer in self.layers]
+        )
 
     def step_features(self, previous_tokens, state, memory, step):
         if step >= self.positions.table.size(0):

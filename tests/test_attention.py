@@ -255,6 +255,33 @@ def test_dot_attention_refuses_mismatched_sizes_and_local_m_needs_a_step():
         MultiHeadAttention(10, 3)
 
 
+@pytest.mark.parametrize("predictive", [False, True])
+def test_local_attention_with_a_per_step_mask_is_each_steps_own_mask(predictive):
+    """A ``(B, T, S)`` mask may give each decoder step its own real length; the window
+    and its clamp must use that step's length (not step 0's), exactly as a 2-D mask
+    given to each step alone does."""
+    torch.manual_seed(0)
+    layer = LocalAttention(GeneralAttention(D), window=1, predictive=predictive, query_size=D)
+    query, keys, _ = make_inputs(steps=4, length=6, lengths=(6, 6, 6))
+    step_lengths = torch.tensor([[6, 5, 3, 2], [4, 4, 4, 4], [2, 3, 5, 6]])  # (B, T)
+    per_step = torch.arange(6)[None, None, :] < step_lengths[:, :, None]  # (B, T, S)
+    context, weights = layer(query, keys, keys, per_step)
+    for step in range(4):
+        alone, alone_weights = layer(query[:, step], keys, keys, per_step[:, step], positions=step)
+        torch.testing.assert_close(context[:, step], alone, rtol=0, atol=0)
+        torch.testing.assert_close(weights[:, step], alone_weights, rtol=0, atol=0)
+    assert not bool(weights.masked_select(~per_step).any()), "a masked key got weight"
+
+
+def test_local_m_refuses_a_negative_decoder_step():
+    layer = LocalAttention(GeneralAttention(D), window=1, predictive=False)
+    query, keys, mask = make_inputs()
+    with pytest.raises(ValueError, match="decoder step >= 0, got -1"):
+        layer(query[:, 0], keys, keys, mask, positions=-1)
+    with pytest.raises(ValueError, match="decoder steps >= 0"):
+        layer(query, keys, keys, mask, positions=torch.tensor([0, 1, -2, 3]))
+
+
 def test_multi_head_attention_refuses_zero_heads():
     from helpers.attention import MultiHeadAttention
 
@@ -262,6 +289,32 @@ def test_multi_head_attention_refuses_zero_heads():
         MultiHeadAttention(8, 0)
     with pytest.raises(ValueError, match="must divide"):
         MultiHeadAttention(8, 3)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_garbage_in_the_padding_never_reaches_multi_head_attention(need_weights, causal):
+    """The explicit path and the fused one (``scaled_dot_product_attention``), with a
+    padding mask (cross-attention) or padding and causal masks (``(B, T, S)``, as the
+    Transformer's decoder self-attention): NaN or inf in the padded keys and values
+    must leave the context as it is with clean padding."""
+    torch.manual_seed(0)
+    layer = MultiHeadAttention(D, 2).eval()
+    _, keys, mask = make_inputs(steps=6)
+    query = keys.clone()
+    full_mask = mask
+    if causal:
+        full_mask = mask[:, None, :] & torch.ones(6, 6, dtype=torch.bool).tril()
+    context, weights = layer(query, keys, keys, full_mask, need_weights=need_weights)
+    for garbage in (float("nan"), float("inf")):
+        dirty = keys.masked_fill(~mask.unsqueeze(-1), garbage)
+        dirty_context, dirty_weights = layer(
+            query, dirty, dirty, full_mask, need_weights=need_weights
+        )
+        assert bool(torch.isfinite(dirty_context).all()), f"{garbage} leaked into the context"
+        torch.testing.assert_close(dirty_context, context)
+        if need_weights:
+            torch.testing.assert_close(dirty_weights, weights)
 
 
 def test_garbage_in_the_padding_never_reaches_the_context(layer):

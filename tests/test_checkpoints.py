@@ -112,6 +112,8 @@ def test_extra_that_a_safe_load_cannot_read_is_refused_before_writing(tmp_path):
         save_checkpoint(model, path, extra={"history": {"best_loss": np.float64(0.5)}})
     with pytest.raises(TypeError, match=r"extra key .* is a numpy.int64"):
         save_checkpoint(model, path, extra={np.int64(1): "one"})
+    with pytest.raises(TypeError, match="extra must be a dict"):
+        save_checkpoint(model, path, extra=[1, 2])
     assert path.read_bytes() == before  # the good checkpoint is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     # Everything a weights_only load accepts goes through and comes back.
@@ -123,10 +125,12 @@ def test_extra_that_a_safe_load_cannot_read_is_refused_before_writing(tmp_path):
         "s": "é",
         "t": torch.ones(2),
         "l": [1, (2, 3)],
+        "weights": model.state_dict(),  # an OrderedDict
     }
     save_checkpoint(model, path, extra=extra)
     _, loaded = load_checkpoint(path)
     assert loaded["l"] == [1, (2, 3)] and torch.equal(loaded["t"], torch.ones(2))
+    assert list(loaded["weights"]) == list(model.state_dict())
 
 
 def test_load_errors_name_the_file_and_never_advise_an_unsafe_load(tmp_path):
@@ -147,6 +151,19 @@ def test_load_errors_name_the_file_and_never_advise_an_unsafe_load(tmp_path):
     torch.save({"format": 99}, newer)
     with pytest.raises(CheckpointMismatchError, match="newer version .* format 99"):
         load_checkpoint(newer)
+
+    # Fields of the wrong kind: still our error, naming the file, never a bare one.
+    good = torch.load(save_checkpoint(make_model(), tmp_path / "good.pt"), weights_only=True)
+    for field, value, message in (
+        ("source_vocab", ["a", "b"], "vocabularies cannot be read"),
+        ("target_vocab", 5, "vocabularies cannot be read"),
+        ("state_dict", [1, 2], "weights do not fit"),
+        ("extra", [1, 2], "extra data is a list"),
+    ):
+        broken = tmp_path / f"broken-{field}.pt"
+        torch.save({**good, field: value}, broken)
+        with pytest.raises(CheckpointMismatchError, match=f"{broken}: .*{message}"):
+            load_checkpoint(broken)
 
 
 def test_saved_files_are_flushed_readable_by_others_and_leave_no_stale_temporaries(

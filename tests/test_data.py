@@ -360,6 +360,9 @@ def test_a_directory_or_a_bad_max_pairs_is_a_clear_error(tmp_path, monkeypatch):
     for bad in (0, -3):
         with pytest.raises(ValueError, match="max_pairs must be at least 1"):
             read_pairs(path, max_pairs=bad)
+    for bad in (2.5, "3", True):
+        with pytest.raises(TypeError, match="max_pairs must be an int"):
+            read_pairs(path, max_pairs=bad)
 
 
 def corrupt_member_zip() -> bytes:

@@ -417,3 +417,12 @@ def test_greedy_and_beam_scores_are_both_log_probabilities():
 def test_bad_decoding_arguments_are_clear_errors(call, error, message):
     with pytest.raises(error, match=message):
         call(tiny_model())
+
+
+def test_a_numpy_integer_is_an_integer():
+    import numpy as np
+
+    model = tiny_model()
+    [expected] = translate_batch(model, ["the cat"], beam_size=3, batch_size=6)
+    [given] = translate_batch(model, ["the cat"], beam_size=np.int64(3), batch_size=np.int32(6))
+    assert given.output_tokens == expected.output_tokens and given.score == expected.score

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -25,10 +26,10 @@ ARGS = [
 ]
 
 
-def run(command, tmp_path, name):
+def run(command, tmp_path, name, extra=()):
     output, summary = tmp_path / f"{name}.pt", tmp_path / f"{name}.json"
     result = subprocess.run(
-        [*command, *ARGS, "--output", str(output), "--summary", str(summary)],
+        [*command, *ARGS, *extra, "--output", str(output), "--summary", str(summary)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -57,6 +58,41 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     model, extra = load_checkpoint(double_checkpoint)
     assert extra["summary"]["processes"] == 2
     assert translate(model, "24 November 2026").text == "2026-11-24"
+
+
+def test_a_two_process_run_killed_after_an_epoch_resumes_exactly(tmp_path):
+    """Each rank draws its own dropout masks; --resume must give each its own random
+    state back (not rank 0's, not a fresh seed), so the resumed run is the whole run."""
+    torchrun = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"
+    ]  # fmt: skip
+    dropout = ["--dropout", "0.3"]
+    whole, _ = run([*torchrun], tmp_path, "whole", extra=dropout)
+    partial = tmp_path / "partial.pt"
+    process = subprocess.Popen(
+        [*torchrun, *ARGS, *dropout, "--output", str(partial)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not partial.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.terminate()  # torchrun passes SIGTERM on: the workers die mid-epoch
+    process.wait(timeout=60)
+    _, extra = load_checkpoint(partial)
+    if "resume" not in extra:
+        pytest.skip("the run finished before it could be killed")
+    assert len(extra["history"]["epochs"]) == 1
+    assert len(extra["resume"]["random_state_by_rank"]) == 2
+    run([*torchrun], tmp_path, "partial", extra=[*dropout, "--resume"])
+    whole_model, whole_extra = load_checkpoint(whole)
+    resumed_model, resumed_extra = load_checkpoint(partial)
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[name]), name
+    assert (
+        whole_extra["history"]["epochs"][-1]["train_loss"]
+        == (resumed_extra["history"]["epochs"][-1]["train_loss"])
+    )
 
 
 def _tiny_problem():

@@ -174,6 +174,21 @@ def test_out_of_range_token_ids_are_a_clear_error():
         model(batch.source, batch.source_lengths, negative)
 
 
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_decoding_checks_the_source_before_it_moves_to_the_models_device(beam_size):
+    """On a GPU the ids cannot be read without a wait, so the check is skipped there; the
+    searches must therefore check the source while it is still on the CPU. A model on
+    PyTorch's ``meta`` device stands in for the GPU: its tensors have no values."""
+    from helpers.decoding import decode
+
+    model = Seq2Seq(config()).to("meta")
+    batch = toy_batch()
+    too_large = batch.source.clone()
+    too_large[0, 0] = VOCAB
+    with pytest.raises(ValueError, match=f"token id {VOCAB}, outside the vocabulary"):
+        decode(model, too_large, batch.source_lengths, beam_size=beam_size)
+
+
 @pytest.mark.parametrize("encoder", ["rnn", "self_attention"])
 def test_lengths_that_disagree_with_the_padding_are_a_clear_error(encoder):
     # The encoders read the mask from the tokens (no lengths copied to the device), so

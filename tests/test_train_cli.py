@@ -28,6 +28,7 @@ def cli(*flags, timeout=600):
         (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--learning-rate", "-1"], "--learning-rate must be positive"),
         (["--dropout", "1.5"], "--dropout must lie in"),
+        (["--device", "gpu"], "unknown device 'gpu'"),
     ],
 )
 def test_bad_flags_are_refused_before_anything_runs(tmp_path, flags, message):
@@ -128,3 +129,18 @@ def test_a_failed_scoring_never_costs_the_trained_model(tmp_path):
     _, extra = load_checkpoint(output)
     assert len(extra["history"]["epochs"]) == 1 and "test_error" in extra["summary"]
     assert "test_error" in json.loads(summary.read_text())
+
+
+def test_a_time_budget_stop_is_said_and_recorded_in_the_summary(tmp_path):
+    output, summary = tmp_path / "model.pt", tmp_path / "summary.json"
+    result = cli(
+        *DATES, "--epochs", "50", "--time-budget", "0.5",
+        "--output", str(output), "--summary", str(summary), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stopped by the --time-budget of 0.5 s" in result.stdout
+    recorded = json.loads(summary.read_text())
+    assert recorded["stopped_by_time_budget"] is True and recorded["epochs"] < 50
+    _, extra = load_checkpoint(output)
+    assert extra["summary"]["stopped_by_time_budget"] is True
+    assert extra["history"]["stopped_by_budget"] is True

@@ -49,6 +49,14 @@ def test_device_is_chosen_by_calling_cuda_is_available(monkeypatch):
     monkeypatch.delenv("PAYING_ATTENTION_DEVICE", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert select_device().type == "cpu"
+    with pytest.raises(ValueError, match="'cuda' was asked for, but torch.cuda.is_available"):
+        select_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        select_device("gpu")
+    monkeypatch.setenv("PAYING_ATTENTION_DEVICE", "cuda:0")
+    with pytest.raises(ValueError, match="'cuda:0' was asked for"):
+        select_device()
+    monkeypatch.delenv("PAYING_ATTENTION_DEVICE")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert select_device().type == "cuda"
     assert select_device("cpu").type == "cpu"
@@ -340,6 +348,14 @@ def test_evaluate_loss_restores_the_mode_and_refuses_empty_data(small_dates):
     assert not model.training
     with pytest.raises(ValueError, match="no target tokens"):
         evaluate_loss(model, [])
+    # train() says so before its first batch, not after an epoch of training.
+    train_loader, _ = small_dates.loaders(batch_size=32)
+    before = [parameter.clone() for parameter in model.parameters()]
+    with pytest.raises(ValueError, match="valid_loader holds no batches"):
+        train(model, train_loader, [], epochs=1, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="train_loader holds no batches"):
+        train(model, [], valid_loader, epochs=1, device="cpu", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 @pytest.mark.parametrize(

@@ -280,3 +280,27 @@ def test_the_maps_behind_a_translation_are_the_ones_the_search_used():
     rnn = Seq2Seq(ModelConfig(source_vocab_size=VOCAB, target_vocab_size=VOCAB, hidden_size=8))
     with pytest.raises(TypeError, match="per-layer, per-head"):
         translation_cross_attention(rnn, translation)
+
+
+def test_garbage_in_padded_memory_stays_out_of_the_decoder_layer_and_its_cache():
+    """NaN or inf in the padded encoder states must change neither the parallel pass
+    (training) nor the incremental one (decoding through the cache), and a clean
+    memory must give the same numbers as before the padding was selected away."""
+    torch.manual_seed(0)
+    layer = TransformerDecoderLayer(16, 4, 40, dropout=0.0).eval()
+    states, memory = torch.randn(3, 6, 16), torch.randn(3, 5, 16)
+    memory_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]).bool()
+    clean, clean_weights = layer(states, memory, memory_mask, need_weights=True)
+    for garbage in (float("nan"), float("inf")):
+        dirty = memory.masked_fill(~memory_mask.unsqueeze(-1), garbage)
+        parallel, weights = layer(states, dirty, memory_mask, need_weights=True)
+        torch.testing.assert_close(parallel, clean)
+        torch.testing.assert_close(weights, clean_weights)
+        cache = layer.start_cache(dirty, memory_mask)
+        for position in range(states.size(1)):
+            output, cache, step_weights = layer.step(
+                states[:, position : position + 1], cache, memory_mask
+            )
+            assert bool(torch.isfinite(output).all()), f"{garbage} leaked at {position}"
+            torch.testing.assert_close(output, clean[:, position : position + 1])
+            torch.testing.assert_close(step_weights, clean_weights[:, :, position : position + 1])
