@@ -226,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(saved_random_states) == world_size:
         # Every rank continues its own random stream (its dropout masks) where it was.
         _set_random_state(saved_random_states[rank], device)
+    elif rank == 0 and saved_random_states:  # a checkpoint that kept rank 0's state only
+        _set_random_state(saved_random_states[0], device)
     elif rank > 0:
         # The same initial weights everywhere (above), but each rank its own dropout
         # masks: identical masks on every shard would waste the extra processes'
@@ -268,7 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "settings": settings.to_dict(),
                     "resume": {
                         "optimizer": optimizer.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
                         "random_state_by_rank": random_states,
                         "sampler_epoch": global_batches.epoch,
                     },
@@ -390,8 +391,8 @@ def _restore(
 ) -> tuple[TrainingHistory, list[dict[str, torch.Tensor]]]:
     """Load the end-of-epoch checkpoint at ``output`` into a fresh model and optimizer.
 
-    Returns the history so far and each process's random state when it was saved
-    (one per rank; empty for checkpoints written before they were kept)."""
+    Returns the history so far and each process's random state when it was saved (one
+    per rank; only rank 0's for checkpoints written before every rank's was kept)."""
     saved, extra = load_checkpoint(
         output,
         device,
@@ -411,12 +412,11 @@ def _restore(
         raise CheckpointMismatchError(f"{output} was trained with other settings: {changed}")
     model.load_state_dict(saved.state_dict())
     optimizer.load_state_dict(extra["resume"]["optimizer"])
-    torch.set_rng_state(extra["resume"]["torch_rng"])
     sampler.set_epoch(extra["resume"]["sampler_epoch"])
-    return (
-        TrainingHistory.from_dict(extra["history"]),
-        extra["resume"].get("random_state_by_rank", []),
-    )
+    resume = extra["resume"]
+    # Checkpoints written before every rank's state was kept hold rank 0's CPU state only.
+    random_states = resume.get("random_state_by_rank") or [{"cpu": resume["torch_rng"]}]
+    return TrainingHistory.from_dict(extra["history"]), random_states
 
 
 def _random_state(device: torch.device) -> dict[str, torch.Tensor]:
