@@ -260,8 +260,8 @@ def tatoeba_recipe(
     On a CPU the model is small and trains for a fixed number of epochs, two to six
     minutes per model on two cores (Bahdanau's 3 epochs took 1.9 minutes and Luong's 10
     took 4.9, validation included, on the 2-core AMD EPYC of notebook 04's committed
-    run; 5.2 to 5.4 in other runs there). The same epochs on a slower machine give the same model, only later. With a
-    GPU the recipe trains a bigger model for longer.
+    run; 5.2 to 5.4 in other runs there). The same epochs on a slower machine give the
+    same model, only later. With a GPU the recipe trains a bigger model for longer.
 
     * **Luong** (and the plain decoder): 10 epochs of Adam at 5e-3, the rate multiplied by
       0.7 after each. Chosen for the best translator in about five minutes of two CPU
