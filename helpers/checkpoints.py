@@ -128,8 +128,8 @@ def load_checkpoint(
                 f"{path} is not a readable checkpoint (truncated, or not a torch file)"
             ) from None
         raise CheckpointMismatchError(
-            f"{path} holds a {found.group(1)} object, which a safe (weights_only) load "
-            "refuses: it was not written by save_checkpoint"
+            f"{path} holds {found.group(1)} (not a tensor or a plain value), which a safe "
+            "(weights_only) load refuses: it was not written by save_checkpoint"
         ) from None
     except Exception as error:  # a truncated or foreign file: say which
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__

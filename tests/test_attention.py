@@ -183,22 +183,43 @@ def test_local_m_window_is_centred_on_the_step():
         assert bool((weights[:, step, outside] == 0).all())
 
 
-def test_local_p_predicts_a_centre_inside_the_sentence_and_applies_the_gaussian():
+@pytest.mark.parametrize("window", [2, 3])
+def test_local_p_predicts_a_centre_inside_the_sentence_and_applies_the_gaussian(window):
     torch.manual_seed(0)
     query, keys, mask = make_inputs()
     layer = LocalAttention(
-        DotAttention(D), window=2, predictive=True, query_size=D, renormalize=False
+        DotAttention(D), window=window, predictive=True, query_size=D, renormalize=False
     )
     lengths = mask.sum(-1)
-    centres = layer.aligned_positions(query, lengths)
+    # Luong et al.'s eq. 10 by hand, p_t = S * sigmoid(v_p^T tanh(W_p h_t)), with no bias
+    # terms, and the last real index S - 1 in place of S since our positions count from 0.
+    gate = torch.sigmoid(torch.tanh(query @ layer.W_p.weight.T) @ layer.v_p.weight.T)
+    centres = (lengths - 1)[:, None] * gate.squeeze(-1)
+    torch.testing.assert_close(layer.aligned_positions(query, lengths), centres)
     assert bool((centres >= 0).all()) and bool((centres <= (lengths - 1)[:, None]).all())
     _, weights = layer(query, keys, keys, mask)
-    # Without renormalisation: the paper's a_t(s) = align(h_t, h_s) * exp(-(s-p_t)^2 / (2 (D/2)^2)).
+    # Without renormalisation: the paper's a_t(s) = align(h_t, h_s) * exp(-(s-p_t)^2 / (2 sigma^2))
+    # with sigma = D/2 (eq. 11); D = 3 makes sigma = 1.5, so sigma^2 is not sigma.
+    sigma = window / 2
     distance = torch.arange(6)[None, None, :] - centres[..., None]
-    window = (distance.abs() <= 2) & mask[:, None, :]
-    align = masked_softmax(layer.score(query, keys), window)
-    torch.testing.assert_close(weights, align * torch.exp(-(distance**2) / (2 * 1.0**2)))
+    in_window = (distance.abs() <= window) & mask[:, None, :]
+    align = masked_softmax(layer.score(query, keys), in_window)
+    torch.testing.assert_close(weights, align * torch.exp(-(distance**2) / (2 * sigma**2)))
     assert bool((weights.sum(-1) <= 1 + 1e-6).all())
+
+
+def test_local_attention_without_a_mask_attends_to_every_position():
+    """No mask means every key is real: the same as an all-True mask, for a batch whose
+    size differs from its source length."""
+    torch.manual_seed(0)
+    query, keys, _ = make_inputs(batch=3, steps=4, length=6, lengths=(6, 6, 6))
+    everything = torch.ones(3, 6, dtype=torch.bool)
+    for predictive in (False, True):
+        layer = LocalAttention(GeneralAttention(D), window=2, predictive=predictive, query_size=D)
+        context, weights = layer(query, keys, keys)
+        masked_context, masked_weights = layer(query, keys, keys, everything)
+        torch.testing.assert_close(context, masked_context, rtol=0, atol=0)
+        torch.testing.assert_close(weights, masked_weights, rtol=0, atol=0)
 
 
 def test_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
@@ -206,6 +227,19 @@ def test_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
     uniform = torch.full((1, 4), 0.25)
     assert attention_entropy(one_hot).item() == pytest.approx(0.0, abs=1e-6)
     assert attention_entropy(uniform).item() == pytest.approx(math.log(4))
+
+
+def test_entropy_ignores_whatever_the_mask_hides():
+    """Padding contributes nothing: the masked entropy of a row is that of its real part,
+    whatever (even a non-distribution) sits in the padding. 3-D weights, masked per row."""
+    real = torch.tensor([0.5, 0.25, 0.25])
+    expected = -(real * real.log()).sum()
+    weights = torch.tensor([[[0.5, 0.25, 0.25, 0.7, 0.3]], [[0.5, 0.25, 0.25, 0.0, 0.0]]])
+    mask = torch.tensor([[[True, True, True, False, False]]]).expand(2, 1, 5)
+    entropies = attention_entropy(weights, mask)
+    assert entropies.shape == (2, 1)
+    torch.testing.assert_close(entropies, expected.expand(2, 1))
+    assert attention_entropy(weights[1:]).item() == pytest.approx(expected.item())
 
 
 def test_normalised_row_entropies_lie_between_zero_and_one():
@@ -235,6 +269,10 @@ def test_normalised_row_entropies_lie_between_zero_and_one():
         (lambda layer, q, k, m: layer(q[0], k, k, m), "batch sizes differ"),
         (lambda layer, q, k, m: layer(q.unsqueeze(0), k, k, m), "query must be"),
         (lambda layer, q, k, m: layer(q, k, torch.randn(3, 5, D), m), "same src_len"),
+        (lambda layer, q, k, m: layer(q, k, k[0], m), "keys and values must be"),
+        (lambda layer, q, k, m: layer(q, k, torch.randn(2, 6, D), m), "batch sizes differ"),
+        (lambda layer, q, k, m: layer(q, k[:, :0], k[:, :0], None), "nothing to attend to"),
+        (lambda layer, q, k, m: layer(q[..., :5], k, k, m), "d_q = 8"),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(make_call, message):
@@ -243,8 +281,30 @@ def test_bad_input_raises_a_clear_value_error(make_call, message):
         make_call(GeneralAttention(D), query, keys, mask)
 
 
+@pytest.mark.parametrize(
+    ("name", "kind", "predictive"),
+    [
+        ("dot", DotAttention, None),
+        ("scaled_dot", ScaledDotAttention, None),
+        ("general", GeneralAttention, None),
+        ("concat", ConcatAttention, None),
+        ("additive", AdditiveAttention, None),
+        ("local-m", LocalAttention, False),
+        ("local-p", LocalAttention, True),
+    ],
+)
+def test_build_attention_builds_the_layer_it_is_named_after(name, kind, predictive):
+    layer = build_attention(name, D, D, attention_size=6, window=3)
+    assert type(layer) is kind
+    if predictive is not None:
+        assert layer.predictive is predictive and layer.window == 3
+        assert type(layer.score_layer) is GeneralAttention  # Luong's best local models
+
+
 def test_dot_attention_refuses_mismatched_sizes_and_local_m_needs_a_step():
     query, keys, mask = make_inputs()
+    with pytest.raises(ValueError, match="d_q = 8"):  # local-m takes d_q from its score
+        LocalAttention(GeneralAttention(D), predictive=False)(query[..., :5], keys, keys, mask)
     with pytest.raises(ValueError, match="d_q == d_k"):
         DotAttention()(query[..., :4], keys, keys, mask)
     with pytest.raises(ValueError, match="positions"):
@@ -280,6 +340,35 @@ def test_local_m_refuses_a_negative_decoder_step():
         layer(query[:, 0], keys, keys, mask, positions=-1)
     with pytest.raises(ValueError, match="decoder steps >= 0"):
         layer(query, keys, keys, mask, positions=torch.tensor([0, 1, -2, 3]))
+
+
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_a_2d_query_is_a_one_step_query_without_its_step_axis(num_heads):
+    """A 2-D query ``(B, d_model)`` (one decoder step) gives what a ``(B, 1, d_model)``
+    query gives, without the step axis, per head and averaged; one head is allowed."""
+    torch.manual_seed(0)
+    layer = MultiHeadAttention(16, num_heads).eval()
+    query, keys = torch.randn(3, 16), torch.randn(3, 7, 16)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 1])[:, None]
+    for average_heads in (True, False):
+        context, weights = layer(query, keys, keys, mask, average_heads=average_heads)
+        stepped, stepped_weights = layer(
+            query.unsqueeze(1), keys, keys, mask, average_heads=average_heads
+        )
+        torch.testing.assert_close(context, stepped.squeeze(1), rtol=0, atol=0)
+        torch.testing.assert_close(weights, stepped_weights.squeeze(-2), rtol=0, atol=0)
+        assert weights.shape == ((3, 7) if average_heads else (3, num_heads, 7))
+    context, weights = layer(query, keys, keys, mask, need_weights=False)
+    assert context.shape == (3, 16) and weights is None
+
+
+def test_loading_from_a_torch_layer_of_another_shape_is_refused():
+    for reference in (
+        torch.nn.MultiheadAttention(16, 2, batch_first=True),
+        torch.nn.MultiheadAttention(8, 4, batch_first=True),
+    ):
+        with pytest.raises(ValueError, match="must match the reference"):
+            MultiHeadAttention(16, 4).load_from_torch(reference)
 
 
 def test_multi_head_attention_refuses_zero_heads():

@@ -68,17 +68,30 @@ def test_files_that_are_not_checkpoints_are_refused_clearly(tmp_path):
 
 
 class _RunsCodeWhenUnpickled:
+    """Unpickling calls ``open(marker, "w")``: the file appears if the code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
     def __reduce__(self):
-        return (print, ("this code ran while loading",))
+        return (open, (self.marker, "w"))
 
 
-def test_loading_never_runs_code_from_the_file(tmp_path):
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as stream:
-        pickle.dump({"format": 1, "payload": _RunsCodeWhenUnpickled()}, stream)
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_loading_never_runs_code_from_the_file(tmp_path, writer):
+    path, marker = tmp_path / "evil.pt", tmp_path / "the-code-ran"
+    payload = {"format": 1, "payload": _RunsCodeWhenUnpickled(marker)}
+    if writer == "pickle":
+        with open(path, "wb") as stream:
+            pickle.dump(payload, stream)
+    else:
+        torch.save(payload, path)
     with pytest.raises(CheckpointMismatchError, match=str(path)) as error:
         load_checkpoint(path)
+    assert not marker.exists(), "loading the checkpoint ran code from it"
     assert "weights_only=False" not in str(error.value)
+    if writer == "torch.save":
+        assert "holds io.open (not a tensor" in str(error.value)  # says what it found instead
 
 
 def test_a_failed_save_leaves_the_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
@@ -194,3 +207,21 @@ def test_saved_files_are_flushed_readable_by_others_and_leave_no_stale_temporari
     assert (path.stat().st_mode & 0o777) == 0o644
     assert ((tmp_path / "table.csv").stat().st_mode & 0o777) == 0o644
     assert not stale.exists() and live.exists()
+
+
+def test_a_save_makes_missing_folders_and_checkpoint_path_follows_the_setting(
+    tmp_path, monkeypatch
+):
+    from pathlib import Path
+
+    import helpers
+    from helpers.files import atomic_write_bytes, checkpoint_path
+
+    nested = tmp_path / "runs" / "today" / "table.csv"
+    atomic_write_bytes(nested, b"a,b\n")
+    assert nested.read_bytes() == b"a,b\n"
+    monkeypatch.delenv("PAYING_ATTENTION_CHECKPOINTS", raising=False)
+    repository = Path(helpers.__file__).resolve().parent.parent
+    assert checkpoint_path("04_luong.pt") == repository / "checkpoints" / "04_luong.pt"
+    monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path / "elsewhere"))
+    assert checkpoint_path("04_luong.pt") == tmp_path / "elsewhere" / "04_luong.pt"

@@ -427,3 +427,43 @@ def test_fetch_checks_every_line_and_agrees_with_where(tmp_path, monkeypatch):
     monkeypatch.setenv(data.DATA_ENV_VAR, str(good))
     assert fetch_into_cache(tmp_path / "cache") == resolve_data_path(data_dir=tmp_path / "cache")
     assert read_pairs(tmp_path / "cache" / "deu-eng.tsv") == [("Go.", "Geh.")]
+
+
+def test_the_command_line_fetches_and_says_where_with_exit_codes(tmp_path, monkeypatch, capsys):
+    """``python -m helpers where`` prints the file the notebooks will read, copying
+    nothing; ``fetch`` also fills the cache, and prints the same file; an error is one
+    line and exit code 1."""
+    offline = write(tmp_path / "offline.tsv", "Go.\tGeh.\n")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(data.DATA_DIR_ENV_VAR, str(cache))
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(offline))
+    assert data.main(["where"]) == 0
+    assert capsys.readouterr().out.strip() == str(offline)
+    assert not (cache / "deu-eng.tsv").exists()
+    assert data.main(["fetch"]) == 0
+    assert capsys.readouterr().out.strip() == str(offline)
+    assert (cache / "deu-eng.tsv").read_bytes() == offline.read_bytes()
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "missing.tsv"))
+    assert data.main(["where"]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit):
+        data.main([])  # a command is required
+
+
+@pytest.mark.parametrize(("valid", "test"), [(0.0, 0.1), (0.1, 0.0), (0.0, 0.0), (0.5, 0.49)])
+def test_any_fractions_below_one_in_all_are_accepted(valid, test):
+    split = split_by_source(corpus(), valid, test, seed=0)
+    assert len({example.source for example in split.test}) == round(300 * test)
+    assert len({source for source, _ in split.valid}) == round(300 * valid)
+    assert split.train
+
+
+@pytest.mark.parametrize(("valid", "test"), [(0.5, 0.5), (1.0, 0.0), (0.0, 1.0), (-0.1, 0.1)])
+def test_fractions_that_leave_no_training_data_are_refused(valid, test):
+    with pytest.raises(ValueError, match="fraction"):
+        split_by_source(corpus(), valid, test)
+
+
+def test_one_pair_is_a_valid_cap(tmp_path):
+    path = write(tmp_path / "pairs.tsv", "a\tb\nc\td\n")
+    assert read_pairs(path, max_pairs=1) == [("a", "b")]

@@ -11,6 +11,7 @@ from helpers.data import get_tokenizer
 from helpers.decoding import (
     beam_search,
     best_continuations,
+    decode,
     greedy_decode,
     length_penalty,
     mask_special_logits,
@@ -136,6 +137,33 @@ def test_unknown_words_map_to_unk_and_still_translate():
     result = translate(model, "the zebra sat")
     assert model.source_vocab.encode(result.source_tokens)[1] == model.source_vocab.unk_index
     assert result.attention.shape[1] == 3
+
+
+@pytest.mark.parametrize("beam_size", [1, 2, 3])
+def test_translate_runs_greedy_search_for_one_beam_and_beam_search_for_more(beam_size):
+    """``translate_batch`` answers with the search its ``beam_size`` names: greedy for 1,
+    beam search (length penalty ``alpha``) otherwise, on the sharpened model, where the
+    two disagree."""
+    model = sharpened_model("luong", "general", {})
+    sentences = ["the cat sat on a mat", "a dog ran", "dog", "the mat sat on the cat", "a"]
+    batch = collate_batch(
+        [
+            (torch.tensor(model.source_vocab.encode(sentence.split())), torch.tensor([0]))
+            for sentence in sentences
+        ]
+    )
+    if beam_size == 1:
+        expected = greedy_decode(model, batch.source, batch.source_lengths)
+    else:
+        expected = beam_search(model, batch.source, batch.source_lengths, beam_size, alpha=0.6)
+    other = beam_search(model, batch.source, batch.source_lengths, 1 if beam_size > 1 else 2)
+    assert [h.token_ids for h in expected] != [h.token_ids for h in other]
+    translations = translate_batch(model, sentences, beam_size=beam_size, alpha=0.6)
+    for translation, hypothesis in zip(translations, expected, strict=True):
+        assert translation.output_tokens == model.target_vocab.decode(
+            hypothesis.token_ids, strip_special=False
+        )
+        assert translation.score == pytest.approx(hypothesis.score, abs=1e-4)
 
 
 def test_translate_batch_keeps_the_input_order():
@@ -294,29 +322,142 @@ def test_beam_search_matches_the_reference_on_a_trained_model(trained_dates_mode
     assert_same_as_reference(model, batch, beam_size=3, alpha=0.0)
 
 
+def sharpened_model(decoder, attention, settings):
+    """A tiny model with its weights scaled up: peaked distributions whose ``<eos>``
+    comes at different steps for different sentences (an untrained model's flat ones
+    end all sentences at once, or never)."""
+    model = tiny_model(decoder, attention, max_target_length=20, **settings)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.mul_(8.0)
+    return model
+
+
+@pytest.mark.parametrize("beam_size", [1, 3, 5])
+@pytest.mark.parametrize(
+    "decoder,attention,settings",
+    [
+        ("luong", "general", {}),
+        ("luong", "general", {"input_feeding": True}),
+        ("bahdanau", "additive", {}),
+        ("transformer", "scaled_dot", TRANSFORMER),
+    ],
+)
+def test_every_hypothesis_is_what_the_model_gives_its_tokens(
+    decoder, attention, settings, beam_size
+):
+    """In one shared batch where sentences end at different steps: each hypothesis ends
+    at its first ``<eos>`` or at its own length limit, its score is the log-probability
+    the model gives its tokens when fed them (teacher forcing, the sentence alone,
+    ``<pad>`` and ``<sos>`` masked as in the search), its attention rows are the ones
+    that forced pass used, and it is what the sentence gets when decoded alone."""
+    model = sharpened_model(decoder, attention, settings)
+    batch = random_batch(len(model.source_vocab), sentences=24)
+    hypotheses = decode(model, batch.source, batch.source_lengths, beam_size)
+    assert len({len(h.token_ids) for h in hypotheses}) > 2, "the test needs varied lengths"
+    for row, hypothesis in enumerate(hypotheses):
+        ids = hypothesis.token_ids
+        limit = min(2 * int(batch.source_lengths[row]) + 10, model.config.max_target_length)
+        assert EOS_INDEX not in ids[:-1] and (hypothesis.finished or len(ids) == limit), ids
+        source, source_lengths = _alone(model, batch, row)
+        decoder_input = torch.tensor([[SOS_INDEX, *ids[:-1]]])
+        with torch.no_grad():
+            forced = model(source, source_lengths, decoder_input)
+        log_p = torch.log_softmax(mask_special_logits(forced.logits[0]), -1)
+        expected_score = float(log_p[range(len(ids)), ids].sum())
+        # Relative tolerances: weights eight times larger make the rounding of a batch of
+        # another height (the sentence alone) eight times larger too.
+        assert hypothesis.score == pytest.approx(expected_score, rel=1e-4, abs=1e-4)
+        torch.testing.assert_close(hypothesis.attention, forced.attention[0], atol=1e-4, rtol=1e-3)
+        [alone] = decode(model, source, source_lengths, beam_size)
+        assert alone.token_ids == ids
+        assert alone.score == pytest.approx(hypothesis.score, rel=1e-4, abs=1e-4)
+
+
 def test_beam_search_finds_the_exhaustive_optimum_when_nothing_is_pruned():
-    """With a beam wider than every candidate there is, beam search is exhaustive search."""
+    """With a beam wider than every candidate there is, beam search is exhaustive search,
+    for every length penalty: on this model the penalty changes which length wins (the
+    test checks that it does), so dividing by it, not anything else, is what is tested."""
     model = tiny_model("luong", "general")
+    with torch.no_grad():  # peaked distributions, and <eos> a little less likely
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.mul_(4.0)
+        model.decoder.W_s.bias[EOS_INDEX] -= 2.0
     batch = source_batch()
-    max_length, alpha = 3, 0.6
+    max_length = 4
     emittable = [i for i in range(model.config.target_vocab_size) if i not in (0, SOS_INDEX)]
     words = [i for i in emittable if i != EOS_INDEX]
-    beam = beam_search(model, batch.source, batch.source_lengths, 200, max_length, alpha)
-    for row, found in enumerate(beam):
+
+    # Every output of up to three words, then <eos>, with its log-probability.
+    candidates = []  # per sentence: [(ids, log P)]
+    for row in range(batch.source.size(0)):
         source, lengths = _alone(model, batch, row)
-        best, best_ranking = None, -math.inf
-        for length in range(max_length):  # outputs of `length` words, then <eos>
-            for prefix in itertools.product(words, repeat=length):
-                ids = [*prefix, EOS_INDEX]
-                decoder_input = torch.tensor([[SOS_INDEX, *ids[:-1]]])
-                with torch.no_grad():
-                    logits = model(source, lengths, decoder_input).logits[0]
-                log_p = torch.log_softmax(mask_special_logits(logits), -1)
-                total = float(log_p[torch.arange(len(ids)), ids].sum())
-                if total / length_penalty(len(ids), alpha) > best_ranking:
-                    best, best_ranking = (ids, total), total / length_penalty(len(ids), alpha)
-        assert found.token_ids == best[0]
-        assert found.score == pytest.approx(best[1], abs=1e-4)
+        scored = []
+        for length in range(max_length):  # all outputs of `length` words, then <eos>
+            outputs = torch.tensor(
+                [[*prefix, EOS_INDEX] for prefix in itertools.product(words, repeat=length)]
+            )
+            decoder_input = torch.cat(
+                [torch.full((len(outputs), 1), SOS_INDEX), outputs[:, :-1]], 1
+            )
+            with torch.no_grad():
+                logits = model(
+                    source.expand(len(outputs), -1), lengths.expand(len(outputs)), decoder_input
+                ).logits
+            log_p = torch.log_softmax(mask_special_logits(logits), -1)
+            totals = log_p.gather(2, outputs.unsqueeze(-1)).squeeze(-1).sum(-1)
+            scored += zip(outputs.tolist(), totals.tolist(), strict=True)
+        candidates.append(scored)
+    # Wide enough to keep all 7^3 partial outputs and their 8 continuations each.
+    beam_size = len(words) ** (max_length - 1) * len(emittable) // 2 + 1
+    winners = [set() for _ in candidates]  # per sentence, the winners' lengths
+    for alpha in (0.0, 0.6, 2.0):
+        beam = beam_search(model, batch.source, batch.source_lengths, beam_size, max_length, alpha)
+        for found, scored, lengths in zip(beam, candidates, winners, strict=True):
+            ids, total = max(scored, key=lambda c: c[1] / length_penalty(len(c[0]), alpha))
+            assert found.token_ids == ids, alpha
+            assert found.score == pytest.approx(total, abs=1e-4)
+            lengths.add(len(ids))
+    assert any(len(lengths) > 1 for lengths in winners), "the penalty never changed a winner"
+
+
+def test_without_an_end_beam_search_returns_the_most_probable_full_length_output():
+    """When ``<eos>`` can never win, every hypothesis runs to the limit and the search
+    returns a live beam: with a beam wide enough to prune nothing, the most probable of
+    all full-length outputs, traced back through its own beams. The model is chosen so
+    that for some sentences that output does not start with the likeliest first word
+    (greedy search would miss it), so the trace-back really has to follow the beams."""
+    model = tiny_model(max_target_length=20)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() > 1:
+                parameter.mul_(3.0)
+        # -inf, not just unlikely: a finished hypothesis, however unlikely, beats a live one
+        model.decoder.W_s.bias[EOS_INDEX] = -math.inf
+    batch = source_batch()
+    max_length = 3
+    words = [i for i in range(model.config.target_vocab_size) if i not in (0, SOS_INDEX, EOS_INDEX)]
+    outputs = torch.tensor(list(itertools.product(words, repeat=max_length)))
+    decoder_input = torch.cat([torch.full((len(outputs), 1), SOS_INDEX), outputs[:, :-1]], 1)
+    beam_size = len(words) ** (max_length - 1) * (len(words) + 1) // 2 + 1
+    found = beam_search(model, batch.source, batch.source_lengths, beam_size, max_length)
+    garden_paths = 0
+    for row, hypothesis in enumerate(found):
+        source, lengths = _alone(model, batch, row)
+        with torch.no_grad():
+            logits = model(
+                source.expand(len(outputs), -1), lengths.expand(len(outputs)), decoder_input
+            ).logits
+        log_p = torch.log_softmax(mask_special_logits(logits), -1)
+        totals = log_p.gather(2, outputs.unsqueeze(-1)).squeeze(-1).sum(-1)
+        best = int(totals.argmax())
+        assert not hypothesis.finished
+        assert hypothesis.token_ids == outputs[best].tolist()
+        assert hypothesis.score == pytest.approx(float(totals[best]), rel=1e-4, abs=1e-4)
+        garden_paths += int(outputs[best, 0]) != int(log_p[0, 0].argmax())
+    assert garden_paths > 0, "every winner starts with the likeliest word: a weak test"
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
@@ -376,6 +517,18 @@ def test_pad_and_sos_are_never_emitted(beam_size):
         assert math.isfinite(result.score)
 
 
+def test_masking_the_special_logits_copies_unless_asked_to_write_in_place():
+    logits = torch.zeros(2, 5)
+    masked = mask_special_logits(logits)
+    assert masked is not logits and bool((logits == 0).all()), "the caller's logits changed"
+    assert masked[:, [0, SOS_INDEX]].eq(-math.inf).all() and masked.isfinite().sum() == 2 * 3
+    in_place = mask_special_logits(logits, in_place=True)
+    assert in_place is logits and bool(logits[:, SOS_INDEX].eq(-math.inf).all())
+    half = torch.zeros(2, 5, dtype=torch.bfloat16)  # another dtype: a float32 copy, even in place
+    copied = mask_special_logits(half, in_place=True)
+    assert copied.dtype == torch.float32 and bool((half == 0).all())
+
+
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 @pytest.mark.parametrize("mode", [True, False])
 def test_decoding_restores_the_train_or_eval_mode(search, mode):
@@ -410,6 +563,9 @@ def test_greedy_and_beam_scores_are_both_log_probabilities():
         (lambda m: translate_batch(m, ["the cat"], beam_size=0), ValueError, "beam_size"),
         (lambda m: translate_batch(m, ["the cat"], alpha=float("nan")), ValueError, "alpha"),
         (lambda m: translate_batch(m, ["the cat"], alpha=float("inf")), ValueError, "alpha"),
+        (lambda m: translate_batch(m, ["the cat"], alpha=-0.1), ValueError, "alpha"),
+        (lambda m: translate_batch(m, ["the cat"], alpha=True), TypeError, "alpha"),
+        (lambda m: translate_batch(m, ["the cat"], alpha="0.6"), TypeError, "alpha"),
         (lambda m: translate_batch(m, ["the cat"], max_length=0), ValueError, "max_length"),
         (lambda m: translate(m, "the cat", beam_size=True), TypeError, "beam_size"),
     ],

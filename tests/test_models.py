@@ -1,4 +1,7 @@
-"""The seq2seq models: the papers' decoder steps, parallel = step loop, padding invariance."""
+"""The seq2seq models: the papers' decoder steps, parallel = step loop, padding invariance,
+and the self-attention encoder against the Transformer paper and torch's own layer."""
+
+import math
 
 import pytest
 import torch
@@ -107,14 +110,36 @@ def test_bahdanau_attends_with_the_previous_state():
     torch.testing.assert_close(attention[:, 0], expected)
 
 
-def test_teacher_forcing_ratio_zero_feeds_back_predictions():
+@pytest.mark.parametrize("decoder", ["bahdanau", "luong"])
+def test_teacher_forcing_ratio_zero_feeds_back_predictions(decoder):
+    """Free running reads the model's own previous prediction at every step: the same
+    logits as teacher forcing on those predictions (and not on the gold tokens)."""
     torch.manual_seed(0)
-    model = Seq2Seq(config(decoder="luong", attention="general")).eval()
+    model = Seq2Seq(config(decoder=decoder)).eval()
     batch = toy_batch()
     forced = model(batch.source, batch.source_lengths, batch.decoder_input, 1.0).logits
     free = model(batch.source, batch.source_lengths, batch.decoder_input, 0.0).logits
     torch.testing.assert_close(free[:, 0], forced[:, 0])  # step 0 always reads <sos>
-    assert not torch.allclose(free[:, 1:], forced[:, 1:])
+    predictions = torch.cat([batch.decoder_input[:, :1], free[:, :-1].argmax(-1)], 1)
+    assert bool((predictions != batch.decoder_input).any())
+    fed_back = model(batch.source, batch.source_lengths, predictions, 1.0).logits
+    torch.testing.assert_close(free, fed_back, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["bahdanau", "luong"])
+def test_full_teacher_forcing_draws_no_random_numbers(decoder):
+    """With ``teacher_forcing_ratio=1`` no coin is tossed: the random numbers that dropout
+    and the data order draw next are those they would draw had the decoder not run, so
+    a teacher-forced run's numbers do not depend on the scheduled-sampling code."""
+    torch.manual_seed(0)
+    model = Seq2Seq(config(decoder=decoder, input_feeding=decoder == "luong")).eval()
+    batch = toy_batch()
+    torch.manual_seed(1)
+    untouched = torch.rand(3)
+    for ratio, draws in ((1.0, False), (0.5, True)):
+        torch.manual_seed(1)
+        model(batch.source, batch.source_lengths, batch.decoder_input, ratio)
+        assert torch.equal(torch.rand(3), untouched) is not draws, ratio
 
 
 def test_gradients_reach_every_parameter_for_every_attention():
@@ -148,7 +173,42 @@ def test_bad_shapes_and_settings_are_refused():
         config(rnn_type="rnn")
     with pytest.raises(ValueError, match="even"):
         config(hidden_size=15)
+    for ratio in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="teacher_forcing_ratio"):
+            model(batch.source, batch.source_lengths, batch.decoder_input, ratio)
+    for positions in (torch.tensor([[0, 1]]), torch.tensor([0.0, 1.0])):
+        with pytest.raises(ValueError, match="output_positions must be a 1-D long tensor"):
+            model(batch.source, batch.source_lengths, batch.decoder_input, 1.0, positions)
+    with pytest.raises(ValueError, match="unknown model config fields: \\['hiden_size'\\]"):
+        ModelConfig.from_dict({**config().to_dict(), "hiden_size": 8})
     assert count_parameters(model) > 0
+
+
+def test_vocabularies_of_another_size_are_refused():
+    from helpers.vocab import Vocabulary
+
+    model = Seq2Seq(config())
+    right = Vocabulary(["<pad>", "<sos>", "<eos>", "<unk>", *[f"w{i}" for i in range(VOCAB - 4)]])
+    short = Vocabulary(right.itos[:-1])
+    for source_vocab, target_vocab in ((short, right), (right, short)):
+        with pytest.raises(ValueError, match="vocabulary sizes"):
+            model.attach_vocabularies(source_vocab, target_vocab)
+    assert model.attach_vocabularies(right, right).source_vocab is right
+
+
+def test_output_positions_pick_those_rows_of_the_flattened_logits():
+    """Training scores only the real target positions: the logits it gets for them are
+    the full ``(B, T, V)`` logits' rows at those flat ``b · T + t`` indices."""
+    torch.manual_seed(0)
+    model = Seq2Seq(config()).eval()
+    batch = toy_batch()
+    full = model(batch.source, batch.source_lengths, batch.decoder_input).logits
+    positions = batch.target_positions
+    picked = model(batch.source, batch.source_lengths, batch.decoder_input, 1.0, positions).logits
+    assert (
+        picked.shape == (len(positions), VOCAB) and len(positions) < full.shape[0] * full.shape[1]
+    )
+    torch.testing.assert_close(picked, full.flatten(0, 1)[positions])
 
 
 def test_the_default_score_is_the_decoders_own():
@@ -225,3 +285,85 @@ def test_each_module_holds_its_own_part_of_the_model():
     )
     assert not hasattr(models, "LuongDecoder") or models.LuongDecoder is decoders.LuongDecoder
     assert not hasattr(tasks, "train_or_load") and not hasattr(tasks, "TrainSettings")
+
+
+# ------------------------------------------------ the self-attention encoder (notebook 06)
+
+
+def test_positional_encoding_is_the_papers_sines_and_cosines():
+    """PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d)), added."""
+    from helpers.encoders import PositionalEncoding
+
+    size, length = 6, 9
+    encoding = PositionalEncoding(size, max_length=length)
+    expected = torch.zeros(length, size)
+    for position in range(length):
+        for i in range(size // 2):
+            angle = position / 10000 ** (2 * i / size)
+            expected[position, 2 * i] = math.sin(angle)
+            expected[position, 2 * i + 1] = math.cos(angle)
+    embedded = torch.randn(2, 5, size)
+    torch.testing.assert_close(encoding(embedded), embedded + expected[:5])
+    assert encoding(torch.zeros(1, length, size)).shape == (1, length, size)  # all 9 fit
+    with pytest.raises(ValueError, match="exceeds the 9 encoded positions"):
+        encoding(torch.zeros(1, length + 1, size))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_self_attention_layer_equals_torchs_pre_norm_encoder_layer(training):
+    from helpers.encoders import SelfAttentionLayer
+
+    torch.manual_seed(0)
+    reference = torch.nn.TransformerEncoderLayer(
+        16, 4, 40, dropout=0.0, batch_first=True, norm_first=True
+    )
+    ours = SelfAttentionLayer(16, 4, 40, dropout=0.0)
+    ours.attention.load_from_torch(reference.self_attn)
+    with torch.no_grad():
+        for mine, theirs in (
+            (ours.feedforward[0], reference.linear1),
+            (ours.feedforward[3], reference.linear2),
+            (ours.norm_attention, reference.norm1),
+            (ours.norm_feedforward, reference.norm2),
+        ):
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+    reference.train(training), ours.train(training)
+    states = torch.randn(3, 5, 16)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]).bool()
+    expected = reference(states, src_key_padding_mask=~mask)
+    actual, weights = ours(states, mask, need_weights=True)
+    # Real positions only: torch's fast path may leave padded rows as it likes.
+    torch.testing.assert_close(actual[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert weights.shape == (3, 4, 5, 5) and not bool(
+        weights[~mask[:, None, None, :].expand_as(weights)].any()
+    )
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_an_rnn_decoder_starts_from_the_mean_of_the_real_self_attention_states(rnn_type):
+    """No "last state" in self-attention: the RNN decoder's first state is
+    tanh(W · mean of the real states + b), and an LSTM's cell W' · mean + b'."""
+    torch.manual_seed(0)
+    model = Seq2Seq(
+        config(
+            decoder="luong",
+            attention="dot",
+            encoder="self_attention",
+            encoder_heads=2,
+            rnn_type=rnn_type,
+        )
+    ).eval()
+    batch = toy_batch()
+    with torch.no_grad():
+        memory = model.encoder(batch.source, batch.source_lengths)
+    mask = batch.source_mask.unsqueeze(-1)
+    mean = (memory.states * mask).sum(1) / mask.sum(1)
+    encoder = model.encoder
+    expected_hidden = torch.tanh(encoder.bridge(mean)).unsqueeze(0)
+    hidden = memory.initial_hidden[0] if rnn_type == "lstm" else memory.initial_hidden
+    torch.testing.assert_close(hidden, expected_hidden)
+    if rnn_type == "lstm":
+        torch.testing.assert_close(memory.initial_hidden[1], encoder.bridge_cell(mean).unsqueeze(0))
+    else:
+        assert not hasattr(encoder, "bridge_cell")

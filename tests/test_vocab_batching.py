@@ -106,3 +106,66 @@ def test_bucketing_keeps_padding_small():
     )
     print(f"padding: bucketed {bucketed:.1%}, random batches {shuffled:.1%}")
     assert bucketed < 0.05 < 0.3 < shuffled
+
+
+def test_the_decoder_reads_the_target_without_eos_and_predicts_it_without_sos():
+    vocab = Vocabulary.build(SENTENCES)
+    dataset = TranslationDataset(SENTENCES, SENTENCES, vocab, vocab)
+    batch = collate_batch([dataset[1], dataset[2]])  # "the dog", "a cat ran far"
+    the_dog = vocab.encode(["the", "dog"])
+    assert batch.decoder_input[0].tolist() == [SOS_INDEX, *the_dog, EOS_INDEX, PAD_INDEX]
+    assert batch.decoder_target[0].tolist() == [*the_dog, EOS_INDEX, PAD_INDEX, PAD_INDEX]
+    assert batch.decoder_input[1].tolist() == [SOS_INDEX, *vocab.encode(SENTENCES[2])]
+    assert batch.decoder_target[1].tolist() == [*vocab.encode(SENTENCES[2]), EOS_INDEX]
+
+
+def test_membership_and_equality_of_vocabularies():
+    vocab = Vocabulary.build(SENTENCES)
+    assert "cat" in vocab and "zebra" not in vocab and "<unk>" in vocab
+    assert vocab == Vocabulary.build(SENTENCES) and vocab != Vocabulary.build(SENTENCES[:1])
+    assert vocab != vocab.itos  # a list of the same tokens is not a vocabulary
+
+
+def test_each_pass_is_a_new_order_that_set_epoch_replays():
+    """Iterating again reshuffles (epoch 1, 2, …); ``set_epoch(e)`` gives pass ``e``'s
+    order on a fresh sampler, which is how a resumed or distributed run lines up."""
+    lengths = [len(sentence) for sentence in random_corpus(300)]
+    sampler = BucketBatchSampler(lengths, batch_size=16, seed=5)
+    passes = [list(sampler) for _ in range(3)]
+    assert passes[0] != passes[1] != passes[2]
+    for epoch, expected in enumerate(passes):
+        fresh = BucketBatchSampler(lengths, batch_size=16, seed=5)
+        fresh.set_epoch(epoch)
+        assert list(fresh) == expected
+    ordered = BucketBatchSampler(lengths, batch_size=16, shuffle=False)
+    assert list(ordered) == list(ordered)  # without shuffling every pass is the same
+    flat = [index for batch in list(ordered) for index in batch]
+    assert [lengths[index] for index in flat] == sorted(lengths)
+
+
+def test_drop_last_keeps_only_full_batches_and_batch_size_one_is_allowed():
+    lengths = [len(sentence) for sentence in random_corpus(100)]
+    dropped = list(BucketBatchSampler(lengths, batch_size=16, drop_last=True, seed=1))
+    assert dropped and all(len(batch) == 16 for batch in dropped)
+    kept = list(BucketBatchSampler(lengths, batch_size=16, seed=1))
+    assert sum(map(len, kept)) == 100 and any(len(batch) < 16 for batch in kept)
+    singles = list(BucketBatchSampler(lengths, batch_size=1, seed=1))
+    assert len(singles) == 100 and all(len(batch) == 1 for batch in singles)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        BucketBatchSampler(lengths, batch_size=0)
+
+
+def test_make_loader_uses_the_batch_sampler_it_is_given():
+    vocab = Vocabulary.build(SENTENCES)
+    dataset = TranslationDataset(SENTENCES, SENTENCES, vocab, vocab)
+    loader = make_loader(dataset, batch_size=2, batch_sampler=[[3, 0], [1, 2]])
+    batches = list(loader)
+    assert [batch.source_lengths.tolist() for batch in batches] == [[1, 3], [2, 4]]
+
+
+def test_padding_fraction_is_the_padded_share_of_source_positions():
+    vocab = Vocabulary.build(SENTENCES)
+    dataset = TranslationDataset(SENTENCES, SENTENCES, vocab, vocab)
+    # Batches [3 tokens, 1 token] -> 2 x 3 positions, 2 padded; [2, 4] -> 2 x 4, 2 padded.
+    loader = make_loader(dataset, batch_size=2, batch_sampler=[[0, 3], [1, 2]])
+    assert padding_fraction(loader) == pytest.approx(4 / 14)

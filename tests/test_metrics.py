@@ -1,0 +1,123 @@
+"""The scores every notebook reports: multi-reference BLEU and chrF through sacreBLEU,
+alignment accuracy against gold spans, and the paired bootstrap's seed."""
+
+import math
+import os
+
+import pytest
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+
+from helpers.metrics import (
+    alignment_accuracy,
+    corpus_scores,
+    mean_attention_entropy,
+    paired_bootstrap,
+    references_as_streams,
+)
+
+HYPOTHESES = ["Das ist gut.", "Ich bin hier.", "Er hat einen Hund gesehen."]
+REFERENCES = [
+    ["Das ist schlecht.", "Das ist gut."],  # the hypothesis is the *second* reference
+    ["Ich bin hier."],
+    ["Er sah einen Hund.", "Er hat einen Hund gesehen.", "Er hat den Hund gesehen."],
+]
+
+
+def test_references_become_one_stream_per_slot_with_none_in_the_spare_slots():
+    assert references_as_streams(REFERENCES) == [
+        ["Das ist schlecht.", "Ich bin hier.", "Er sah einen Hund."],
+        ["Das ist gut.", None, "Er hat einen Hund gesehen."],
+        [None, None, "Er hat den Hund gesehen."],
+    ]
+
+
+def test_a_hypothesis_that_matches_any_one_reference_is_perfect():
+    scores = corpus_scores(HYPOTHESES, REFERENCES)
+    assert scores.bleu == pytest.approx(100.0) and scores.chrf == pytest.approx(100.0)
+    assert "nrefs:var" in scores.bleu_signature and "nrefs:var" in scores.chrf_signature
+    assert "case:mixed" in scores.bleu_signature and "tok:13a" in scores.bleu_signature
+    # The same sentences against the first reference only: far from perfect.
+    first_only = corpus_scores(HYPOTHESES, [refs[:1] for refs in REFERENCES])
+    assert first_only.bleu < 70 and "nrefs:1" in first_only.bleu_signature
+
+
+def test_the_scores_are_sacrebleus_own_on_the_same_streams():
+    hypotheses = ["Das ist nicht gut.", "Ich bin da.", "Er hat einen Hund."]
+    scores = corpus_scores(hypotheses, REFERENCES)
+    streams = references_as_streams(REFERENCES)
+    assert scores.bleu == BLEU().corpus_score(hypotheses, streams).score
+    assert scores.chrf == CHRF().corpus_score(hypotheses, streams).score
+    assert 0 < scores.bleu < 100 and 0 < scores.chrf < 100
+    assert str(scores).startswith(f"BLEU = {scores.bleu:.1f}")
+
+
+@pytest.mark.parametrize(
+    ("hypotheses", "references", "message"),
+    [
+        (HYPOTHESES[:2], REFERENCES, "2 hypotheses but 3 reference lists"),
+        ([], [], "empty corpus"),
+        (HYPOTHESES, [*REFERENCES[:2], []], "at least one reference"),
+    ],
+)
+def test_scoring_refuses_what_it_cannot_score(hypotheses, references, message):
+    with pytest.raises(ValueError, match=message):
+        corpus_scores(hypotheses, references)
+
+
+def test_alignment_accuracy_counts_half_open_gold_spans_and_skips_unaligned_outputs():
+    # Rows are output positions; each row's argmax is the attended source position.
+    attention = torch.tensor(
+        [
+            [0.1, 0.8, 0.1, 0.0],  # -> 1, gold [1, 3): hit
+            [0.0, 0.1, 0.2, 0.7],  # -> 3, gold [1, 3): miss (the end is exclusive)
+            [0.9, 0.1, 0.0, 0.0],  # -> 0, gold None: not scored
+            [0.0, 0.0, 0.1, 0.9],  # -> 3, beyond the gold list: not scored
+        ]
+    )
+    spans = [(1, 3), (1, 3), None]
+    assert alignment_accuracy([attention], [spans]) == pytest.approx(1 / 2)
+    # Over two sentences the hits and the scored positions add up (not a mean of means).
+    other = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert alignment_accuracy([attention, other], [spans, [(1, 2), (0, 1), (0, 1)]]) == (
+        pytest.approx(3 / 5)
+    )
+    with pytest.raises(ValueError, match="no output position"):
+        alignment_accuracy([attention], [[None, None]])
+    with pytest.raises(ValueError):
+        alignment_accuracy([attention, other], [spans])  # one span list short
+
+
+def test_mean_entropy_in_nats_and_normalised_by_log_s():
+    half = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    uniform = torch.full((1, 4), 0.25)
+    assert mean_attention_entropy([half, uniform]) == pytest.approx((math.log(2) + math.log(4)) / 2)
+    assert mean_attention_entropy([half, uniform], normalise=True) == pytest.approx(0.75)
+    # Two source tokens: log S = log 2, so an even split is 1 and a one-hot row 0.
+    two = torch.tensor([[0.5, 0.5], [1.0, 0.0]])
+    assert mean_attention_entropy([two], normalise=True) == pytest.approx(0.5)
+
+
+def test_the_paired_bootstrap_repeats_with_its_seed_and_leaves_the_environment_alone():
+    references = [[f"Satz Nummer {index} ist hier."] for index in range(40)]
+    good = [refs[0] for refs in references]
+    worse = [
+        f"Satz {index} ist da." if index % 3 else refs[0] for index, refs in enumerate(references)
+    ]
+    os.environ.pop("SACREBLEU_SEED", None)
+    first = paired_bootstrap(("good", good), [("worse", worse)], references, samples=200, seed=7)
+    again = paired_bootstrap(("good", good), [("worse", worse)], references, samples=200, seed=7)
+    assert first == again
+    assert "SACREBLEU_SEED" not in os.environ
+    (row,) = first
+    assert row["baseline_bleu"] == pytest.approx(100.0)
+    assert row["difference"] == pytest.approx(row["bleu"] - 100.0) and row["difference"] < 0
+    assert 0 <= row["p_value"] <= 0.05
+    os.environ["SACREBLEU_SEED"] = "99"
+    try:
+        paired_bootstrap(("good", good), [("worse", worse)], references, samples=50)
+        assert os.environ["SACREBLEU_SEED"] == "99"
+    finally:
+        os.environ.pop("SACREBLEU_SEED")
+    with pytest.raises(ValueError, match="nothing to compare"):
+        paired_bootstrap(("good", good), [], references)
