@@ -375,6 +375,18 @@ def test_every_hypothesis_is_what_the_model_gives_its_tokens(
         assert alone.score == pytest.approx(hypothesis.score, rel=1e-4, abs=1e-4)
 
 
+def score_outputs(model, source, source_lengths, outputs):
+    """Teacher-forced scores of many outputs ``(N, T)`` of one sentence ``(1, S)``: the
+    log-probabilities ``(N, T, V)`` (``<pad>`` and ``<sos>`` masked, as in the search)
+    and each output's total log-probability ``(N,)``."""
+    count = len(outputs)
+    decoder_input = torch.cat([torch.full((count, 1), SOS_INDEX), outputs[:, :-1]], 1)
+    with torch.no_grad():
+        logits = model(source.expand(count, -1), source_lengths.expand(count), decoder_input).logits
+    log_p = torch.log_softmax(mask_special_logits(logits), -1)
+    return log_p, log_p.gather(2, outputs.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
 def test_beam_search_finds_the_exhaustive_optimum_when_nothing_is_pruned():
     """With a beam wider than every candidate there is, beam search is exhaustive search,
     for every length penalty: on this model the penalty changes which length wins (the
@@ -399,15 +411,7 @@ def test_beam_search_finds_the_exhaustive_optimum_when_nothing_is_pruned():
             outputs = torch.tensor(
                 [[*prefix, EOS_INDEX] for prefix in itertools.product(words, repeat=length)]
             )
-            decoder_input = torch.cat(
-                [torch.full((len(outputs), 1), SOS_INDEX), outputs[:, :-1]], 1
-            )
-            with torch.no_grad():
-                logits = model(
-                    source.expand(len(outputs), -1), lengths.expand(len(outputs)), decoder_input
-                ).logits
-            log_p = torch.log_softmax(mask_special_logits(logits), -1)
-            totals = log_p.gather(2, outputs.unsqueeze(-1)).squeeze(-1).sum(-1)
+            _, totals = score_outputs(model, source, lengths, outputs)
             scored += zip(outputs.tolist(), totals.tolist(), strict=True)
         candidates.append(scored)
     # Wide enough to keep all 7^3 partial outputs and their 8 continuations each.
@@ -440,18 +444,11 @@ def test_without_an_end_beam_search_returns_the_most_probable_full_length_output
     max_length = 3
     words = [i for i in range(model.config.target_vocab_size) if i not in (0, SOS_INDEX, EOS_INDEX)]
     outputs = torch.tensor(list(itertools.product(words, repeat=max_length)))
-    decoder_input = torch.cat([torch.full((len(outputs), 1), SOS_INDEX), outputs[:, :-1]], 1)
     beam_size = len(words) ** (max_length - 1) * (len(words) + 1) // 2 + 1
     found = beam_search(model, batch.source, batch.source_lengths, beam_size, max_length)
     garden_paths = 0
     for row, hypothesis in enumerate(found):
-        source, lengths = _alone(model, batch, row)
-        with torch.no_grad():
-            logits = model(
-                source.expand(len(outputs), -1), lengths.expand(len(outputs)), decoder_input
-            ).logits
-        log_p = torch.log_softmax(mask_special_logits(logits), -1)
-        totals = log_p.gather(2, outputs.unsqueeze(-1)).squeeze(-1).sum(-1)
+        log_p, totals = score_outputs(model, *_alone(model, batch, row), outputs)
         best = int(totals.argmax())
         assert not hypothesis.finished
         assert hypothesis.token_ids == outputs[best].tolist()
