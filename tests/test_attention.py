@@ -208,7 +208,7 @@ def test_local_p_predicts_a_centre_inside_the_sentence_and_applies_the_gaussian(
     assert bool((weights.sum(-1) <= 1 + 1e-6).all())
 
 
-def test_local_attention_without_a_mask_attends_to_every_position():
+def test_local_attention_without_a_mask_treats_every_position_as_real():
     """No mask means every key is real: the same as an all-True mask, for a batch whose
     size differs from its source length."""
     torch.manual_seed(0)
@@ -231,15 +231,17 @@ def test_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
 
 def test_entropy_ignores_whatever_the_mask_hides():
     """Padding contributes nothing: the masked entropy of a row is that of its real part,
-    whatever (even a non-distribution) sits in the padding. 3-D weights, masked per row."""
+    whatever (even a non-distribution) sits in the padding. 3-D weights, each row with
+    its own mask."""
+    weights = torch.tensor([[[0.5, 0.25, 0.25, 0.7, 0.3]], [[0.5, 0.5, 0.9, 0.9, 0.9]]])
+    mask = torch.tensor([[[True, True, True, False, False]], [[True, True, False, False, False]]])
     real = torch.tensor([0.5, 0.25, 0.25])
-    expected = -(real * real.log()).sum()
-    weights = torch.tensor([[[0.5, 0.25, 0.25, 0.7, 0.3]], [[0.5, 0.25, 0.25, 0.0, 0.0]]])
-    mask = torch.tensor([[[True, True, True, False, False]]]).expand(2, 1, 5)
+    expected = torch.stack([-(real * real.log()).sum(), torch.tensor(math.log(2))]).view(2, 1)
     entropies = attention_entropy(weights, mask)
     assert entropies.shape == (2, 1)
-    torch.testing.assert_close(entropies, expected.expand(2, 1))
-    assert attention_entropy(weights[1:]).item() == pytest.approx(expected.item())
+    torch.testing.assert_close(entropies, expected)
+    unpadded = torch.tensor([[0.5, 0.25, 0.25, 0.0, 0.0]])
+    assert attention_entropy(unpadded).item() == pytest.approx(expected[0].item())
 
 
 def test_normalised_row_entropies_lie_between_zero_and_one():
@@ -273,6 +275,11 @@ def test_normalised_row_entropies_lie_between_zero_and_one():
         (lambda layer, q, k, m: layer(q, k, torch.randn(2, 6, D), m), "batch sizes differ"),
         (lambda layer, q, k, m: layer(q, k[:, :0], k[:, :0], None), "nothing to attend to"),
         (lambda layer, q, k, m: layer(q[..., :5], k, k, m), "d_q = 8"),
+        # local-m has no W_p: it takes d_q from the score it wraps
+        (
+            lambda layer, q, k, m: LocalAttention(layer, predictive=False)(q[..., :5], k, k, m),
+            "d_q = 8",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(make_call, message):
@@ -294,8 +301,12 @@ def test_bad_input_raises_a_clear_value_error(make_call, message):
     ],
 )
 def test_build_attention_builds_the_layer_it_is_named_after(name, kind, predictive):
-    layer = build_attention(name, D, D, attention_size=6, window=3)
+    key_size = D if name in ("dot", "scaled_dot") else 5  # d_q != d_k where a layer allows it
+    layer = build_attention(name, D, key_size, attention_size=6, window=3)
     assert type(layer) is kind
+    assert (layer.query_size, layer.key_size) == (D, key_size)
+    if name in ("concat", "additive"):
+        assert layer.v_a.in_features == 6  # the attention size reaches the layer
     if predictive is not None:
         assert layer.predictive is predictive and layer.window == 3
         assert type(layer.score_layer) is GeneralAttention  # Luong's best local models
@@ -303,8 +314,6 @@ def test_build_attention_builds_the_layer_it_is_named_after(name, kind, predicti
 
 def test_dot_attention_refuses_mismatched_sizes_and_local_m_needs_a_step():
     query, keys, mask = make_inputs()
-    with pytest.raises(ValueError, match="d_q = 8"):  # local-m takes d_q from its score
-        LocalAttention(GeneralAttention(D), predictive=False)(query[..., :5], keys, keys, mask)
     with pytest.raises(ValueError, match="d_q == d_k"):
         DotAttention()(query[..., :4], keys, keys, mask)
     with pytest.raises(ValueError, match="positions"):

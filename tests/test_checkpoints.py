@@ -1,6 +1,7 @@
 """Checkpoints: round trip, refusal of another config or vocabulary, atomic writes."""
 
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,17 +210,18 @@ def test_saved_files_are_flushed_readable_by_others_and_leave_no_stale_temporari
     assert not stale.exists() and live.exists()
 
 
-def test_a_save_makes_missing_folders_and_checkpoint_path_follows_the_setting(
-    tmp_path, monkeypatch
-):
-    from pathlib import Path
-
-    import helpers
-    from helpers.files import atomic_write_bytes, checkpoint_path
+def test_an_atomic_write_makes_the_folders_it_needs(tmp_path):
+    from helpers.files import atomic_write_bytes
 
     nested = tmp_path / "runs" / "today" / "table.csv"
     atomic_write_bytes(nested, b"a,b\n")
     assert nested.read_bytes() == b"a,b\n"
+
+
+def test_checkpoints_live_in_the_repository_or_where_the_setting_says(tmp_path, monkeypatch):
+    import helpers
+    from helpers.files import checkpoint_path
+
     monkeypatch.delenv("PAYING_ATTENTION_CHECKPOINTS", raising=False)
     repository = Path(helpers.__file__).resolve().parent.parent
     assert checkpoint_path("04_luong.pt") == repository / "checkpoints" / "04_luong.pt"

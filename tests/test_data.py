@@ -445,13 +445,14 @@ def test_the_command_line_fetches_and_says_where_with_exit_codes(tmp_path, monke
     assert (cache / "deu-eng.tsv").read_bytes() == offline.read_bytes()
     monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "missing.tsv"))
     assert data.main(["where"]) == 1
-    assert capsys.readouterr().err.startswith("error: ")
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
     with pytest.raises(SystemExit):
         data.main([])  # a command is required
 
 
 @pytest.mark.parametrize(("valid", "test"), [(0.0, 0.1), (0.1, 0.0), (0.0, 0.0), (0.5, 0.49)])
-def test_any_fractions_below_one_in_all_are_accepted(valid, test):
+def test_fractions_whose_sum_is_below_one_are_accepted(valid, test):
     split = split_by_source(corpus(), valid, test, seed=0)
     assert len({example.source for example in split.test}) == round(300 * test)
     assert len({source for source, _ in split.valid}) == round(300 * valid)

@@ -23,7 +23,7 @@ from helpers.recipes import dates_recipe, train_model
 from helpers.reference_beam_search import reference_beam_search
 from helpers.tasks import dates_task
 from helpers.training import TrainSettings
-from helpers.vocab import EOS_INDEX, SOS_INDEX, Vocabulary
+from helpers.vocab import EOS_INDEX, PAD_INDEX, SOS_INDEX, Vocabulary
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
 TRANSFORMER = {"encoder": "self_attention", "encoder_heads": 2, "decoder_heads": 2}
@@ -142,8 +142,8 @@ def test_unknown_words_map_to_unk_and_still_translate():
 @pytest.mark.parametrize("beam_size", [1, 2, 3])
 def test_translate_runs_greedy_search_for_one_beam_and_beam_search_for_more(beam_size):
     """``translate_batch`` answers with the search its ``beam_size`` names: greedy for 1,
-    beam search (length penalty ``alpha``) otherwise, on the sharpened model, where the
-    two disagree."""
+    beam search with the given length penalty ``alpha`` otherwise. On the sharpened
+    model greedy and beam search disagree, and so do beam searches with another alpha."""
     model = sharpened_model("luong", "general", {})
     sentences = ["the cat sat on a mat", "a dog ran", "dog", "the mat sat on the cat", "a"]
     batch = collate_batch(
@@ -152,13 +152,20 @@ def test_translate_runs_greedy_search_for_one_beam_and_beam_search_for_more(beam
             for sentence in sentences
         ]
     )
+
+    def tokens(hypotheses):
+        return [h.token_ids for h in hypotheses]
+
+    alpha = 2.0
     if beam_size == 1:
         expected = greedy_decode(model, batch.source, batch.source_lengths)
+        assert tokens(expected) != tokens(beam_search(model, batch.source, batch.source_lengths, 2))
     else:
-        expected = beam_search(model, batch.source, batch.source_lengths, beam_size, alpha=0.6)
-    other = beam_search(model, batch.source, batch.source_lengths, 1 if beam_size > 1 else 2)
-    assert [h.token_ids for h in expected] != [h.token_ids for h in other]
-    translations = translate_batch(model, sentences, beam_size=beam_size, alpha=0.6)
+        expected = beam_search(model, batch.source, batch.source_lengths, beam_size, alpha=alpha)
+        greedy = greedy_decode(model, batch.source, batch.source_lengths)
+        default_alpha = beam_search(model, batch.source, batch.source_lengths, beam_size)
+        assert tokens(expected) != tokens(greedy) and tokens(expected) != tokens(default_alpha)
+    translations = translate_batch(model, sentences, beam_size=beam_size, alpha=alpha)
     for translation, hypothesis in zip(translations, expected, strict=True):
         assert translation.output_tokens == model.target_vocab.decode(
             hypothesis.token_ids, strip_special=False
@@ -334,7 +341,6 @@ def sharpened_model(decoder, attention, settings):
     return model
 
 
-@pytest.mark.parametrize("beam_size", [1, 3, 5])
 @pytest.mark.parametrize(
     "decoder,attention,settings",
     [
@@ -344,35 +350,40 @@ def sharpened_model(decoder, attention, settings):
         ("transformer", "scaled_dot", TRANSFORMER),
     ],
 )
-def test_every_hypothesis_is_what_the_model_gives_its_tokens(
-    decoder, attention, settings, beam_size
-):
-    """In one shared batch where sentences end at different steps: each hypothesis ends
-    at its first ``<eos>`` or at its own length limit, its score is the log-probability
-    the model gives its tokens when fed them (teacher forcing, the sentence alone,
-    ``<pad>`` and ``<sos>`` masked as in the search), its attention rows are the ones
-    that forced pass used, and it is what the sentence gets when decoded alone."""
+def test_every_hypothesis_is_what_the_model_gives_its_tokens(decoder, attention, settings):
+    """In one shared batch where sentences end at different steps (greedy, beams of 3
+    and 5): each hypothesis ends at its first ``<eos>`` or at its own length limit (both
+    happen), its score is the log-probability the model gives its tokens when fed them
+    (teacher forcing, the sentence alone, ``<pad>`` and ``<sos>`` masked as in the
+    search), its attention rows are the ones that forced pass used, and it is what the
+    sentence gets when decoded alone."""
     model = sharpened_model(decoder, attention, settings)
     batch = random_batch(len(model.source_vocab), sentences=24)
-    hypotheses = decode(model, batch.source, batch.source_lengths, beam_size)
-    assert len({len(h.token_ids) for h in hypotheses}) > 2, "the test needs varied lengths"
-    for row, hypothesis in enumerate(hypotheses):
-        ids = hypothesis.token_ids
-        limit = min(2 * int(batch.source_lengths[row]) + 10, model.config.max_target_length)
-        assert EOS_INDEX not in ids[:-1] and (hypothesis.finished or len(ids) == limit), ids
-        source, source_lengths = _alone(model, batch, row)
-        decoder_input = torch.tensor([[SOS_INDEX, *ids[:-1]]])
-        with torch.no_grad():
-            forced = model(source, source_lengths, decoder_input)
-        log_p = torch.log_softmax(mask_special_logits(forced.logits[0]), -1)
-        expected_score = float(log_p[range(len(ids)), ids].sum())
-        # Relative tolerances: weights eight times larger make the rounding of a batch of
-        # another height (the sentence alone) eight times larger too.
-        assert hypothesis.score == pytest.approx(expected_score, rel=1e-4, abs=1e-4)
-        torch.testing.assert_close(hypothesis.attention, forced.attention[0], atol=1e-4, rtol=1e-3)
-        [alone] = decode(model, source, source_lengths, beam_size)
-        assert alone.token_ids == ids
-        assert alone.score == pytest.approx(hypothesis.score, rel=1e-4, abs=1e-4)
+    endings = set()  # how hypotheses ended: finished, or at the limit
+    for beam_size in (1, 3, 5):
+        hypotheses = decode(model, batch.source, batch.source_lengths, beam_size)
+        assert len({len(h.token_ids) for h in hypotheses}) > 2, "the test needs varied lengths"
+        for row, hypothesis in enumerate(hypotheses):
+            ids = hypothesis.token_ids
+            limit = min(2 * int(batch.source_lengths[row]) + 10, model.config.max_target_length)
+            assert EOS_INDEX not in ids[:-1] and (hypothesis.finished or len(ids) == limit), ids
+            endings.add(hypothesis.finished)
+            source, source_lengths = _alone(model, batch, row)
+            decoder_input = torch.tensor([[SOS_INDEX, *ids[:-1]]])
+            with torch.no_grad():
+                forced = model(source, source_lengths, decoder_input)
+            log_p = torch.log_softmax(mask_special_logits(forced.logits[0]), -1)
+            expected_score = float(log_p[range(len(ids)), ids].sum())
+            # Relative tolerances: weights eight times larger make the rounding of a batch
+            # of another height (the sentence alone) eight times larger too.
+            assert hypothesis.score == pytest.approx(expected_score, rel=1e-4, abs=1e-4)
+            torch.testing.assert_close(
+                hypothesis.attention, forced.attention[0], atol=1e-4, rtol=1e-3
+            )
+            [alone] = decode(model, source, source_lengths, beam_size)
+            assert alone.token_ids == ids
+            assert alone.score == pytest.approx(hypothesis.score, rel=1e-4, abs=1e-4)
+    assert endings == {True, False}, "no hypothesis ended one of the two ways"
 
 
 def score_outputs(model, source, source_lengths, outputs):
@@ -414,7 +425,7 @@ def test_beam_search_finds_the_exhaustive_optimum_when_nothing_is_pruned():
             _, totals = score_outputs(model, source, lengths, outputs)
             scored += zip(outputs.tolist(), totals.tolist(), strict=True)
         candidates.append(scored)
-    # Wide enough to keep all 7^3 partial outputs and their 8 continuations each.
+    # Wide enough to keep every partial output of three words and all its continuations.
     beam_size = len(words) ** (max_length - 1) * len(emittable) // 2 + 1
     winners = [set() for _ in candidates]  # per sentence, the winners' lengths
     for alpha in (0.0, 0.6, 2.0):
@@ -518,7 +529,8 @@ def test_masking_the_special_logits_copies_unless_asked_to_write_in_place():
     logits = torch.zeros(2, 5)
     masked = mask_special_logits(logits)
     assert masked is not logits and bool((logits == 0).all()), "the caller's logits changed"
-    assert masked[:, [0, SOS_INDEX]].eq(-math.inf).all() and masked.isfinite().sum() == 2 * 3
+    assert bool(masked[:, [PAD_INDEX, SOS_INDEX]].eq(-math.inf).all())
+    assert int(masked.isfinite().sum()) == 2 * 3  # two rows of three tokens left finite
     in_place = mask_special_logits(logits, in_place=True)
     assert in_place is logits and bool(logits[:, SOS_INDEX].eq(-math.inf).all())
     half = torch.zeros(2, 5, dtype=torch.bfloat16)  # another dtype: a float32 copy, even in place

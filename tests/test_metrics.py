@@ -84,7 +84,7 @@ def test_alignment_accuracy_counts_half_open_gold_spans_and_skips_unaligned_outp
     )
     with pytest.raises(ValueError, match="no output position"):
         alignment_accuracy([attention], [[None, None]])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shorter"):
         alignment_accuracy([attention, other], [spans])  # one span list short
 
 
@@ -98,26 +98,34 @@ def test_mean_entropy_in_nats_and_normalised_by_log_s():
     assert mean_attention_entropy([two], normalise=True) == pytest.approx(0.5)
 
 
-def test_the_paired_bootstrap_repeats_with_its_seed_and_leaves_the_environment_alone():
+def test_the_paired_bootstrap_uses_its_seed_and_leaves_the_environment_alone(monkeypatch):
+    import sacrebleu.significance
+
     references = [[f"Satz Nummer {index} ist hier."] for index in range(40)]
     good = [refs[0] for refs in references]
     worse = [
         f"Satz {index} ist da." if index % 3 else refs[0] for index, refs in enumerate(references)
     ]
-    os.environ.pop("SACREBLEU_SEED", None)
+    seen_seeds = []  # what sacreBLEU's resampler reads when the test runs
+    real_paired_test = sacrebleu.significance.PairedTest
+
+    class RecordingPairedTest(real_paired_test):
+        def __call__(self):
+            seen_seeds.append(os.environ.get("SACREBLEU_SEED"))
+            return super().__call__()
+
+    monkeypatch.setattr(sacrebleu.significance, "PairedTest", RecordingPairedTest)
+    monkeypatch.delenv("SACREBLEU_SEED", raising=False)
     first = paired_bootstrap(("good", good), [("worse", worse)], references, samples=200, seed=7)
     again = paired_bootstrap(("good", good), [("worse", worse)], references, samples=200, seed=7)
-    assert first == again
+    assert seen_seeds == ["7", "7"] and first == again
     assert "SACREBLEU_SEED" not in os.environ
     (row,) = first
     assert row["baseline_bleu"] == pytest.approx(100.0)
     assert row["difference"] == pytest.approx(row["bleu"] - 100.0) and row["difference"] < 0
     assert 0 <= row["p_value"] <= 0.05
-    os.environ["SACREBLEU_SEED"] = "99"
-    try:
-        paired_bootstrap(("good", good), [("worse", worse)], references, samples=50)
-        assert os.environ["SACREBLEU_SEED"] == "99"
-    finally:
-        os.environ.pop("SACREBLEU_SEED")
+    monkeypatch.setenv("SACREBLEU_SEED", "99")
+    paired_bootstrap(("good", good), [("worse", worse)], references, samples=50)
+    assert seen_seeds[-1] == "12345" and os.environ["SACREBLEU_SEED"] == "99"
     with pytest.raises(ValueError, match="nothing to compare"):
         paired_bootstrap(("good", good), [], references)

@@ -331,9 +331,12 @@ def test_the_self_attention_layer_equals_torchs_pre_norm_encoder_layer(training)
     reference.train(training), ours.train(training)
     states = torch.randn(3, 5, 16)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]).bool()
-    expected = reference(states, src_key_padding_mask=~mask)
-    actual, weights = ours(states, mask, need_weights=True)
-    # Real positions only: torch's fast path may leave padded rows as it likes.
+    # In eval mode without gradients torch takes its fused "fast path" kernel; in
+    # training mode its ordinary layer-by-layer path: ours must equal both.
+    with torch.set_grad_enabled(training):
+        expected = reference(states, src_key_padding_mask=~mask)
+        actual, weights = ours(states, mask, need_weights=True)
+    # Real positions only: the fast path may leave padded rows as it likes.
     torch.testing.assert_close(actual[mask], expected[mask], atol=1e-5, rtol=1e-5)
     assert weights.shape == (3, 4, 5, 5) and not bool(
         weights[~mask[:, None, None, :].expand_as(weights)].any()
