@@ -144,7 +144,7 @@ def test_translate_runs_greedy_search_for_one_beam_and_beam_search_for_more(beam
     """``translate_batch`` answers with the search its ``beam_size`` names: greedy for 1,
     beam search with the given length penalty ``alpha`` otherwise. On the sharpened
     model greedy and beam search disagree, and so do beam searches with another alpha."""
-    model = sharpened_model("luong", "general", {})
+    model = sharpened_model()
     sentences = ["the cat sat on a mat", "a dog ran", "dog", "the mat sat on the cat", "a"]
     batch = collate_batch(
         [
@@ -329,15 +329,15 @@ def test_beam_search_matches_the_reference_on_a_trained_model(trained_dates_mode
     assert_same_as_reference(model, batch, beam_size=3, alpha=0.0)
 
 
-def sharpened_model(decoder, attention, settings):
-    """A tiny model with its weights scaled up: peaked distributions whose ``<eos>``
-    comes at different steps for different sentences (an untrained model's flat ones
-    end all sentences at once, or never)."""
-    model = tiny_model(decoder, attention, max_target_length=20, **settings)
+def sharpened_model(decoder="luong", attention="general", settings=None, scale=8.0):
+    """A tiny model with its weight matrices scaled by ``scale``: peaked distributions
+    whose ``<eos>`` comes at different steps for different sentences (an untrained
+    model's flat ones end all sentences at once, or never)."""
+    model = tiny_model(decoder, attention, max_target_length=20, **(settings or {}))
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.dim() > 1:
-                parameter.mul_(8.0)
+                parameter.mul_(scale)
     return model
 
 
@@ -402,11 +402,8 @@ def test_beam_search_finds_the_exhaustive_optimum_when_nothing_is_pruned():
     """With a beam wider than every candidate there is, beam search is exhaustive search,
     for every length penalty: on this model the penalty changes which length wins (the
     test checks that it does), so dividing by it, not anything else, is what is tested."""
-    model = tiny_model("luong", "general")
-    with torch.no_grad():  # peaked distributions, and <eos> a little less likely
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.mul_(4.0)
+    model = sharpened_model(scale=4.0)
+    with torch.no_grad():  # and <eos> a little less likely
         model.decoder.W_s.bias[EOS_INDEX] -= 2.0
     batch = source_batch()
     max_length = 4
@@ -444,11 +441,8 @@ def test_without_an_end_beam_search_returns_the_most_probable_full_length_output
     all full-length outputs, traced back through its own beams. The model is chosen so
     that for some sentences that output does not start with the likeliest first word
     (greedy search would miss it), so the trace-back really has to follow the beams."""
-    model = tiny_model(max_target_length=20)
+    model = sharpened_model(scale=3.0)
     with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.mul_(3.0)
         # -inf, not just unlikely: a finished hypothesis, however unlikely, beats a live one
         model.decoder.W_s.bias[EOS_INDEX] = -math.inf
     batch = source_batch()
