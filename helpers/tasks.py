@@ -33,13 +33,14 @@ class TranslationTask:
     """Everything a model needs from the data side.
 
     Attributes:
-        name: ``"tatoeba"`` or ``"dates"``.
+        name: ``"tatoeba"``, ``"dates"`` or ``"copy"``.
         source_tokenizer, target_tokenizer: tokenizer names (``"en"``, ``"de"``, ``"chars"``).
         source_vocab, target_vocab: built on the training split only.
         train, valid: datasets of index tensors.
         test_sources: held-out source sentences (raw text).
         test_references: for each, every reference translation.
-        test_gold_spans: dates only — the gold alignment of each test target.
+        test_gold_spans: dates and copy only — the gold alignment of each test target.
+        test_examples: dates only — the test examples (:class:`~helpers.synthetic.DateExample`).
         fingerprint: a hash of the data and split settings (part of cache keys).
     """
 

@@ -252,6 +252,9 @@ def test_unknown_source_tokens_counts_every_occurrence(models):
     model = models["luong"]
     assert unknown_source_tokens(model, list("1 @ 2 @ ~")) == ["@", "@", "~"]
     assert unknown_source_tokens(model, list("3 May 2001")) == []
+    bare = Seq2Seq(model.config)  # weights only: no vocabulary to look words up in
+    with pytest.raises(ValueError, match="no source vocabulary"):
+        unknown_source_tokens(bare, ["3"])
 
 
 @pytest.fixture

@@ -349,6 +349,9 @@ def test_exact_quoted_numbers_are_asserted_only_on_the_committed_machine(tmp_pat
 
     here = reproducibility.cpu_description()
     assert here.endswith(" cores)") and "(" in here
+    model_name = reproducibility.cpu_model_name()
+    if model_name is not None:  # Linux: /proc/cpuinfo's name, not platform's "x86_64"
+        assert here.startswith(f"{model_name} (")
     threads = torch.get_num_threads()
     resources = tmp_path / "notebook-resources.csv"
     resources.write_text(
@@ -402,8 +405,11 @@ def test_reproducibility_report_names_its_machine_and_fails_when_runs_differ(tmp
     comparison, the report and the exit code are what is tested."""
     import helpers.reproducibility as reproducibility
 
+    calls = []
+
     def fake_run(unloaded_loss):
         def run(decoder, epochs, threads, load):
+            calls.append((decoder, epochs, threads, load))
             loss = unloaded_loss if not load else 1.5
             return {
                 "threads": threads or 2,
@@ -429,8 +435,49 @@ def test_reproducibility_report_names_its_machine_and_fails_when_runs_differ(tmp
     assert all(value == 0 for value in report["loaded vs unloaded"].values())
     assert report["1 thread vs unloaded"]["max |train loss difference|"] == pytest.approx(1e-4)
     assert report["1 thread vs unloaded"]["|test BLEU difference|"] == pytest.approx(0.25)
+    # unloaded with torch's default threads, then beside a busy loop, then on one thread
+    assert calls == [("luong", 2, None, False), ("luong", 2, None, True), ("luong", 2, 1, False)]
 
     monkeypatch.setattr(reproducibility, "run", fake_run(1.25))  # the loaded run now differs
     assert reproducibility.main(["--epochs", "2", "--output", str(output)]) == 1
     report = json.loads(output.read_text())
     assert report["loaded vs unloaded"]["max |train loss difference|"] == pytest.approx(0.25)
+    for bad in ("0", "-1"):
+        with pytest.raises(SystemExit) as stopped:
+            reproducibility.main(["--epochs", bad, "--output", str(output)])
+        assert stopped.value.code == 2
+
+
+def test_every_committed_full_budget_run_still_counts_as_done():
+    """``python -m helpers.experiments`` skips a run whose committed JSON holds the cache
+    key the current code computes for it. A change to the fingerprint, ``CACHE_VERSION``,
+    a config or settings key, or the Tatoeba task would silently retrain all of them (a
+    day of CPU) and leave the committed results describing other code: change a key on
+    purpose, with new runs, never by accident. The key includes the data's content, so
+    this is checked on the data the runs were trained on, the offline copy whose sha256
+    data/README.md records."""
+    import hashlib
+    import re
+    from pathlib import Path
+
+    import helpers.experiments as experiments
+    from helpers.data import DataNotFoundError, resolve_data_path
+
+    try:
+        data = resolve_data_path(download=False)
+    except DataNotFoundError:
+        pytest.skip("no data file available")
+    readme = Path(__file__).resolve().parent.parent / "data" / "README.md"
+    recorded = re.search(r"sha256: `([0-9a-f]{64})`", readme.read_text(encoding="utf-8"))
+    assert recorded, "data/README.md must record the offline copy's sha256"
+    if hashlib.sha256(data.read_bytes()).hexdigest() != recorded.group(1):
+        pytest.skip(f"{data} is not the copy the runs were trained on")
+    runs = sorted((experiments.RESULTS_DIR / "runs").glob("*.json"))
+    assert len(runs) >= len(VARIANTS)
+    stale = [
+        path.name
+        for path in runs
+        for run in [json.loads(path.read_text())]
+        if not experiments._done(run["variant"], run["seed"], experiments.RESULTS_DIR)
+    ]
+    assert stale == [], "these committed runs no longer match the code's cache keys"

@@ -27,6 +27,8 @@ def test_jupyter_gets_highlighted_html_of_the_same_code():
     html = show_source(masked_softmax)._repr_html_()
     assert "<span" in html and "masked_softmax" in html
     assert "helpers/attention.py" in html
+    # colours inline: the page has no Pygments stylesheet, so CSS classes would show plain
+    assert 'style="color: #' in html and 'class="k"' not in html
 
 
 def test_objects_without_source_are_refused_clearly():

@@ -304,3 +304,79 @@ def test_garbage_in_padded_memory_stays_out_of_the_decoder_layer_and_its_cache()
             assert bool(torch.isfinite(output).all()), f"{garbage} leaked at {position}"
             torch.testing.assert_close(output, clean[:, position : position + 1])
             torch.testing.assert_close(step_weights, clean_weights[:, :, position : position + 1])
+
+
+def test_teacher_forcing_runs_every_target_position_in_one_pass(monkeypatch):
+    """At ratio 1 each layer runs once over all T positions (the Transformer's point);
+    only a ratio below 1 goes step by step. ``need_weights`` picks which maps come back."""
+    model = transformer()
+    batch = toy_batch()
+    steps = batch.decoder_input.size(1)
+    calls = {"stepwise": 0, "positions": []}
+    stepwise = type(model.decoder).forward_stepwise
+
+    def counting_stepwise(self, *args, **kwargs):
+        calls["stepwise"] += 1
+        return stepwise(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.decoder), "forward_stepwise", counting_stepwise)
+    hooks = [
+        layer.register_forward_hook(
+            lambda _, inputs, __: calls["positions"].append(inputs[0].size(1))
+        )
+        for layer in model.decoder.layers
+    ]
+    with torch.no_grad():
+        model(batch.source, batch.source_lengths, batch.decoder_input, 1.0)
+        assert calls == {"stepwise": 0, "positions": [steps] * model.config.decoder_layers}
+        model(batch.source, batch.source_lengths, batch.decoder_input, 0.5)
+        assert calls["stepwise"] == 1
+    for hook in hooks:
+        hook.remove()
+
+    with torch.no_grad():
+        memory = model.encode(batch.source, batch.source_lengths)
+        maps = {
+            wanted: model.decoder.forward_parallel(batch.decoder_input, memory, wanted)[1]
+            for wanted in ("none", "last", "all")
+        }
+    assert maps["none"] == []
+    assert len(maps["all"]) == model.config.decoder_layers == 2
+    assert len(maps["last"]) == 1
+    torch.testing.assert_close(maps["last"][0], maps["all"][-1])
+    assert not torch.allclose(maps["all"][0], maps["all"][-1])
+
+
+def test_the_position_table_bounds_the_target_length():
+    """The sinusoid table has max(512, max_target_length) rows: the last one can be used,
+    one past it is a clear error in both the parallel and the incremental pass."""
+    model = transformer()
+    rows = model.decoder.positions.table.size(0)
+    assert rows == 512
+    source = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        memory = model.encode(source, torch.tensor([3]))
+        full = model.decoder.forward_parallel(torch.full((1, rows), 5), memory)[0]
+        assert full.shape == (1, rows, 16)
+        with pytest.raises(ValueError, match=f"{rows + 1} target steps exceed the {rows}"):
+            model.decoder.forward_parallel(torch.full((1, rows + 1), 5), memory)
+        state = model.decoder.init_state(memory)
+        logits, _, _ = model.decoder.step(torch.tensor([5]), state, memory, rows - 1)
+        assert logits.shape == (1, VOCAB)
+        with pytest.raises(ValueError, match=f"step {rows} exceeds the {rows} encoded"):
+            model.decoder.step(torch.tensor([5]), state, memory, rows)
+
+
+def test_the_maps_of_an_empty_translation_are_a_clear_error():
+    import dataclasses
+
+    from helpers.decoding import translate
+    from helpers.transformer import translation_cross_attention
+
+    model = transformer(source_tokenizer="chars", target_tokenizer="chars", max_target_length=9)
+    letters = "abcdefghijklmnopqrs"
+    model.attach_vocabularies(Vocabulary.build([letters]), Vocabulary.build([letters]))
+    translation = translate(model, "abc")
+    for empty in ({"output_tokens": []}, {"source_tokens": []}):
+        with pytest.raises(ValueError, match="no source or no output tokens"):
+            translation_cross_attention(model, dataclasses.replace(translation, **empty))
