@@ -82,6 +82,32 @@ def test_early_stopping_keeps_the_best_epoch(small_dates, monkeypatch):
         training.train(model, [], None, epochs=0, device="cpu")
 
 
+@pytest.mark.parametrize(
+    "min_delta,losses,stopped_after,best_epoch",
+    [
+        # a tie is no improvement, and the earlier of two equal epochs stays the best
+        (0.0, [2.0, 1.0, 1.0, 1.0, 0.5], 4, 2),
+        # a gain under min_delta (5% < 10%) resets no patience, but its weights are kept
+        (0.1, [2.0, 1.0, 0.95, 0.99, 0.5], 4, 3),
+    ],
+)
+def test_early_stopping_counts_ties_and_small_gains_as_no_improvement(
+    small_dates, monkeypatch, min_delta, losses, stopped_after, best_epoch
+):
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    settings = TrainSettings(
+        epochs=len(losses),
+        batch_size=300,
+        early_stopping_patience=2,
+        early_stopping_min_delta=min_delta,
+    )
+    values = iter(losses)
+    monkeypatch.setattr(training, "evaluate_loss", lambda *args, **kwargs: next(values))
+    _, history = train_model(small_dates, config, settings, device="cpu", progress=False)
+    assert len(history.epochs) == stopped_after and history.stopped_early
+    assert history.best_epoch == best_epoch
+
+
 @pytest.fixture
 def recorded_bars(monkeypatch):
     """The progress bars ``train`` creates, drawn into a string instead of the terminal."""

@@ -1,5 +1,9 @@
 """The training loop, seeding, the loss, and a real training run on the dates task."""
 
+import io
+import math
+import time
+
 import pytest
 import torch
 
@@ -60,6 +64,46 @@ def test_device_is_chosen_by_calling_cuda_is_available(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert select_device().type == "cuda"
     assert select_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert select_device("cuda") == torch.device("cuda")  # no index: the current GPU
+    assert select_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="'cuda:1' was asked for, but only 1 GPU"):
+        select_device("cuda:1")
+
+
+def test_train_runs_where_it_is_told_and_otherwise_where_select_device_says(
+    small_dates, monkeypatch
+):
+    config = small_dates.model_config(embedding_size=8, hidden_size=8)
+    train_loader, _ = small_dates.loaders(batch_size=200)
+    arguments = dict(epochs=1, progress=False)
+    monkeypatch.setenv("PAYING_ATTENTION_DEVICE", "cuda:7")  # cannot exist here
+    train(Seq2Seq(config), train_loader, device="cpu", **arguments)  # an explicit device wins
+    with pytest.raises(ValueError, match="'cuda:7' was asked for"):
+        train(Seq2Seq(config), train_loader, **arguments)
+    monkeypatch.setenv("PAYING_ATTENTION_DEVICE", "cpu")
+    history = train(Seq2Seq(config), train_loader, **arguments)
+    assert len(history.epochs) == 1
+
+
+def test_validation_loss_is_the_mean_over_every_real_token_not_over_batches(small_dates):
+    """Batches hold different numbers of target tokens: the loss is their sum over the
+    total count (the perplexity's definition), not the mean of the batch means."""
+    from helpers.training import evaluate_loss
+
+    torch.manual_seed(0)
+    model = Seq2Seq(small_dates.model_config(embedding_size=8, hidden_size=16)).eval()
+    _, valid_loader = small_dates.loaders(batch_size=8)  # 32-sentence batches: 32, 32, 32, 4
+    total, tokens, batch_means = 0.0, 0, []
+    with torch.no_grad():
+        for batch in valid_loader:
+            logits = model(batch.source, batch.source_lengths, batch.decoder_input).logits
+            total += float(sequence_loss(logits, batch.decoder_target, reduction="sum"))
+            tokens += int((batch.decoder_target != PAD_INDEX).sum())
+            batch_means.append(float(sequence_loss(logits, batch.decoder_target)))
+    assert len(batch_means) == 4
+    assert evaluate_loss(model, valid_loader) == pytest.approx(total / tokens, rel=1e-6)
+    assert total / tokens != pytest.approx(sum(batch_means) / len(batch_means), rel=1e-4)
 
 
 def test_a_cpu_run_repeats_exactly_with_the_same_seed(small_dates):
@@ -445,3 +489,136 @@ def test_the_loss_reads_exactly_the_real_target_positions(small_dates):
     assert torch.equal(batch_loss(model, batch), masked)
     with pytest.raises(ValueError, match="output_positions"):
         model(batch.source, batch.source_lengths, batch.decoder_input, 1.0, real)
+
+
+def test_the_epochs_train_loss_is_the_token_weighted_mean_of_its_batches(small_dates):
+    """With a learning rate of 0 the weights never move, so the epoch's reported training
+    loss must equal the validation-style loss over the same loader: every real target
+    token counted once, whatever the batch sizes."""
+    from helpers.training import evaluate_loss
+
+    torch.manual_seed(0)
+    model = Seq2Seq(small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.0))
+    train_loader, _ = small_dates.loaders(batch_size=48)  # 600 pairs: a short last batch
+    started = time.perf_counter()
+    history = train(model, train_loader, epochs=1, learning_rate=0.0, device="cpu", progress=False)
+    elapsed = time.perf_counter() - started
+    record = history.epochs[0]
+    assert record.train_loss == pytest.approx(evaluate_loss(model, train_loader), rel=1e-6)
+    assert 0 < record.seconds <= elapsed  # the epoch's own time, measured, never asserted
+    tokens = sum(batch.target_token_count for batch in train_loader)
+    assert record.target_tokens_per_second == pytest.approx(tokens / record.seconds)
+
+
+def test_continuing_a_run_with_its_optimiser_equals_running_it_straight(small_dates):
+    """``train(..., history=..., optimizer=...)`` (the command line's --resume) takes up
+    the epoch count and the warm-up schedule's step count where the first call left them:
+    two epochs in two calls give the weights of two epochs in one."""
+    from helpers.training import make_adam
+
+    config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.0)
+    loop = dict(learning_rate=3e-3, warmup_steps=20, device="cpu", progress=False)
+    torch.manual_seed(0)
+    straight = Seq2Seq(config)
+    straight_history = train(straight, small_dates.loaders(32, 0)[0], epochs=2, **loop)
+    torch.manual_seed(0)
+    continued = Seq2Seq(config)
+    optimizer = make_adam(continued, loop["learning_rate"])
+    loader = small_dates.loaders(32, 0)[0]  # its sampler counts the epochs it has served
+    first = train(continued, loader, epochs=1, optimizer=optimizer, **loop)
+    both = train(continued, loader, epochs=2, optimizer=optimizer, history=first, **loop)
+    assert [record.epoch for record in both.epochs] == [1, 2]
+    assert [r.train_loss for r in both.epochs] == [r.train_loss for r in straight_history.epochs]
+    assert _same_weights(straight, continued)
+    with pytest.raises(ValueError, match="continuing a run is not supported with early stop"):
+        train(continued, loader, loader, epochs=3, history=first, early_stopping_patience=1, **loop)
+
+
+def test_amp_and_the_progress_bar_follow_the_device_and_the_environment(small_dates, monkeypatch):
+    """Unless told, bf16 autocast is on only on a GPU, and the bar shows unless
+    ``PAYING_ATTENTION_PROGRESS=0`` (what CI and the notebook runner set)."""
+    import helpers.training as training
+
+    enabled, bars = [], []
+    autocast = training._autocast
+    monkeypatch.setattr(
+        training, "_autocast", lambda device, on: enabled.append(on) or autocast(device, on)
+    )
+
+    class RecordingBar(training.tqdm):
+        def __init__(self, *args, **kwargs):
+            bars.append(kwargs["disable"])
+            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
+
+    monkeypatch.setattr(training, "tqdm", RecordingBar)
+    config = small_dates.model_config(embedding_size=8, hidden_size=8)
+    train_loader, valid_loader = small_dates.loaders(batch_size=200)
+    for setting in (None, "1", "0"):
+        if setting is None:
+            monkeypatch.delenv("PAYING_ATTENTION_PROGRESS", raising=False)
+        else:
+            monkeypatch.setenv("PAYING_ATTENTION_PROGRESS", setting)
+        train(Seq2Seq(config), train_loader, valid_loader, epochs=1, device="cpu")
+    assert bars == [False, False, True]  # disabled only by "0"
+    assert enabled and not any(enabled)  # the CPU: float32 throughout
+
+
+def test_a_time_budget_is_agreed_across_processes_by_default_only_under_ddp(
+    small_dates, monkeypatch
+):
+    """Under DDP each process must stop after the same batch, or the others wait forever
+    at the next all-reduce: the budget check is synchronised whenever the world has more
+    than one process, unless told otherwise. (The 2-process run itself is in
+    tests/test_distributed.py; here the world size is faked, and the token count's
+    all-reduce with it.)"""
+    import helpers.training as training
+
+    synchronised = []
+
+    def budget_spent(started, budget, synchronise, device):
+        synchronised.append(synchronise)
+        return False
+
+    monkeypatch.setattr(training, "_budget_spent", budget_spent)
+    monkeypatch.setattr(
+        training, "_global_token_count", lambda local, world, device: torch.tensor(float(local))
+    )
+    config = small_dates.model_config(embedding_size=8, hidden_size=8)
+    train_loader, _ = small_dates.loaders(batch_size=300)  # two batches
+    for world, asked, expected in ((1, None, False), (2, None, True), (2, False, False)):
+        monkeypatch.setattr(training, "_world_size", lambda world=world: world)
+        synchronised.clear()
+        train(
+            Seq2Seq(config),
+            train_loader,
+            epochs=1,
+            time_budget=1e9,
+            synchronise_budget=asked,
+            device="cpu",
+            progress=False,
+        )
+        assert synchronised == [expected] * 2, (world, asked)
+
+
+def test_the_warmup_needs_at_least_one_step(small_dates):
+    config = small_dates.model_config(embedding_size=8, hidden_size=8)
+    train_loader, _ = small_dates.loaders(batch_size=300)
+    arguments = dict(epochs=1, device="cpu", progress=False)
+    train(Seq2Seq(config), train_loader, warmup_steps=1, **arguments)  # full rate at step 1
+    with pytest.raises(ValueError, match="warmup_steps must be at least 1"):
+        train(Seq2Seq(config), train_loader, warmup_steps=0, **arguments)
+
+
+def test_a_history_round_trips_and_older_ones_load_without_the_later_fields():
+    from helpers.training import EpochRecord, TrainingHistory
+
+    record = EpochRecord(1, 2.5, 2.25, math.exp(2.25), 3.0, 100.0)
+    history = TrainingHistory([record], stopped_by_budget=False, stopped_early=True, best_epoch=1)
+    assert TrainingHistory.from_dict(history.to_dict()) == history
+    fresh = TrainingHistory()  # what train() starts from
+    assert not fresh.stopped_early and not fresh.stopped_by_budget and fresh.best_epoch is None
+    # written before early stopping existed: it cannot have stopped early
+    older = {"epochs": [record.__dict__], "stopped_by_budget": True}
+    loaded = TrainingHistory.from_dict(older)
+    assert loaded.stopped_by_budget and not loaded.stopped_early and loaded.best_epoch is None
+    assert loaded.best_valid_loss == 2.25 and loaded.total_seconds == 3.0
