@@ -87,8 +87,9 @@ def test_early_stopping_keeps_the_best_epoch(small_dates, monkeypatch):
     [
         # a tie is no improvement, and the earlier of two equal epochs stays the best
         (0.0, [2.0, 1.0, 1.0, 1.0, 0.5], 4, 2),
-        # a gain under min_delta (5% < 10%) resets no patience, but its weights are kept
-        (0.1, [2.0, 1.0, 0.95, 0.99, 0.5], 4, 3),
+        # a gain under min_delta (5% < 10%, relative: 0.5 would pass an absolute 0.1)
+        # resets no patience, but its weights are kept
+        (0.1, [20.0, 10.0, 9.5, 9.9, 5.0], 4, 3),
     ],
 )
 def test_early_stopping_counts_ties_and_small_gains_as_no_improvement(
@@ -498,12 +499,14 @@ def test_every_committed_full_budget_run_still_counts_as_done():
     assert recorded, "data/README.md must record the offline copy's sha256"
     if hashlib.sha256(data.read_bytes()).hexdigest() != recorded.group(1):
         pytest.skip(f"{data} is not the copy the runs were trained on")
-    runs = sorted((experiments.RESULTS_DIR / "runs").glob("*.json"))
-    assert len(runs) >= len(VARIANTS)
-    stale = [
-        path.name
-        for path in runs
-        for run in [json.loads(path.read_text())]
-        if not experiments._done(run["variant"], run["seed"], experiments.RESULTS_DIR)
-    ]
+    stale = []
+    for variants, out_dir in experiments.EXPERIMENTS.values():  # the comparison, the Transformer
+        runs = sorted((out_dir / "runs").glob("*.json"))
+        assert len(runs) >= len(variants), out_dir
+        stale += [
+            f"{out_dir.name}/{path.name}"
+            for path in runs
+            for run in [json.loads(path.read_text())]
+            if not experiments._done(run["variant"], run["seed"], out_dir)
+        ]
     assert stale == [], "these committed runs no longer match the code's cache keys"

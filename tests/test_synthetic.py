@@ -81,13 +81,14 @@ def digest(lines):
 
 
 def test_the_default_synthetic_data_never_changes_silently():
-    """The dates and copy tasks' cache keys name only their sizes and seed
-    (``helpers.tasks``), so models cached or committed for them assume exactly this data.
+    """The dates and copy tasks' cache keys name only their settings (sizes, lengths,
+    seed), not the data (``helpers.tasks``), so models cached or committed for them assume
+    exactly this data.
     If you change a generator on purpose, bump ``helpers.recipes.CACHE_VERSION`` and these
     digests together. The default dates split needs a second round of draws (the first
     9,000 dates repeat 127 sources), so the seed step between rounds is pinned too."""
     train, valid, test = dates_splits()
-    assert len(generate_dates(9000, seed=0)) > len({e.source for e in generate_dates(9000)})
+    assert len(generate_dates(9000, seed=0)) - len({e.source for e in generate_dates(9000)}) == 127
     assert digest(f"{e.source}\t{e.target}" for e in train + valid + test) == (
         "0e757dee3b6f7a59079fe4cc1ba3cbe7a93c05fcaafd8609fb94229ec7097ff8"
     )
@@ -111,6 +112,8 @@ def test_the_copy_task_is_three_consecutive_slices_of_one_draw():
     task = copy_task(train_size=50, test_size=7, min_length=2, max_length=5, seed=3)
     drawn = copy_sequences(64, 2, 5, seed=3)
     assert len(task.train) == 50 and len(task.valid) == 7
+    trained = [task.source_vocab.decode(task.train[i][0].tolist()) for i in range(50)]
+    assert trained == [list(text) for text in drawn[:50]]
     assert task.test_sources == drawn[57:] and len(task.test_sources) == 7
     assert task.test_references == [[text] for text in drawn[57:]]
     for (source, target), text in zip([task.valid[i] for i in range(7)], drawn[50:57], strict=True):
@@ -155,5 +158,7 @@ def test_task_loaders_shuffle_training_by_seed_and_keep_validation_fixed():
     train_two, valid_two = task.loaders(batch_size=8, seed=2)
     assert order(train_one) != order(train_two)  # a shuffled training loader follows its seed
     assert sentences(train_one) == sentences(train_two) == sentences([collate_all(task.train)])
-    assert order(valid_one) == order(valid_two)  # validation is the same batches every time
+    assert order(valid_one) == order(valid_two)  # validation is the same batches every time,
+    assert order(valid_one) == order(valid_one)  # in every epoch too
+    assert order(train_one) != order(train_one)  # while training is reshuffled each epoch
     assert [len(batch.source) for batch in valid_one] == [32, 32, 6]  # 4 × the batch size
