@@ -1,12 +1,10 @@
 """Training is defined by epochs, never by the clock: recipes, early stopping, the
 progress bar, the full-budget experiment runner and its significance test."""
 
-import io
 import json
 
 import pytest
 import torch
-from tqdm.auto import tqdm
 
 import helpers.training as training
 from helpers.experiments import (
@@ -107,21 +105,6 @@ def test_early_stopping_counts_ties_and_small_gains_as_no_improvement(
     _, history = train_model(small_dates, config, settings, device="cpu", progress=False)
     assert len(history.epochs) == stopped_after and history.stopped_early
     assert history.best_epoch == best_epoch
-
-
-@pytest.fixture
-def recorded_bars(monkeypatch):
-    """The progress bars ``train`` creates, drawn into a string instead of the terminal."""
-    bars = []
-
-    class RecordingBar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["file"] = io.StringIO()
-            super().__init__(*args, **kwargs)
-            bars.append(self)
-
-    monkeypatch.setattr(training, "tqdm", RecordingBar)
-    return bars
 
 
 def test_one_progress_bar_with_an_eta_that_names_the_model(small_dates, recorded_bars):

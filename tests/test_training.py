@@ -1,6 +1,5 @@
 """The training loop, seeding, the loss, and a real training run on the dates task."""
 
-import io
 import math
 import time
 
@@ -547,24 +546,20 @@ def test_continuing_a_run_with_its_optimiser_equals_running_it_straight(small_da
         train(continued, loader, loader, epochs=3, history=first, early_stopping_patience=1, **loop)
 
 
-def test_amp_and_the_progress_bar_follow_the_device_and_the_environment(small_dates, monkeypatch):
+def test_amp_and_the_progress_bar_follow_the_device_and_the_environment(
+    small_dates, monkeypatch, recorded_bars
+):
     """Unless told, bf16 autocast stays off on the CPU (it is on only on a GPU, which CI
     lacks, so only this half is tested), and the bar shows unless
     ``PAYING_ATTENTION_PROGRESS=0`` (what CI and the notebook runner set)."""
     import helpers.training as training
 
-    enabled, bars = [], []
+    enabled = []
     autocast = training._autocast
     monkeypatch.setattr(
         training, "_autocast", lambda device, on: enabled.append(on) or autocast(device, on)
     )
 
-    class RecordingBar(training.tqdm):
-        def __init__(self, *args, **kwargs):
-            bars.append(kwargs["disable"])
-            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
-
-    monkeypatch.setattr(training, "tqdm", RecordingBar)
     config = small_dates.model_config(embedding_size=8, hidden_size=8)
     train_loader, valid_loader = small_dates.loaders(batch_size=200)
     for setting in (None, "1", "0"):
@@ -573,7 +568,7 @@ def test_amp_and_the_progress_bar_follow_the_device_and_the_environment(small_da
         else:
             monkeypatch.setenv("PAYING_ATTENTION_PROGRESS", setting)
         train(Seq2Seq(config), train_loader, valid_loader, epochs=1, device="cpu")
-    assert bars == [False, False, True]  # disabled only by "0"
+    assert [bar.hidden for bar in recorded_bars] == [False, False, True]  # only by "0"
     assert enabled and not any(enabled)  # the CPU: float32 throughout
 
 
