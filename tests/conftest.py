@@ -1,6 +1,9 @@
 """Fixtures shared by several test files."""
 
+import hashlib
 import io
+import re
+from pathlib import Path
 
 import pytest
 from tqdm.auto import tqdm
@@ -22,3 +25,22 @@ def recorded_bars(monkeypatch):
 
     monkeypatch.setattr(training, "tqdm", RecordingBar)
     return bars
+
+
+@pytest.fixture(scope="session")
+def recorded_data() -> Path:
+    """The offline Tatoeba copy the committed full-budget runs were trained on (its sha256
+    is the one ``data/README.md`` records); the test is skipped on any other data, since
+    the runs' cache keys and test references come from the data's content."""
+    from helpers.data import DataNotFoundError, resolve_data_path
+
+    try:
+        data = resolve_data_path(download=False)
+    except DataNotFoundError:
+        pytest.skip("no data file available")
+    readme = Path(__file__).resolve().parent.parent / "data" / "README.md"
+    recorded = re.search(r"sha256: `([0-9a-f]{64})`", readme.read_text(encoding="utf-8"))
+    assert recorded, "data/README.md must record the offline copy's sha256"
+    if hashlib.sha256(data.read_bytes()).hexdigest() != recorded.group(1):
+        pytest.skip(f"{data} is not the copy the runs were trained on")
+    return data

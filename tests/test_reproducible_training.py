@@ -9,15 +9,19 @@ import torch
 import helpers.training as training
 from helpers.experiments import (
     SHARED_MODEL,
+    TRANSFORMER_VARIANTS,
     VARIANTS,
     quick_settings,
     run_variant,
     slug,
 )
 from helpers.metrics import paired_bootstrap
+from helpers.models import Seq2Seq
 from helpers.recipes import dates_recipe, tatoeba_recipe, train_model
 from helpers.tasks import dates_task
 from helpers.training import TrainSettings
+
+TRANSFORMERS = list(TRANSFORMER_VARIANTS)  # "Transformer" and "Transformer at equal time"
 
 
 @pytest.fixture(scope="module")
@@ -458,7 +462,7 @@ def test_reproducibility_report_names_its_machine_and_fails_when_runs_differ(tmp
         assert stopped.value.code == 2
 
 
-def test_every_committed_full_budget_run_still_counts_as_done():
+def test_every_committed_full_budget_run_still_counts_as_done(recorded_data):
     """``python -m helpers.experiments`` skips a run whose committed JSON holds the cache
     key the current code computes for it. A change to the fingerprint, ``CACHE_VERSION``,
     a config or settings key, or the Tatoeba task would silently retrain all of them (a
@@ -466,22 +470,8 @@ def test_every_committed_full_budget_run_still_counts_as_done():
     purpose, with new runs, never by accident. The key includes the data's content, so
     this is checked on the data the runs were trained on, the offline copy whose sha256
     data/README.md records."""
-    import hashlib
-    import re
-    from pathlib import Path
-
     import helpers.experiments as experiments
-    from helpers.data import DataNotFoundError, resolve_data_path
 
-    try:
-        data = resolve_data_path(download=False)
-    except DataNotFoundError:
-        pytest.skip("no data file available")
-    readme = Path(__file__).resolve().parent.parent / "data" / "README.md"
-    recorded = re.search(r"sha256: `([0-9a-f]{64})`", readme.read_text(encoding="utf-8"))
-    assert recorded, "data/README.md must record the offline copy's sha256"
-    if hashlib.sha256(data.read_bytes()).hexdigest() != recorded.group(1):
-        pytest.skip(f"{data} is not the copy the runs were trained on")
     stale = []
     for variants, out_dir in experiments.EXPERIMENTS.values():  # the comparison, the Transformer
         runs = sorted((out_dir / "runs").glob("*.json"))
@@ -493,3 +483,237 @@ def test_every_committed_full_budget_run_still_counts_as_done():
             if not experiments._done(run["variant"], run["seed"], out_dir)
         ]
     assert stale == [], "these committed runs no longer match the code's cache keys"
+
+
+@pytest.mark.parametrize("experiment", ["comparison", "transformer"])
+def test_summarising_the_committed_runs_rewrites_the_committed_tables(
+    experiment, recorded_data, tmp_path
+):
+    """``python -m helpers.experiments --summarise-only`` over the committed runs and
+    translations writes the committed ``runs.csv``, ``summary.csv`` and
+    ``significance.csv`` byte for byte (means, spreads, table order, the paired bootstrap
+    of every pair of variants per seed), and keeps the wall time of the invocation that
+    trained. Notebooks 07 and 08 read these tables."""
+    import shutil
+
+    import helpers.experiments as experiments
+
+    _, committed = experiments.EXPERIMENTS[experiment]
+    output = tmp_path / experiment
+    for folder in ("runs", "translations"):
+        shutil.copytree(committed / folder, output / folder)
+    shutil.copy(committed / "provenance.json", output / "provenance.json")
+    arguments = ["--experiment", experiment, "--summarise-only", "--output", str(output)]
+    assert experiments.main(arguments) == 0
+    for table in ("runs.csv", "summary.csv", "significance.csv"):
+        assert (output / table).read_bytes() == (committed / table).read_bytes(), table
+    written = json.loads((output / "provenance.json").read_text())
+    before = json.loads((committed / "provenance.json").read_text())
+    for field in (
+        "code of the runs",
+        "wall seconds",
+        "train seconds, all runs",
+        "hardware of the runs",
+    ):
+        assert written[field] == before[field], field
+    # The comparison's record predates the "experiment" field and the training overrides.
+    assert {key: written["budget"][key] for key in before["budget"]} == before["budget"]
+    assert written["experiment"] == experiment
+    assert written["command"] == "python -m helpers.experiments " + " ".join(arguments)
+
+
+class _Clock:
+    """A stand-in for the ``time`` module whose ``perf_counter`` reads the given times."""
+
+    def __init__(self, *readings: float):
+        self.readings = iter(readings)
+
+    def perf_counter(self) -> float:
+        return next(self.readings)
+
+
+def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
+    small_dates, tmp_path, monkeypatch, capsys
+):
+    """``python -m helpers.experiments`` end to end, in one process on the small dates
+    task: each run's JSON records the run's code, machine and threads beside its metrics,
+    its translations are kept (and are the ones it scored), the tables and the
+    significance test cover what is on disk, a second invocation trains nothing, and
+    ``--summarise-only`` keeps the wall time of the invocation before it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import helpers.experiments as experiments
+    from helpers.metrics import corpus_scores
+
+    monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("PAYING_ATTENTION_PROGRESS", "0")
+    monkeypatch.setattr(experiments, "_tasks", lambda: (small_dates, small_dates))
+    monkeypatch.setattr(
+        experiments,
+        "full_settings",
+        lambda seed, variant=None: TrainSettings(epochs=1, batch_size=64, seed=seed),
+    )
+    # Worker threads instead of spawned processes, so the stand-ins above reach the runs.
+    monkeypatch.setattr(
+        experiments, "ProcessPoolExecutor", lambda workers, mp_context: ThreadPoolExecutor(workers)
+    )
+    threads = []
+    monkeypatch.setattr(experiments.torch, "set_num_threads", threads.append)
+    # Three invocations, two readings each: 5 s, 7 s and 20 s of wall time.
+    monkeypatch.setattr(experiments, "time", _Clock(0.0, 5.0, 100.0, 107.0, 200.0, 220.0))
+    output = tmp_path / "results"
+    variants = ["Luong dot", "Luong general"]
+    arguments = ["--variants", *variants, "--seeds", "0", "--threads", "3", "--output", str(output)]
+
+    assert experiments.main(arguments) == 0
+    assert "2 run(s) to do, 2 at a time" in capsys.readouterr().out
+    assert threads == [3, 3]
+    for variant in variants:
+        run = json.loads((output / "runs" / f"{slug(variant)}_seed0.json").read_text())
+        assert run["variant"] == variant and run["seed"] == 0 and run["epochs run"] == 1
+        assert run["code"] == experiments.code_state()
+        assert run["hardware"] == experiments.hardware()
+        assert run["torch threads"] == 3 and run["device"] == "cpu"
+        translations = experiments.load_translations(variant, 0, output)
+        assert set(translations) == {"greedy", "beam 5"}
+        scores = corpus_scores(translations["greedy"], small_dates.test_references)
+        assert scores.bleu == run["test BLEU (greedy)"]
+        assert experiments._done(variant, 0, output)
+    runs = experiments.load_results(output)["runs"]
+    assert list(runs["variant"]) == variants
+    [pair] = experiments.load_results(output)["significance"].to_dict(orient="records")
+    assert (pair["variant A"], pair["variant B"], pair["seed"]) == (*variants, 0)
+    provenance = json.loads((output / "provenance.json").read_text())
+    assert provenance["wall seconds"] == 5.0
+    assert provenance["train seconds, all runs"] == round(runs["train seconds"].sum(), 1)
+    assert provenance["variants"] == variants and provenance["seeds"] == [0]
+    assert provenance["torch threads per worker"] == 3 and provenance["workers"] == 2
+
+    assert experiments.main(arguments) == 0
+    assert "0 run(s) to do" in capsys.readouterr().out
+    assert threads == [3, 3]  # nothing trained
+    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 7.0
+    assert experiments.main([*arguments, "--summarise-only"]) == 0
+    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 7.0
+
+    # A run counts as done only with its translations, and only with this code's key.
+    experiments._translations_path(output, "Luong dot", 0).unlink()
+    assert not experiments._done("Luong dot", 0, output)
+    general = output / "runs" / "luong-general_seed0.json"
+    general.write_text(json.dumps({**json.loads(general.read_text()), "cache key": "old"}))
+    assert not experiments._done("Luong general", 0, output)
+
+
+@pytest.mark.parametrize("flags", [["--workers", "0"], ["--threads", "0"]])
+def test_the_runner_refuses_no_workers_or_no_threads(flags, tmp_path, capsys):
+    import helpers.experiments as experiments
+
+    with pytest.raises(SystemExit) as stopped:
+        experiments.main([*flags, "--output", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "--workers and --threads must be at least 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_committed_results_load_with_every_table_and_history():
+    """What notebooks 07 and 08 read: every run's history beside its row, the summary in
+    table order, the significance tests, and the speed record where one was made."""
+    import helpers.experiments as experiments
+
+    for experiment, (variants, out_dir) in experiments.EXPERIMENTS.items():
+        results = experiments.load_results(out_dir)
+        runs = results["runs"]
+        assert len(runs) == len(variants) * len(experiments.SEEDS), experiment
+        assert list(results["summary"].index) == list(variants)
+        assert (results["summary"]["seeds"] == len(experiments.SEEDS)).all()
+        assert set(results["histories"]) == set(zip(runs["variant"], runs["seed"], strict=True))
+        for _, row in runs.iterrows():
+            history = results["histories"][row["variant"], row["seed"]]
+            assert len(history) == row["epochs run"]
+            # runs.csv keeps six significant digits
+            assert history["valid_loss"].min() == pytest.approx(row["valid loss"], rel=1e-5)
+        assert results["significance"] is not None
+        assert results["provenance"]["seeds"] == list(experiments.SEEDS)
+    assert experiments.load_results(experiments.RESULTS_DIR)["speed"] is None
+    speed = experiments.load_results(experiments.TRANSFORMER_RESULTS_DIR)["speed"]
+    # The baseline first, then the Transformer (measured before the equal-time variant,
+    # which is the same model stopped earlier, was added).
+    assert [row["variant"] for row in speed["rows"]] == ["Luong general", "Transformer"]
+
+
+def test_a_run_without_significance_or_speed_files_loads_them_as_none(tmp_path):
+    import shutil
+
+    import helpers.experiments as experiments
+
+    for name in ("runs.csv", "summary.csv", "provenance.json"):
+        shutil.copy(experiments.RESULTS_DIR / name, tmp_path / name)
+    results = experiments.load_results(tmp_path)
+    assert results["significance"] is None and results["speed"] is None
+    assert results["histories"] == {} and len(results["runs"]) == 24
+
+
+def test_hardware_names_the_cpu_from_cpuinfo_else_the_platform_else_unknown(monkeypatch):
+    import helpers.experiments as experiments
+
+    monkeypatch.setattr(experiments, "cpu_model_name", lambda: "AMD EPYC 9999")
+    monkeypatch.setattr(experiments.platform, "processor", lambda: "x86_64")
+    assert experiments.hardware()["cpu"] == "AMD EPYC 9999"
+    monkeypatch.setattr(experiments, "cpu_model_name", lambda: None)
+    assert experiments.hardware()["cpu"] == "x86_64"
+    monkeypatch.setattr(experiments.platform, "processor", lambda: "")
+    assert experiments.hardware()["cpu"] == "unknown"
+
+
+def test_speed_is_measured_only_on_the_full_budget_models(small_dates, tmp_path, monkeypatch):
+    """``--measure-speed`` times the seed-0 full-budget checkpoints of the experiment and
+    its baselines (for the Transformer, Luong general), refuses a checkpoint trained with
+    other settings, and records how it measured beside the figures."""
+    import pandas as pd
+
+    import helpers.experiments as experiments
+    from helpers.checkpoints import save_checkpoint
+    from helpers.files import checkpoint_path
+
+    monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setattr(experiments, "_tasks", lambda: (small_dates, small_dates))
+    for variant in ("Luong general", *TRANSFORMERS):
+        config = experiments.variant_config(variant, small_dates)
+        model = Seq2Seq(config).attach_vocabularies(
+            small_dates.source_vocab, small_dates.target_vocab
+        )
+        key = experiments.cache_key(config, experiments.full_settings(0, variant), small_dates)
+        save_checkpoint(
+            model, checkpoint_path(f"full_{slug(variant)}_seed0.pt"), extra={"cache_key": key}
+        )
+    measured = []
+
+    def fake_measure_speed(models, task, device, training_batches, sentences):
+        measured.append((list(models), task, training_batches, sentences))
+        return pd.DataFrame({"variant": list(models), "beam-5 sentences/s": 1.0}).set_index(
+            "variant"
+        )
+
+    monkeypatch.setattr(experiments, "measure_speed", fake_measure_speed)
+    monkeypatch.setattr(experiments.torch, "set_num_threads", lambda threads: None)
+    output = tmp_path / "transformer"
+    arguments = ["--experiment", "transformer", "--measure-speed", "--seeds", "2", "0"]
+    assert experiments.main([*arguments, "--output", str(output)]) == 0
+    assert measured == [(["Luong general", *TRANSFORMERS], small_dates, 300, 500)]
+    record = json.loads((output / "speed.json").read_text())
+    assert record["models"] == "the full-budget checkpoints of seed 0"
+    assert record["training"] == "helpers.training.train on 300 batches of 128 after 20 of warm-up"
+    assert [row["variant"] for row in record["rows"]] == ["Luong general", *TRANSFORMERS]
+
+    # A checkpoint at the full budget's path but trained otherwise is refused.
+    config = experiments.variant_config("Luong general", small_dates)
+    other = experiments.cache_key(config, quick_settings(0, 1, "Luong general"), small_dates)
+    save_checkpoint(
+        Seq2Seq(config).attach_vocabularies(small_dates.source_vocab, small_dates.target_vocab),
+        checkpoint_path("full_luong-general_seed0.pt"),
+        extra={"cache_key": other},
+    )
+    with pytest.raises(
+        ValueError, match="not trained with the full-budget settings of 'Luong general'"
+    ):
+        experiments._full_model("Luong general", 0, small_dates, "cpu")
