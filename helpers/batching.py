@@ -186,7 +186,9 @@ class BucketBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def epoch_batches(self) -> list[list[int]]:
+        """This epoch's batches, in order, without moving on to the next epoch (iterating
+        the sampler moves on)."""
         indices = list(range(len(self.lengths)))
         generator = random.Random(self.seed + self.epoch)
         if self.shuffle:
@@ -211,12 +213,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
+        batches = self.epoch_batches()
         self.epoch += 1 if self.shuffle else 0
         return iter(batches)
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return len(self.epoch_batches())
 
 
 def make_loader(

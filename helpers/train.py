@@ -62,7 +62,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
     would hang otherwise).
     """
 
-    def __init__(self, batches: Sampler[list[int]], rank: int, world_size: int) -> None:
+    def __init__(self, batches: BucketBatchSampler, rank: int, world_size: int) -> None:
         self.batches, self.rank, self.world_size = batches, rank, world_size
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -71,7 +71,9 @@ class ShardedBatchSampler(Sampler[list[int]]):
                 yield batch[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        # The steps each rank takes: the skipped batches do not count (the progress bar's
+        # total and a resumed warm-up's step count read this).
+        return sum(len(batch) >= self.world_size for batch in self.batches.epoch_batches())
 
 
 def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:

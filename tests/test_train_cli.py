@@ -144,3 +144,130 @@ def test_a_time_budget_stop_is_said_and_recorded_in_the_summary(tmp_path):
     _, extra = load_checkpoint(output)
     assert extra["summary"]["stopped_by_time_budget"] is True
     assert extra["history"]["stopped_by_budget"] is True
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+def test_each_rank_gets_its_share_of_every_global_batch_and_all_ranks_take_the_same_steps(
+    world_size,
+):
+    """Rank r keeps ``batch[r::world_size]`` of each global batch, so one distributed
+    step sees exactly one single-process step's examples; a global batch smaller than the
+    world is skipped by every rank (DDP would hang on unequal steps), and the length is
+    the number of steps each rank takes, in every epoch."""
+    from helpers.batching import BucketBatchSampler
+    from helpers.train import ShardedBatchSampler
+
+    lengths = [(index % 7, index % 5) for index in range(43)]  # batches of 8, then 3
+    for epoch in range(3):
+        plan = BucketBatchSampler(lengths, batch_size=8, seed=4)
+        plan.set_epoch(epoch)
+        global_batches = plan.epoch_batches()
+        shared = [batch for batch in global_batches if len(batch) >= world_size]
+        per_rank = []
+        for rank in range(world_size):
+            sampler = BucketBatchSampler(lengths, batch_size=8, seed=4)
+            sampler.set_epoch(epoch)
+            sharded = ShardedBatchSampler(sampler, rank, world_size)
+            assert len(sharded) == len(shared)
+            per_rank.append(list(sharded))
+            assert sampler.epoch == epoch + 1  # iterating moved on; len() did not
+        assert [len(shards) for shards in per_rank] == [len(shared)] * world_size
+        for step, batch in enumerate(shared):
+            shards = [per_rank[rank][step] for rank in range(world_size)]
+            assert shards == [batch[rank::world_size] for rank in range(world_size)]
+            assert sorted(sum(shards, [])) == sorted(batch)
+    assert (len(shared) < len(global_batches)) == (world_size > 3)
+
+
+def test_every_flag_reaches_the_model_and_the_training_settings():
+    """Flags override the recipe (the notebooks' own settings) and nothing else."""
+    from helpers.recipes import dates_recipe, tatoeba_recipe
+    from helpers.train import _settings_for, parse_arguments
+
+    cpu = torch.device("cpu")
+    arguments = parse_arguments(
+        ["--task", "dates", "--decoder", "luong", "--attention", "dot", "--hidden-size", "40",
+         "--embedding-size", "12", "--dropout", "0.3", "--epochs", "4", "--time-budget", "9",
+         "--batch-size", "16", "--learning-rate", "0.01", "--seed", "7", "--output", "m.pt"]
+    )  # fmt: skip
+    model, settings = _settings_for(arguments, cpu)
+    recipe_model, recipe_settings = dates_recipe("luong")
+    assert model == recipe_model | dict(
+        attention="dot", hidden_size=40, embedding_size=12, dropout=0.3
+    )
+    assert settings.to_dict() == recipe_settings.to_dict() | dict(
+        epochs=4, time_budget=9.0, batch_size=16, learning_rate=0.01, seed=7
+    )
+    plain = parse_arguments(["--decoder", "bahdanau", "--output", "m.pt"])
+    model, settings = _settings_for(plain, cpu)
+    assert (model, settings) == tatoeba_recipe("bahdanau", cpu)
+    assert settings.seed == 0 and settings.time_budget is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--hidden-size", "0"], "--hidden-size must be at least 1"),
+        (["--embedding-size", "-2"], "--embedding-size must be at least 1"),
+        (["--time-budget", "0"], "--time-budget must be positive"),
+        (["--time-budget", "nan"], "--time-budget must be positive"),
+        (["--learning-rate", "0"], "--learning-rate must be positive"),
+        (["--dropout", "1"], "--dropout must lie in [0, 1)"),
+        (["--dropout", "-0.1"], "--dropout must lie in [0, 1)"),
+    ],
+)
+def test_flags_out_of_range_are_refused_in_process(flags, message, capsys):
+    from helpers.train import parse_arguments
+
+    with pytest.raises(SystemExit) as stopped:
+        parse_arguments([*flags, "--output", "m.pt"])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    for fine in (["--dropout", "0"], ["--hidden-size", "1"], ["--time-budget", "0.1"]):
+        parse_arguments([*fine, "--output", "m.pt"])
+
+
+def test_a_summary_path_that_cannot_be_written_is_refused_too(tmp_path, capsys):
+    from helpers.train import parse_arguments, unwritable
+
+    with pytest.raises(SystemExit):
+        parse_arguments(["--output", str(tmp_path / "m.pt"), "--summary", str(tmp_path)])
+    assert f"--summary {tmp_path}: is a directory" in capsys.readouterr().err
+    assert unwritable(tmp_path / "new" / "folders" / "m.pt") is None  # made on the way
+    assert (tmp_path / "new" / "folders").is_dir()
+    assert list((tmp_path / "new" / "folders").iterdir()) == []  # the probe is gone
+    existing = tmp_path / "existing.pt"
+    existing.write_bytes(b"")
+    assert unwritable(existing) is None
+
+
+def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
+    tmp_path, monkeypatch, capsys
+):
+    """``--resume`` continues a run only with its own settings: another learning rate
+    (or batch size, seed …) would make the result no run at all. More epochs than the
+    interrupted run planned is what resuming is for."""
+    import helpers.train as train_cli
+
+    partial = tmp_path / "partial.pt"
+    flags = ["--task", "dates", "--batch-size", "64", "--no-progress", "--hidden-size", "16"]
+    flags += ["--embedding-size", "8", "--output", str(partial)]
+    real_save = train_cli.save_checkpoint
+
+    def save_then_interrupt(model, path, extra):  # Ctrl-C just after epoch 1's checkpoint
+        real_save(model, path, extra=extra)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "save_checkpoint", save_then_interrupt)
+    assert train_cli.main([*flags, "--epochs", "2"]) == 130
+    assert f"interrupted: the checkpoint of epoch 1 is at {partial}" in capsys.readouterr().err
+    monkeypatch.setattr(train_cli, "save_checkpoint", real_save)
+
+    assert train_cli.main([*flags, "--epochs", "2", "--resume", "--learning-rate", "0.5"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot resume" in error and "was trained with other settings" in error
+    assert "'learning_rate': (0.003, 0.5)" in error
+    assert train_cli.main([*flags, "--epochs", "3", "--resume"]) == 0
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
+    _, extra = load_checkpoint(partial)
+    assert len(extra["history"]["epochs"]) == 3 and extra["settings"]["epochs"] == 3
+    assert "resume" not in extra
