@@ -2,6 +2,7 @@
 progress bar, the full-budget experiment runner and its significance test."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -514,6 +515,10 @@ def test_summarising_the_committed_runs_rewrites_the_committed_tables(
         "wall seconds",
         "train seconds, all runs",
         "hardware of the runs",
+        # the defaults on a CPU, as the committed runs were trained
+        "device",
+        "workers",
+        "torch threads per worker",
     ):
         assert written[field] == before[field], field
     # The comparison's record predates the "experiment" field and the training overrides.
@@ -543,6 +548,9 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     from concurrent.futures import ThreadPoolExecutor
 
     import helpers.experiments as experiments
+    from helpers.checkpoints import load_checkpoint
+    from helpers.decoding import translate_batch
+    from helpers.files import checkpoint_path
     from helpers.metrics import corpus_scores
 
     monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path / "checkpoints"))
@@ -551,7 +559,7 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     monkeypatch.setattr(
         experiments,
         "full_settings",
-        lambda seed, variant=None: TrainSettings(epochs=1, batch_size=64, seed=seed),
+        lambda seed, variant=None: TrainSettings(epochs=2, batch_size=64, seed=seed),
     )
     # Worker threads instead of spawned processes, so the stand-ins above reach the runs.
     monkeypatch.setattr(
@@ -559,8 +567,8 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     )
     threads = []
     monkeypatch.setattr(experiments.torch, "set_num_threads", threads.append)
-    # Three invocations, two readings each: 5 s, 7 s and 20 s of wall time.
-    monkeypatch.setattr(experiments, "time", _Clock(0.0, 5.0, 100.0, 107.0, 200.0, 220.0))
+    # Three invocations, two readings each: 5.04 s, 7 s and 20 s of wall time.
+    monkeypatch.setattr(experiments, "time", _Clock(0.0, 5.04, 100.0, 107.0, 200.0, 220.0))
     output = tmp_path / "results"
     variants = ["Luong dot", "Luong general"]
     arguments = ["--variants", *variants, "--seeds", "0", "--threads", "3", "--output", str(output)]
@@ -570,12 +578,26 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     assert threads == [3, 3]
     for variant in variants:
         run = json.loads((output / "runs" / f"{slug(variant)}_seed0.json").read_text())
-        assert run["variant"] == variant and run["seed"] == 0 and run["epochs run"] == 1
+        assert run["variant"] == variant and run["seed"] == 0 and run["epochs run"] == 2
+        epochs = run["history"]["epochs"]
+        losses = [epoch["valid_loss"] for epoch in epochs]
+        assert run["best epoch"] == 2  # no early stopping: the last epoch's weights
+        assert run["valid loss"] == min(losses)
+        assert run["valid perplexity"] == pytest.approx(math.exp(min(losses)))
+        assert run["last-epoch valid improvement"] == pytest.approx(
+            (losses[0] - min(losses)) / losses[0]
+        )
+        speeds = [epoch["target_tokens_per_second"] for epoch in epochs]
+        assert min(speeds) <= run["target tokens/s"] <= max(speeds)  # their time-weighted mean
         assert run["code"] == experiments.code_state()
         assert run["hardware"] == experiments.hardware()
         assert run["torch threads"] == 3 and run["device"] == "cpu"
         translations = experiments.load_translations(variant, 0, output)
         assert set(translations) == {"greedy", "beam 5"}
+        model, _ = load_checkpoint(checkpoint_path(f"full_{slug(variant)}_seed0.pt"))
+        for name, beam_size in (("greedy", 1), ("beam 5", 5)):
+            decoded = translate_batch(model, small_dates.test_sources, beam_size=beam_size)
+            assert translations[name] == [hypothesis.text for hypothesis in decoded], name
         scores = corpus_scores(translations["greedy"], small_dates.test_references)
         assert scores.bleu == run["test BLEU (greedy)"]
         assert experiments._done(variant, 0, output)
@@ -584,7 +606,7 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     [pair] = experiments.load_results(output)["significance"].to_dict(orient="records")
     assert (pair["variant A"], pair["variant B"], pair["seed"]) == (*variants, 0)
     provenance = json.loads((output / "provenance.json").read_text())
-    assert provenance["wall seconds"] == 5.0
+    assert provenance["wall seconds"] == 5.0  # to a tenth of a second
     assert provenance["train seconds, all runs"] == round(runs["train seconds"].sum(), 1)
     assert provenance["variants"] == variants and provenance["seeds"] == [0]
     assert provenance["torch threads per worker"] == 3 and provenance["workers"] == 2
