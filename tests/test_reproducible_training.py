@@ -567,9 +567,10 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     )
     threads = []
     monkeypatch.setattr(experiments.torch, "set_num_threads", threads.append)
-    # Three invocations, two readings each: 5.04 s, 7 s and 20 s of wall time.
-    monkeypatch.setattr(experiments, "time", _Clock(0.0, 5.04, 100.0, 107.0, 200.0, 220.0))
-    output = tmp_path / "results"
+    # Four invocations, two readings each: 5.04 s, 7 s, 20 s and 1 s of wall time.
+    readings = (0.0, 5.04, 100.0, 107.0, 200.0, 220.0, 300.0, 301.0)
+    monkeypatch.setattr(experiments, "time", _Clock(*readings))
+    output = tmp_path / "results" / "comparison"  # folders made on the way
     variants = ["Luong dot", "Luong general"]
     arguments = ["--variants", *variants, "--seeds", "0", "--threads", "3", "--output", str(output)]
 
@@ -617,6 +618,11 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 7.0
     assert experiments.main([*arguments, "--summarise-only"]) == 0
     assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 7.0
+    # With a GPU the runs default to it, one at a time.
+    monkeypatch.setattr(experiments.torch.cuda, "is_available", lambda: True)
+    assert experiments.main([*arguments, "--summarise-only"]) == 0
+    provenance = json.loads((output / "provenance.json").read_text())
+    assert provenance["device"] == "cuda" and provenance["workers"] == 1
 
     # A run counts as done only with its translations, and only with this code's key.
     experiments._translations_path(output, "Luong dot", 0).unlink()
@@ -635,6 +641,10 @@ def test_the_runner_refuses_no_workers_or_no_threads(flags, tmp_path, capsys):
     assert stopped.value.code == 2
     assert "--workers and --threads must be at least 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="no runs under"):  # one of each is enough
+        experiments.main(
+            ["--workers", "1", "--threads", "1", "--summarise-only", "--output", str(tmp_path)]
+        )
 
 
 def test_the_committed_results_load_with_every_table_and_history():
@@ -718,7 +728,7 @@ def test_speed_is_measured_only_on_the_full_budget_models(small_dates, tmp_path,
 
     monkeypatch.setattr(experiments, "measure_speed", fake_measure_speed)
     monkeypatch.setattr(experiments.torch, "set_num_threads", lambda threads: None)
-    output = tmp_path / "transformer"
+    output = tmp_path / "results" / "transformer"  # folders made on the way
     arguments = ["--experiment", "transformer", "--measure-speed", "--seeds", "2", "0"]
     assert experiments.main([*arguments, "--output", str(output)]) == 0
     assert measured == [(["Luong general", *TRANSFORMERS], small_dates, 300, 500)]
