@@ -601,6 +601,9 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
         assert run["torch threads"] == 3 and run["device"] == "cpu"
         translations = experiments.load_translations(variant, 0, output)
         assert set(translations) == {"greedy", "beam 5"}
+        # No time stamp in the gzip header: the same translations give the same file.
+        kept = experiments._translations_path(output, variant, 0).read_bytes()
+        assert kept[4:8] == bytes(4)
         model, _ = load_checkpoint(checkpoint_path(f"full_{slug(variant)}_seed0.pt"))
         for name, beam_size in (("greedy", 1), ("beam 5", 5)):
             decoded = translate_batch(model, small_dates.test_sources, beam_size=beam_size)
