@@ -311,12 +311,23 @@ def test_dates_architecture_keeps_the_architecture_and_drops_the_sizes():
     assert dates_recipe(**dates_architecture("Bahdanau (additive)"))[0]["attention"] == "additive"
 
 
-def test_measure_speed_times_training_and_both_decoders(small_dates):
-    from helpers.experiments import measure_speed
+def test_measure_speed_times_training_and_both_decoders(small_dates, monkeypatch):
+    import helpers.experiments as experiments
 
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     trained, _ = train_model(small_dates, config, TrainSettings(epochs=1, batch_size=32), "cpu")
-    speed = measure_speed({"tiny": trained}, small_dates, "cpu", training_batches=3, sentences=8)
+    timed = []
+
+    def recording_speed(model, sentences, beam_size):
+        timed.append((model, len(sentences), beam_size))
+        return real_speed(model, sentences, beam_size)
+
+    real_speed = experiments.decoding_sentences_per_second
+    monkeypatch.setattr(experiments, "decoding_sentences_per_second", recording_speed)
+    speed = experiments.measure_speed(
+        {"tiny": trained}, small_dates, "cpu", training_batches=3, sentences=8
+    )
+    assert timed == [(trained, 8, 1), (trained, 8, 5)]  # the trained model, greedy and beam 5
     assert list(speed.index) == ["tiny"]
     row = speed.loc["tiny"]
     assert row["parameters"] == sum(p.numel() for p in trained.parameters())
@@ -639,6 +650,33 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     general = output / "runs" / "luong-general_seed0.json"
     general.write_text(json.dumps({**json.loads(general.read_text()), "cache key": "old"}))
     assert not experiments._done("Luong general", 0, output)
+
+
+def test_last_epoch_improvement_is_the_best_loss_relative_gain_of_the_last_epoch():
+    from helpers.experiments import _last_epoch_improvement
+    from helpers.training import EpochRecord, TrainingHistory
+
+    def history(*losses):
+        return TrainingHistory(
+            [EpochRecord(epoch, 1.0, loss, 1.0, 1.0, 1.0) for epoch, loss in enumerate(losses, 1)]
+        )
+
+    assert _last_epoch_improvement(history(3.0, 2.0, 1.9)) == pytest.approx(0.05)
+    assert _last_epoch_improvement(history(3.0, 2.0, 2.5)) == 0.0  # worse: no gain
+    assert math.isnan(_last_epoch_improvement(history(3.0)))
+
+
+def test_the_runner_reads_its_command_line():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "helpers.experiments", "--experiment", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
 
 
 @pytest.mark.parametrize("flags", [["--workers", "0"], ["--threads", "0"]])
