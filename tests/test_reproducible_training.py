@@ -796,3 +796,33 @@ def test_speed_is_measured_only_on_the_full_budget_models(small_dates, tmp_path,
         ValueError, match="not trained with the full-budget settings of 'Luong general'"
     ):
         experiments._full_model("Luong general", 0, small_dates, "cpu")
+
+
+def test_code_state_names_the_commit_and_says_unknown_when_git_cannot():
+    """Each full-budget run records the commit it was trained with, and whether
+    ``helpers/`` had uncommitted edits; where git cannot tell, it says "unknown"."""
+    import subprocess
+    from pathlib import Path
+
+    import helpers.experiments as experiments
+
+    assert experiments._git("no-such-git-command") == "unknown"
+    helpers_folder = Path(experiments.__file__).resolve().parent
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=helpers_folder, capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        assert experiments.code_state()["commit"] == "unknown"
+        pytest.skip("not a git checkout")
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--", "."],
+        cwd=helpers_folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert experiments.code_state() == {
+        "commit": head.stdout.strip(),
+        "uncommitted changes": status.stdout.strip() != "",
+    }
+    assert len(head.stdout.strip()) == 40
