@@ -225,18 +225,27 @@ def test_a_difference_is_significant_only_if_every_seed_agrees():
                 "p value": 0.2 if seed == 1 else 0.001,
             },
             {"seed": seed, "variant A": "y", "variant B": "w", "B - A": -5.0, "p value": 0.001},
+            # p = alpha in one seed is not below it
+            {
+                "seed": seed,
+                "variant A": "y",
+                "variant B": "z",
+                "B - A": 1.0,
+                "p value": 0.05 if seed == 0 else 0.001,
+            },
         ]
     table = pairwise_verdicts(pd.DataFrame(rows))
     # One row per pair, in the order the tests list them (the comparison's table order).
     pairs = list(zip(table["variant A"], table["variant B"], strict=True))
-    assert pairs == [("x", "y"), ("x", "z"), ("x", "w"), ("y", "w")]
-    assert list(table["seeds"]) == [3] * 4
-    assert list(table["seeds with p < 0.05"]) == [3, 3, 2, 3]
+    assert pairs == [("x", "y"), ("x", "z"), ("x", "w"), ("y", "w"), ("y", "z")]
+    assert list(table["seeds"]) == [3] * 5
+    assert list(table["seeds with p < 0.05"]) == [3, 3, 2, 3, 2]
     verdicts = table.set_index(["variant A", "variant B"])
     assert verdicts.loc[("x", "y"), "verdict"] == "B better"
     assert verdicts.loc[("x", "z"), "verdict"] == "not significant"
     assert verdicts.loc[("x", "w"), "verdict"] == "not significant"
     assert verdicts.loc[("y", "w"), "verdict"] == "A better"
+    assert verdicts.loc[("y", "z"), "verdict"] == "not significant"
     assert verdicts.loc[("x", "y"), "mean B - A (BLEU)"] == 2.0
 
 
