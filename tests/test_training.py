@@ -631,3 +631,37 @@ def test_a_history_round_trips_and_older_ones_load_without_the_later_fields():
     loaded = TrainingHistory.from_dict(older)
     assert loaded.stopped_by_budget and not loaded.stopped_early and loaded.best_epoch is None
     assert loaded.best_valid_loss == 2.25 and loaded.total_seconds == 3.0
+
+
+def test_recipes_use_the_device_they_are_given_and_pin_memory_only_for_a_gpu(
+    small_dates, tmp_path, monkeypatch
+):
+    """A device passed in is used as given (``select_device`` guesses only when none is),
+    and page-locked memory is asked for only when copying to a GPU."""
+    import helpers.recipes as recipes
+
+    def no_guessing(*args):
+        raise AssertionError("a device was given: there is nothing to select")
+
+    monkeypatch.setattr(recipes, "select_device", no_guessing)
+    pinned = []
+    real_loaders = type(small_dates).loaders
+
+    def recording_loaders(task, batch_size=64, seed=0, pin_memory=False):
+        pinned.append(pin_memory)
+        return real_loaders(task, batch_size, seed, pin_memory=pin_memory)
+
+    monkeypatch.setattr(type(small_dates), "loaders", recording_loaders)
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    settings = TrainSettings(epochs=1, batch_size=64)
+    cpu = torch.device("cpu")
+    recipes.train_model(small_dates, config, settings, device=cpu, progress=False)
+    path = tmp_path / "model.pt"
+    _, _, loaded = recipes.train_or_load(small_dates, config, settings, path, "cpu", False)
+    assert not loaded
+    _, _, loaded = recipes.train_or_load(small_dates, config, settings, path, "cpu", False)
+    assert loaded
+    assert pinned == [False, False]  # trained twice on the CPU, loaded once
+    assert recipes.load_epoch_snapshot(small_dates, config, settings, path, 1, "cpu") is None
+    assert recipes.tatoeba_recipe("luong", "cpu")[0]["hidden_size"] == 256
+    assert recipes.tatoeba_recipe("luong", cpu)[0]["hidden_size"] == 256
