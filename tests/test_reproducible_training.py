@@ -788,6 +788,8 @@ def test_speed_is_measured_only_on_the_full_budget_models(small_dates, tmp_path,
     arguments = ["--experiment", "transformer", "--measure-speed", "--seeds", "2", "0"]
     assert experiments.main([*arguments, "--output", str(output)]) == 0
     assert measured == [(["Luong general", *TRANSFORMERS], small_dates, 300, 500)]
+    assert experiments.main([*arguments, "--output", str(output)]) == 0  # measured again
+    assert len(measured) == 2
     record = json.loads((output / "speed.json").read_text())
     assert record["models"] == "the full-budget checkpoints of seed 0"
     assert record["training"] == "helpers.training.train on 300 batches of 128 after 20 of warm-up"
