@@ -176,6 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world_size > 1
+    if arguments.batch_size is not None and arguments.batch_size < world_size:
+        # Each process takes its share of every global batch (ShardedBatchSampler).
+        return _fail(
+            f"error: --batch-size {arguments.batch_size} is smaller than the {world_size} "
+            "processes: each needs at least one sentence of every batch",
+            distributed=False,
+        )
     try:
         device = select_device(arguments.device)
     except ValueError as error:

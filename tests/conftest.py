@@ -44,3 +44,34 @@ def recorded_data() -> Path:
     if hashlib.sha256(data.read_bytes()).hexdigest() != recorded.group(1):
         pytest.skip(f"{data} is not the copy the runs were trained on")
     return data
+
+
+class FakeClock:
+    """Stands in for a module's ``time``: ``perf_counter`` returns the given readings in
+    turn, then moves on by ``tick`` seconds at each reading; ``advance`` moves it by hand
+    (a stub "doing work")."""
+
+    def __init__(self, readings=(), tick: float = 0.0, start: float = 0.0):
+        self.readings, self.tick, self.now = list(readings), tick, start
+
+    def perf_counter(self) -> float:
+        if self.readings:
+            return self.readings.pop(0)
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """``fake_clock(module, *readings, tick=...)`` replaces ``module.time`` (that module's
+    name only, not the ``time`` module everyone shares) with a :class:`FakeClock`."""
+
+    def install(module, *readings: float, tick: float = 0.0) -> FakeClock:
+        clock = FakeClock(readings, tick)
+        monkeypatch.setattr(module, "time", clock)
+        return clock
+
+    return install

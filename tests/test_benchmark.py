@@ -102,17 +102,6 @@ def test_the_benchmarks_model_is_trained_on_fixed_batches_so_every_run_decodes_t
     assert not torch.equal(untrained.decoder.embedding.weight, first.decoder.embedding.weight)
 
 
-class FakeClock:
-    """``time.perf_counter`` that moves on by ``tick`` seconds at each reading."""
-
-    def __init__(self, tick: float = 1.0, start: float = 100.0):
-        self.now, self.tick = start - tick, tick
-
-    def __call__(self) -> float:
-        self.now += self.tick
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def tiny_task():
     return dates_task(train_size=60, valid_size=8, test_size=8, seed=3)
@@ -120,7 +109,7 @@ def tiny_task():
 
 @pytest.mark.parametrize("ratio", [0.5, 1.0])
 def test_the_article_loop_counts_each_target_token_once_and_stops_after_its_duration(
-    tiny_task, monkeypatch, ratio
+    tiny_task, fake_clock, ratio
 ):
     """(a) trains sentence by sentence in a shuffled order, counts every target token but
     ``<sos>``, and stops after the first sentence that ends past ``duration`` (not at
@@ -129,7 +118,7 @@ def test_the_article_loop_counts_each_target_token_once_and_stops_after_its_dura
     duration, it trains four sentences and divides by five seconds."""
     import helpers.benchmark as benchmark
 
-    monkeypatch.setattr(benchmark.time, "perf_counter", FakeClock())
+    fake_clock(benchmark, tick=1.0)
     config = benchmark.benchmark_config(tiny_task, 8)
     speed, tokens = benchmark.article_loop_tokens_per_second(
         tiny_task, config, torch.device("cpu"), duration=3.0, teacher_forcing_ratio=ratio
@@ -152,19 +141,22 @@ def test_the_article_loop_refuses_a_teacher_forcing_ratio_outside_0_to_1(tiny_ta
         )
 
 
-def test_decoding_speed_times_only_the_full_call_after_a_warm_up(monkeypatch):
+def test_decoding_speed_times_only_the_full_call_after_a_warm_up(
+    tiny_task, monkeypatch, fake_clock
+):
     """Sentences per second: the sentences over the time of one ``translate_batch`` call
     on all of them, after an untimed warm-up on the first 64 with the same search."""
     import helpers.benchmark as benchmark
 
+    clock = fake_clock(benchmark)
     calls = []
 
     def recording_translate_batch(model, sentences, beam_size, batch_size=None, search=None):
         calls.append((len(sentences), beam_size, batch_size, search))
+        clock.advance(100.0 if len(calls) == 1 else 4.0)  # the warm-up, then the timed call
 
     monkeypatch.setattr(benchmark, "translate_batch", recording_translate_batch)
-    monkeypatch.setattr(benchmark.time, "perf_counter", FakeClock(tick=4.0))
-    model = Seq2Seq(dates_task(train_size=20, valid_size=4, test_size=4).model_config())
+    model = Seq2Seq(tiny_task.model_config())
     speed = benchmark.decoding_sentences_per_second(
         model, ["a"] * 100, 5, search=reference_beam_search, batch_size=256
     )

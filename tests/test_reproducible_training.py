@@ -48,13 +48,12 @@ def test_no_notebook_trains_under_a_time_budget():
         assert "time_budget" not in code, f"{notebook.name} trains under a wall-clock budget"
 
 
-def test_same_seed_same_numbers_even_when_the_clock_says_otherwise(small_dates, monkeypatch):
+def test_same_seed_same_numbers_even_when_the_clock_says_otherwise(small_dates, fake_clock):
     """The clock must not change anything: pretend every batch takes an hour."""
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     settings = TrainSettings(epochs=2, batch_size=32, seed=1)
     _, fast = train_model(small_dates, config, settings, device="cpu", progress=False)
-    clock = iter(range(0, 10**9, 3600))
-    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(clock)))
+    fake_clock(training, tick=3600.0)
     _, slow = train_model(small_dates, config, settings, device="cpu", progress=False)
     assert [r.valid_loss for r in fast.epochs] == [r.valid_loss for r in slow.epochs]
     assert [r.train_loss for r in fast.epochs] == [r.train_loss for r in slow.epochs]
@@ -514,7 +513,7 @@ def test_every_committed_full_budget_run_still_counts_as_done(recorded_data):
 
 @pytest.mark.parametrize("experiment", ["comparison", "transformer"])
 def test_summarising_the_committed_runs_rewrites_the_committed_tables(
-    experiment, recorded_data, tmp_path
+    experiment, recorded_data, tmp_path, monkeypatch
 ):
     """``python -m helpers.experiments --summarise-only`` over the committed runs and
     translations writes the committed ``runs.csv``, ``summary.csv`` and
@@ -531,6 +530,7 @@ def test_summarising_the_committed_runs_rewrites_the_committed_tables(
         shutil.copytree(committed / folder, output / folder)
     shutil.copy(committed / "provenance.json", output / "provenance.json")
     arguments = ["--experiment", experiment, "--summarise-only", "--output", str(output)]
+    monkeypatch.setattr(experiments.torch.cuda, "is_available", lambda: False)  # as committed
     assert experiments.main(arguments) == 0
     for table in ("runs.csv", "summary.csv", "significance.csv"):
         assert (output / table).read_bytes() == (committed / table).read_bytes(), table
@@ -553,18 +553,8 @@ def test_summarising_the_committed_runs_rewrites_the_committed_tables(
     assert written["command"] == "python -m helpers.experiments " + " ".join(arguments)
 
 
-class _Clock:
-    """A stand-in for the ``time`` module whose ``perf_counter`` reads the given times."""
-
-    def __init__(self, *readings: float):
-        self.readings = iter(readings)
-
-    def perf_counter(self) -> float:
-        return next(self.readings)
-
-
 def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
-    small_dates, tmp_path, monkeypatch, capsys
+    small_dates, tmp_path, monkeypatch, capsys, fake_clock
 ):
     """``python -m helpers.experiments`` end to end, in one process on the small dates
     task: each run's JSON records the run's code, machine and threads beside its metrics,
@@ -581,6 +571,7 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
 
     monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path / "checkpoints"))
     monkeypatch.setenv("PAYING_ATTENTION_PROGRESS", "0")
+    monkeypatch.setattr(experiments.torch.cuda, "is_available", lambda: False)  # the CPU defaults
     monkeypatch.setattr(experiments, "_tasks", lambda: (small_dates, small_dates))
     monkeypatch.setattr(
         experiments,
@@ -594,8 +585,7 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     threads = []
     monkeypatch.setattr(experiments.torch, "set_num_threads", threads.append)
     # Four invocations, two readings each: 5.04 s, 7 s, 20 s and 1 s of wall time.
-    readings = (0.0, 5.04, 100.0, 107.0, 200.0, 220.0, 300.0, 301.0)
-    monkeypatch.setattr(experiments, "time", _Clock(*readings))
+    fake_clock(experiments, 0.0, 5.04, 100.0, 107.0, 200.0, 220.0, 300.0, 301.0)
     output = tmp_path / "results" / "comparison"  # folders made on the way
     variants = ["Luong dot", "Luong general"]
     arguments = ["--variants", *variants, "--seeds", "0", "--threads", "3", "--output", str(output)]
@@ -675,17 +665,12 @@ def test_last_epoch_improvement_is_the_best_loss_relative_gain_of_the_last_epoch
     assert math.isnan(_last_epoch_improvement(history(3.0)))
 
 
-def test_the_runner_reads_its_command_line():
-    import subprocess
-    import sys
+def test_an_unknown_experiment_is_refused(capsys):
+    import helpers.experiments as experiments
 
-    result = subprocess.run(
-        [sys.executable, "-m", "helpers.experiments", "--experiment", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
+    with pytest.raises(SystemExit) as stopped:
+        experiments.main(["--experiment", "nope"])
+    assert stopped.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--workers", "0"], ["--threads", "0"]])
@@ -697,7 +682,12 @@ def test_the_runner_refuses_no_workers_or_no_threads(flags, tmp_path, capsys):
     assert stopped.value.code == 2
     assert "--workers and --threads must be at least 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(FileNotFoundError, match="no runs under"):  # one of each is enough
+
+
+def test_one_worker_and_one_thread_are_enough(tmp_path):
+    import helpers.experiments as experiments
+
+    with pytest.raises(FileNotFoundError, match="no runs under"):  # past the check
         experiments.main(
             ["--workers", "1", "--threads", "1", "--summarise-only", "--output", str(tmp_path)]
         )
@@ -738,7 +728,8 @@ def test_a_run_without_significance_or_speed_files_loads_them_as_none(tmp_path):
         shutil.copy(experiments.RESULTS_DIR / name, tmp_path / name)
     results = experiments.load_results(tmp_path)
     assert results["significance"] is None and results["speed"] is None
-    assert results["histories"] == {} and len(results["runs"]) == 24
+    assert results["histories"] == {}
+    assert len(results["runs"]) == len(VARIANTS) * len(experiments.SEEDS)
 
 
 def test_hardware_names_the_cpu_from_cpuinfo_else_the_platform_else_unknown(monkeypatch):
@@ -809,31 +800,38 @@ def test_speed_is_measured_only_on_the_full_budget_models(small_dates, tmp_path,
         experiments._full_model("Luong general", 0, small_dates, "cpu")
 
 
-def test_code_state_names_the_commit_and_says_unknown_when_git_cannot():
+def test_code_state_names_the_commit_and_edits_to_helpers_only(tmp_path, monkeypatch):
     """Each full-budget run records the commit it was trained with, and whether
-    ``helpers/`` had uncommitted edits; where git cannot tell, it says "unknown"."""
+    ``helpers/`` (not the notebooks or results beside it) had uncommitted edits; where
+    git is missing or cannot tell, it says "unknown"."""
     import subprocess
-    from pathlib import Path
 
     import helpers.experiments as experiments
 
+    def git(*command):
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *command],
+            cwd=tmp_path, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    (tmp_path / "helpers").mkdir()
+    module = tmp_path / "helpers" / "experiments.py"
+    module.write_text("# the code\n")
+    (tmp_path / "notes.md").write_text("notes\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    monkeypatch.setattr(experiments, "__file__", str(module))
+    commit = git("rev-parse", "HEAD")
+    assert experiments.code_state() == {"commit": commit, "uncommitted changes": False}
+    (tmp_path / "notes.md").write_text("edited\n")  # outside helpers/: not the code
+    assert experiments.code_state()["uncommitted changes"] is False
+    module.write_text("# the code, edited\n")
+    assert experiments.code_state() == {"commit": commit, "uncommitted changes": True}
+
     assert experiments._git("no-such-git-command") == "unknown"
-    helpers_folder = Path(experiments.__file__).resolve().parent
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=helpers_folder, capture_output=True, text=True
-    )
-    if head.returncode != 0:
-        assert experiments.code_state()["commit"] == "unknown"
-        pytest.skip("not a git checkout")
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--", "."],
-        cwd=helpers_folder,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert experiments.code_state() == {
-        "commit": head.stdout.strip(),
-        "uncommitted changes": status.stdout.strip() != "",
-    }
-    assert len(head.stdout.strip()) == 40
+    monkeypatch.setattr(experiments, "__file__", str(tmp_path.parent / "nowhere" / "x.py"))
+    assert experiments._git("rev-parse", "HEAD") == "unknown"  # no such folder
+    monkeypatch.setattr(experiments, "__file__", str(module))
+    monkeypatch.setenv("PATH", "")  # no git at all
+    assert experiments.code_state()["commit"] == "unknown"

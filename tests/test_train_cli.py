@@ -147,8 +147,9 @@ def test_a_time_budget_stop_is_said_and_recorded_in_the_summary(tmp_path):
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 5])
+@pytest.mark.parametrize(("pool_batches", "drop_last"), [(50, False), (1, False), (2, True)])
 def test_each_rank_gets_its_share_of_every_global_batch_and_all_ranks_take_the_same_steps(
-    world_size,
+    world_size, pool_batches, drop_last
 ):
     """Rank r keeps ``batch[r::world_size]`` of each global batch, so one distributed
     step sees exactly one single-process step's examples; a global batch smaller than the
@@ -159,13 +160,17 @@ def test_each_rank_gets_its_share_of_every_global_batch_and_all_ranks_take_the_s
 
     lengths = [(index % 7, index % 5) for index in range(43)]  # batches of 8, then 3
     for epoch in range(3):
-        plan = BucketBatchSampler(lengths, batch_size=8, seed=4)
+        plan = BucketBatchSampler(
+            lengths, 8, seed=4, pool_batches=pool_batches, drop_last=drop_last
+        )
         plan.set_epoch(epoch)
         global_batches = plan.epoch_batches()
         shared = [batch for batch in global_batches if len(batch) >= world_size]
         per_rank = []
         for rank in range(world_size):
-            sampler = BucketBatchSampler(lengths, batch_size=8, seed=4)
+            sampler = BucketBatchSampler(
+                lengths, 8, seed=4, pool_batches=pool_batches, drop_last=drop_last
+            )
             sampler.set_epoch(epoch)
             sharded = ShardedBatchSampler(sampler, rank, world_size)
             assert len(sharded) == len(shared)
@@ -176,19 +181,20 @@ def test_each_rank_gets_its_share_of_every_global_batch_and_all_ranks_take_the_s
             shards = [per_rank[rank][step] for rank in range(world_size)]
             assert shards == [batch[rank::world_size] for rank in range(world_size)]
             assert sorted(sum(shards, [])) == sorted(batch)
-    assert (len(shared) < len(global_batches)) == (world_size > 3)
+    assert (len(shared) < len(global_batches)) == (world_size > 3 and not drop_last)
 
 
-def test_every_flag_reaches_the_model_and_the_training_settings():
+def test_every_flag_reaches_the_model_and_the_training_settings(tmp_path):
     """Flags override the recipe (the notebooks' own settings) and nothing else."""
     from helpers.recipes import dates_recipe, tatoeba_recipe
     from helpers.train import _settings_for, parse_arguments
 
     cpu = torch.device("cpu")
+    output = str(tmp_path / "m.pt")
     arguments = parse_arguments(
         ["--task", "dates", "--decoder", "luong", "--attention", "dot", "--hidden-size", "40",
          "--embedding-size", "12", "--dropout", "0.3", "--epochs", "4", "--time-budget", "9",
-         "--batch-size", "16", "--learning-rate", "0.01", "--seed", "7", "--output", "m.pt"]
+         "--batch-size", "16", "--learning-rate", "0.01", "--seed", "7", "--output", output]
     )  # fmt: skip
     model, settings = _settings_for(arguments, cpu)
     recipe_model, recipe_settings = dates_recipe("luong")
@@ -198,7 +204,7 @@ def test_every_flag_reaches_the_model_and_the_training_settings():
     assert settings.to_dict() == recipe_settings.to_dict() | dict(
         epochs=4, time_budget=9.0, batch_size=16, learning_rate=0.01, seed=7
     )
-    plain = parse_arguments(["--decoder", "bahdanau", "--output", "m.pt"])
+    plain = parse_arguments(["--decoder", "bahdanau", "--output", output])
     model, settings = _settings_for(plain, cpu)
     assert (model, settings) == tatoeba_recipe("bahdanau", cpu)
     assert settings.seed == 0 and settings.time_budget is None
@@ -216,14 +222,32 @@ def test_every_flag_reaches_the_model_and_the_training_settings():
         (["--dropout", "-0.1"], "--dropout must lie in [0, 1)"),
     ],
 )
-def test_flags_out_of_range_are_refused_in_process(flags, message, capsys):
+def test_flags_out_of_range_are_refused_in_process(flags, message, capsys, tmp_path):
     from helpers.train import parse_arguments
 
     with pytest.raises(SystemExit) as stopped:
-        parse_arguments([*flags, "--output", "m.pt"])
+        parse_arguments([*flags, "--output", str(tmp_path / "m.pt")])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_flags_at_the_edge_of_their_range_are_accepted(tmp_path):
+    from helpers.train import parse_arguments
+
     for fine in (["--dropout", "0"], ["--hidden-size", "1"], ["--time-budget", "0.1"]):
-        parse_arguments([*fine, "--output", "m.pt"])
+        parse_arguments([*fine, "--output", str(tmp_path / "m.pt")])
+
+
+def test_a_global_batch_smaller_than_the_world_is_refused_before_anything_starts(
+    tmp_path, monkeypatch, capsys
+):
+    """Each process takes its share of every global batch; with fewer sentences per batch
+    than processes there is nothing to share."""
+    from helpers.train import main
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    flags = [*DATES[2:], "--batch-size", "3", "--output", str(tmp_path / "m.pt")]
+    assert main(flags) == 2
+    assert "--batch-size 3 is smaller than the 4 processes" in capsys.readouterr().err
 
 
 def test_a_summary_path_that_cannot_be_written_is_refused_too(tmp_path, capsys):
@@ -249,8 +273,7 @@ def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
     import helpers.train as train_cli
 
     partial = tmp_path / "partial.pt"
-    flags = ["--task", "dates", "--batch-size", "64", "--no-progress", "--hidden-size", "16"]
-    flags += ["--embedding-size", "8", "--output", str(partial)]
+    flags = [*DATES[2:], "--output", str(partial)]
     real_save = train_cli.save_checkpoint
 
     def save_then_interrupt(model, path, extra):  # Ctrl-C just after epoch 1's checkpoint
@@ -258,7 +281,7 @@ def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train_cli, "save_checkpoint", save_then_interrupt)
-    assert train_cli.main([*flags, "--epochs", "2"]) == 130
+    assert train_cli.main([*flags, "--epochs", "1"]) == 130
     assert f"interrupted: the checkpoint of epoch 1 is at {partial}" in capsys.readouterr().err
     monkeypatch.setattr(train_cli, "save_checkpoint", real_save)
 
@@ -266,8 +289,8 @@ def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
     error = capsys.readouterr().err
     assert "cannot resume" in error and "was trained with other settings" in error
     assert "'learning_rate': (0.003, 0.5)" in error
-    assert train_cli.main([*flags, "--epochs", "3", "--resume"]) == 0
-    assert "resuming after epoch 1 of 3" in capsys.readouterr().out
+    assert train_cli.main([*flags, "--epochs", "2", "--resume"]) == 0
+    assert "resuming after epoch 1 of 2" in capsys.readouterr().out
     _, extra = load_checkpoint(partial)
-    assert len(extra["history"]["epochs"]) == 3 and extra["settings"]["epochs"] == 3
+    assert len(extra["history"]["epochs"]) == 2 and extra["settings"]["epochs"] == 2
     assert "resume" not in extra

@@ -243,6 +243,13 @@ def test_epoch_snapshots_are_the_weights_of_a_shorter_run_and_change_nothing(sma
                 False,
                 snapshot_epochs=(wrong,),
             )
+    # The last epoch is an epoch of the run too: its snapshot is the final model.
+    last = tmp_path / "last.pt"
+    final, _, _ = train_or_load(
+        small_dates, config, settings, last, "cpu", False, snapshot_epochs=(3,)
+    )
+    snapshot, _ = load_epoch_snapshot(small_dates, config, settings, last, 3, "cpu")
+    assert _same_weights(snapshot, final)
 
 
 def _same_weights(left: torch.nn.Module, right: torch.nn.Module) -> bool:
@@ -636,32 +643,44 @@ def test_a_history_round_trips_and_older_ones_load_without_the_later_fields():
 def test_recipes_use_the_device_they_are_given_and_pin_memory_only_for_a_gpu(
     small_dates, tmp_path, monkeypatch
 ):
-    """A device passed in is used as given (``select_device`` guesses only when none is),
-    and page-locked memory is asked for only when copying to a GPU."""
+    """A device passed in is used as given; ``select_device`` picks one only when none
+    is. Page-locked memory is asked for only when the batches go to a GPU."""
     import helpers.recipes as recipes
 
-    def no_guessing(*args):
-        raise AssertionError("a device was given: there is nothing to select")
+    guesses = []
 
-    monkeypatch.setattr(recipes, "select_device", no_guessing)
+    def select_device():  # as on a machine with a GPU
+        guesses.append("guessed")
+        return torch.device("cuda")
+
+    monkeypatch.setattr(recipes, "select_device", select_device)
+    assert recipes.tatoeba_recipe("luong")[0]["hidden_size"] == 512 and guesses == ["guessed"]
+    assert recipes.tatoeba_recipe("luong", "cuda")[0]["hidden_size"] == 512
+    assert recipes.tatoeba_recipe("luong", torch.device("cpu"))[0]["hidden_size"] == 256
+    assert guesses == ["guessed"]
+
     pinned = []
     real_loaders = type(small_dates).loaders
 
+    class LoadersMade(Exception):
+        pass
+
     def recording_loaders(task, batch_size=64, seed=0, pin_memory=False):
         pinned.append(pin_memory)
+        if pin_memory:  # a GPU run: stop before anything is copied to it
+            raise LoadersMade
         return real_loaders(task, batch_size, seed, pin_memory=pin_memory)
 
     monkeypatch.setattr(type(small_dates), "loaders", recording_loaders)
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     settings = TrainSettings(epochs=1, batch_size=64)
-    cpu = torch.device("cpu")
-    recipes.train_model(small_dates, config, settings, device=cpu, progress=False)
+    with pytest.raises(LoadersMade):
+        recipes.train_model(small_dates, config, settings, device=torch.device("cuda"))
+    with pytest.raises(LoadersMade):
+        recipes.train_model(small_dates, config, settings)  # the guessed GPU
     path = tmp_path / "model.pt"
-    _, _, loaded = recipes.train_or_load(small_dates, config, settings, path, "cpu", False)
-    assert not loaded
-    _, _, loaded = recipes.train_or_load(small_dates, config, settings, path, "cpu", False)
-    assert loaded
-    assert pinned == [False, False]  # trained twice on the CPU, loaded once
-    assert recipes.load_epoch_snapshot(small_dates, config, settings, path, 1, "cpu") is None
-    assert recipes.tatoeba_recipe("luong", "cpu")[0]["hidden_size"] == 256
-    assert recipes.tatoeba_recipe("luong", cpu)[0]["hidden_size"] == 256
+    for expect_loaded in (False, True):  # trains and saves, then loads on the given device
+        _, _, loaded = recipes.train_or_load(small_dates, config, settings, path, "cpu", False)
+        assert loaded == expect_loaded
+    assert pinned == [True, True, False]
+    assert guesses == ["guessed"] * 2
