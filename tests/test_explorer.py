@@ -97,6 +97,9 @@ def test_first_view_shows_the_translation_as_text_and_a_heatmap(explorer, models
     width, height = png_size(shown_png(explorer))
     assert 200 <= width <= MAX_FIGURE_WIDTH * 100 and 150 <= height <= MAX_FIGURE_HEIGHT * 100
     assert explorer.heatmap_png == shown_png(explorer)
+    # Where images are not shown, the text says the image's size.
+    (output,) = explorer.heatmap.outputs
+    assert output["data"]["text/plain"] == f"<attention heatmap, {width}×{height} px>"
 
 
 def test_controls_are_standard_widgets_with_clear_descriptions(explorer):
@@ -114,6 +117,8 @@ def test_controls_are_standard_widgets_with_clear_descriptions(explorer):
     assert explorer.text_box.layout.width == "34em"
     assert len(explorer.text_box.placeholder) * 0.6 <= 34 - 6
     assert explorer.text_box.placeholder.endswith("press Enter")
+    # The slider translates once, on release, not at every beam size it passes.
+    assert explorer.beam_slider.continuous_update is False
 
 
 # --- the last input used wins -----------------------------------------------------------
@@ -461,6 +466,56 @@ def test_the_explorer_refuses_bad_settings_early(models, task):
         AttentionExplorer(models, [])
     with pytest.raises(ValueError, match="unknown model"):
         AttentionExplorer(models, task.test_sources[:2], model="transformer")
-    with pytest.raises(ValueError, match="beam_size"):
-        AttentionExplorer(models, task.test_sources[:2], beam_size=9)
+    for beam_size in (0, 9):
+        with pytest.raises(ValueError, match="beam_size"):
+            AttentionExplorer(models, task.test_sources[:2], beam_size=beam_size)
+    widest = AttentionExplorer(models, task.test_sources[:2], beam_size=8)  # the maximum
+    assert widest.beam_slider.value == widest.beam_slider.max == widest.view.beam_size == 8
     assert math.isfinite(AttentionExplorer(models, ["1 May 1999"] * 3).view.model_output.score)
+
+
+def test_a_blank_dropdown_translates_nothing_new(explorer, task):
+    """The dropdown shows a blank while typed text is translated; a blank set by code (or
+    a cleared selection) is not a pick, so the view stays as it was."""
+    before = explorer.view
+    explorer.sentence_picker.value = None
+    assert explorer.view is before and explorer.view.sentence == task.test_sources[0]
+
+
+def test_many_unknown_words_are_named_up_to_eight_then_counted():
+    from helpers.explorer import ExplorerView
+
+    def note(words):
+        [line] = ExplorerView("a sentence", "m", 1, unknown_words=words).notes
+        return line
+
+    ten = [f"w{i}" for i in range(10)]
+    assert note([*ten, "w0"]).startswith("11 unknown words (never seen in training")
+    assert note([*ten, "w0"]).endswith("'w0', 'w1', 'w2', 'w3', 'w4', 'w5', 'w6', 'w7' and 2 more")
+    assert note(ten[:8]).endswith("'w6', 'w7'")  # all eight named, nothing more to count
+    assert note(["w0"]).startswith("1 unknown word (")
+
+
+def test_plot_view_wraps_its_title_to_the_figure_and_grows_by_its_lines(models, task):
+    """The static view's title is the model, beam, sentence and translation, wrapped at
+    11 characters per inch of figure, with each note shortened to one such line; the
+    figure is the heatmap's size plus 0.2 inch per title line."""
+    from helpers.viz import attention_figure_size
+
+    name = "Luong (general attention), trained for five epochs on the dates task"
+    explorer = AttentionExplorer({name: models["luong"]}, task.test_sources[:2], beam_size=2)
+    sentence = "ÄÖÜ€ß½ 2001"  # six characters the model never saw; a 6.45-inch figure
+    view = explorer.explain(sentence)
+    figure = explorer.plot_view(view)
+    lines = figure.axes[0].get_title().split("\n")
+    output = view.model_output
+    width, height = attention_figure_size(len(output.source_tokens), len(output.output_tokens))
+    characters = int(width * 11)
+    assert len(lines) == 3  # the heading on two lines, then the unknown-words note
+    assert all(len(line) <= characters for line in lines)
+    heading = f"{name}, beam 2:  {sentence}  →  {view.translation.text}"
+    assert len(heading) > characters
+    assert " ".join(lines[:2]).split() == heading.split()  # every word, in order
+    assert len(view.notes[0]) > characters and lines[2].endswith("[...]")
+    assert figure.get_size_inches() == pytest.approx((width, height + 0.2 * 3))
+    plt.close(figure)
