@@ -359,6 +359,8 @@ def test_a_short_heatmap_labels_every_token_as_before():
     assert report["x"]["smallest"] == report["y"]["smallest"] == 9
     assert report["x"]["rotation"] == 60
     assert ax.get_xlabel() == "source token (attended to)"
+    # Every token labelled: no unlabelled minor ticks in between or on top.
+    assert list(ax.get_xticks(minor=True)) == [] and list(ax.get_yticks(minor=True)) == []
     plt.close(ax.figure)
 
 
@@ -519,3 +521,48 @@ def test_plot_view_wraps_its_title_to_the_figure_and_grows_by_its_lines(models, 
     assert len(view.notes[0]) > characters and lines[2].endswith("[...]")
     assert figure.get_size_inches() == pytest.approx((width, height + 0.2 * 3))
     plt.close(figure)
+
+
+def test_the_tick_plan_labels_every_tick_while_there_is_room_then_thins_them():
+    from helpers.viz import LABEL_POINTS, LABEL_SPACING, tick_label_plan
+
+    assert tick_label_plan(0, 100.0) == (1, LABEL_POINTS)  # nothing to label
+    room_each = LABEL_POINTS * LABEL_SPACING  # 11.7 points: a 9-point label fits
+    assert tick_label_plan(10, 10 * room_each) == (1, LABEL_POINTS)
+    step, size = tick_label_plan(10, 10 * 10.0)  # shrunk, not thinned
+    assert step == 1 and size == pytest.approx(10.0 / LABEL_SPACING)
+    assert MIN_LABEL_POINTS <= size < LABEL_POINTS
+    step, size = tick_label_plan(10, 10 * 5.0)  # 5 points a tick: every 2nd, at 7.7 points
+    assert step == 2 and size == pytest.approx(2 * 5.0 / LABEL_SPACING)
+
+
+@pytest.mark.parametrize(("points_per_token", "rotation"), [(14.0, 60), (12.0, 90)])
+def test_source_labels_slant_only_where_a_slanted_label_has_room(points_per_token, rotation):
+    """A label slanted at 60° needs 1/sin 60° ≈ 1.15 times the room of an upright one
+    (13.5 points at 9 pt, against 11.7): with 12 points per token the labels stand
+    upright at full size rather than slant at a smaller one."""
+    from matplotlib.figure import Figure
+
+    from helpers.viz import LAYOUT_MARGIN
+
+    tokens = [f"w{i}" for i in range(20)]
+    width_points = 20 * points_per_token / LAYOUT_MARGIN
+    figure = Figure(figsize=(width_points / 72, 3))
+    ax = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    plot_attention(random_attention(3, 20), tokens, ["a", "b", "c"], ax=ax, colorbar=False)
+    report = label_report(ax)
+    assert report["x"]["rotation"] == rotation
+    assert report["x"]["count"] == 20 and report["x"]["smallest"] == 9
+
+
+def test_gold_cells_are_outlined_and_only_with_gold():
+    from matplotlib.patches import Rectangle
+
+    gold = torch.zeros(3, 4)
+    gold[0, 1] = gold[2, 3] = 1
+    outlined = plot_attention(random_attention(3, 4), list("abcd"), list("xyz"), gold=gold)
+    boxes = [patch for patch in outlined.patches if isinstance(patch, Rectangle)]
+    assert sorted(box.get_xy() for box in boxes) == [(0.5, -0.5), (2.5, 1.5)]
+    plain = plot_attention(random_attention(3, 4), list("abcd"), list("xyz"))
+    assert [patch for patch in plain.patches if isinstance(patch, Rectangle)] == []
+    plt.close("all")
