@@ -188,7 +188,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def epoch_batches(self) -> list[list[int]]:
         """This epoch's batches, in order, without moving on to the next epoch (iterating
-        the sampler moves on)."""
+        a shuffling sampler moves on)."""
         indices = list(range(len(self.lengths)))
         generator = random.Random(self.seed + self.epoch)
         if self.shuffle:
