@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import helpers.experiments as experiments
 import helpers.training as training
 from helpers.experiments import (
     SHARED_MODEL,
@@ -320,8 +321,6 @@ def test_dates_architecture_keeps_the_architecture_and_drops_the_sizes():
 
 
 def test_measure_speed_times_training_and_both_decoders(small_dates, monkeypatch):
-    import helpers.experiments as experiments
-
     config = small_dates.model_config(embedding_size=8, hidden_size=16)
     trained, _ = train_model(small_dates, config, TrainSettings(epochs=1, batch_size=32), "cpu")
     timed = []
@@ -496,7 +495,6 @@ def test_every_committed_full_budget_run_still_counts_as_done(recorded_data):
     purpose, with new runs, never by accident. The key includes the data's content, so
     this is checked on the data the runs were trained on, the offline copy whose sha256
     data/README.md records."""
-    import helpers.experiments as experiments
 
     stale = []
     for variants, out_dir in experiments.EXPERIMENTS.values():  # the comparison, the Transformer
@@ -521,8 +519,6 @@ def test_summarising_the_committed_runs_rewrites_the_committed_tables(
     of every pair of variants per seed), and keeps the wall time of the invocation that
     trained. Notebooks 07 and 08 read these tables."""
     import shutil
-
-    import helpers.experiments as experiments
 
     _, committed = experiments.EXPERIMENTS[experiment]
     output = tmp_path / experiment
@@ -563,7 +559,6 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     ``--summarise-only`` keeps the wall time of the invocation before it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import helpers.experiments as experiments
     from helpers.checkpoints import load_checkpoint
     from helpers.decoding import translate_batch
     from helpers.files import checkpoint_path
@@ -666,8 +661,6 @@ def test_last_epoch_improvement_is_the_best_loss_relative_gain_of_the_last_epoch
 
 
 def test_an_unknown_experiment_is_refused(capsys):
-    import helpers.experiments as experiments
-
     with pytest.raises(SystemExit) as stopped:
         experiments.main(["--experiment", "nope"])
     assert stopped.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
@@ -675,8 +668,6 @@ def test_an_unknown_experiment_is_refused(capsys):
 
 @pytest.mark.parametrize("flags", [["--workers", "0"], ["--threads", "0"]])
 def test_the_runner_refuses_no_workers_or_no_threads(flags, tmp_path, capsys):
-    import helpers.experiments as experiments
-
     with pytest.raises(SystemExit) as stopped:
         experiments.main([*flags, "--output", str(tmp_path)])
     assert stopped.value.code == 2
@@ -685,8 +676,6 @@ def test_the_runner_refuses_no_workers_or_no_threads(flags, tmp_path, capsys):
 
 
 def test_one_worker_and_one_thread_are_enough(tmp_path):
-    import helpers.experiments as experiments
-
     with pytest.raises(FileNotFoundError, match="no runs under"):  # past the check
         experiments.main(
             ["--workers", "1", "--threads", "1", "--summarise-only", "--output", str(tmp_path)]
@@ -696,7 +685,6 @@ def test_one_worker_and_one_thread_are_enough(tmp_path):
 def test_the_committed_results_load_with_every_table_and_history():
     """What notebooks 07 and 08 read: every run's history beside its row, the summary in
     table order, the significance tests, and the speed record where one was made."""
-    import helpers.experiments as experiments
 
     for experiment, (variants, out_dir) in experiments.EXPERIMENTS.items():
         results = experiments.load_results(out_dir)
@@ -722,8 +710,6 @@ def test_the_committed_results_load_with_every_table_and_history():
 def test_a_run_without_significance_or_speed_files_loads_them_as_none(tmp_path):
     import shutil
 
-    import helpers.experiments as experiments
-
     for name in ("runs.csv", "summary.csv", "provenance.json"):
         shutil.copy(experiments.RESULTS_DIR / name, tmp_path / name)
     results = experiments.load_results(tmp_path)
@@ -733,8 +719,6 @@ def test_a_run_without_significance_or_speed_files_loads_them_as_none(tmp_path):
 
 
 def test_hardware_names_the_cpu_from_cpuinfo_else_the_platform_else_unknown(monkeypatch):
-    import helpers.experiments as experiments
-
     monkeypatch.setattr(experiments, "cpu_model_name", lambda: "AMD EPYC 9999")
     monkeypatch.setattr(experiments.platform, "processor", lambda: "x86_64")
     assert experiments.hardware()["cpu"] == "AMD EPYC 9999"
@@ -750,7 +734,6 @@ def test_speed_is_measured_only_on_the_full_budget_models(small_dates, tmp_path,
     other settings, and records how it measured beside the figures."""
     import pandas as pd
 
-    import helpers.experiments as experiments
     from helpers.checkpoints import save_checkpoint
     from helpers.files import checkpoint_path
 
@@ -805,8 +788,6 @@ def test_code_state_names_the_commit_and_edits_to_helpers_only(tmp_path, monkeyp
     ``helpers/`` (not the notebooks or results beside it) had uncommitted edits; where
     git is missing or cannot tell, it says "unknown"."""
     import subprocess
-
-    import helpers.experiments as experiments
 
     def git(*command):
         return subprocess.run(
