@@ -2,13 +2,34 @@
 
 import hashlib
 import io
+import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from tqdm.auto import tqdm
 
 import helpers.training as training
+
+
+@pytest.fixture(autouse=True)
+def isolated_global_state():
+    """Every test starts from the random state and thread count the session began with.
+
+    Tests that train call ``set_seed``, which seeds Python's, NumPy's and torch's global
+    generators for the whole process, and the experiment runner sets torch's thread count.
+    Without this, a test after them would draw from whatever state they left, so its
+    result could change with the order the tests run in (or with a test added before it).
+    """
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

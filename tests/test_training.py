@@ -1,8 +1,10 @@
 """The training loop, seeding, the loss, and a real training run on the dates task."""
 
 import math
+import random
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,6 +28,9 @@ from helpers.training import (
     train,
 )
 from helpers.vocab import PAD_INDEX
+
+#: Torch's thread count when this file was imported, before any test changed it.
+_SESSION_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +147,31 @@ def test_a_cpu_run_repeats_exactly_with_the_same_seed(small_dates):
     assert not torch.equal(first.decoder.generator.weight, third.decoder.generator.weight), (
         "another seed must differ"
     )
+
+
+#: What the first test of the pair below drew right after seeding, for the second.
+_DRAWN_AFTER_SEEDING: dict[str, object] = {}
+
+
+def test_a_test_that_seeds_the_global_generators():
+    """The first half of a pair: seeds everything (as every training test does), the
+    thread count too, and records what the generators give next."""
+    set_seed(11)
+    torch.set_num_threads(1)
+    _DRAWN_AFTER_SEEDING.update(
+        python=random.random(), numpy=float(np.random.rand()), torch=torch.rand(1).item()
+    )
+
+
+def test_the_next_test_does_not_inherit_that_seed():
+    """The conftest fixture restores the session's random state and thread count after
+    each test, so no test's numbers depend on which tests ran before it."""
+    if not _DRAWN_AFTER_SEEDING:
+        pytest.skip("runs only after test_a_test_that_seeds_the_global_generators")
+    assert random.random() != _DRAWN_AFTER_SEEDING["python"]
+    assert float(np.random.rand()) != _DRAWN_AFTER_SEEDING["numpy"]
+    assert torch.rand(1).item() != _DRAWN_AFTER_SEEDING["torch"]
+    assert torch.get_num_threads() == _SESSION_THREADS
 
 
 def test_opt_in_time_budget_stops_training_and_still_validates(small_dates):
