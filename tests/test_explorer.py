@@ -536,11 +536,13 @@ def test_the_tick_plan_labels_every_tick_while_there_is_room_then_thins_them():
     assert step == 2 and size == pytest.approx(2 * 5.0 / LABEL_SPACING)
 
 
-@pytest.mark.parametrize(("points_per_token", "rotation"), [(14.0, 60), (12.0, 90)])
+@pytest.mark.parametrize(
+    ("points_per_token", "rotation"), [(14.0, 60), (13.55, 60), (13.45, 90), (12.0, 90)]
+)
 def test_source_labels_slant_only_where_a_slanted_label_has_room(points_per_token, rotation):
     """A label slanted at 60° needs 1/sin 60° ≈ 1.15 times the room of an upright one
-    (13.5 points at 9 pt, against 11.7): with 12 points per token the labels stand
-    upright at full size rather than slant at a smaller one."""
+    (13.51 points at 9 pt, against 11.7): with less per token the labels stand upright
+    at full size rather than slant at a smaller one."""
     from matplotlib.figure import Figure
 
     from helpers.viz import LAYOUT_MARGIN
@@ -558,11 +560,105 @@ def test_source_labels_slant_only_where_a_slanted_label_has_room(points_per_toke
 def test_gold_cells_are_outlined_and_only_with_gold():
     from matplotlib.patches import Rectangle
 
+    from helpers.viz import plot_attention_grid
+
     gold = torch.zeros(3, 4)
     gold[0, 1] = gold[2, 3] = 1
     outlined = plot_attention(random_attention(3, 4), list("abcd"), list("xyz"), gold=gold)
     boxes = [patch for patch in outlined.patches if isinstance(patch, Rectangle)]
     assert sorted(box.get_xy() for box in boxes) == [(0.5, -0.5), (2.5, 1.5)]
+    assert {(box.get_width(), box.get_height(), box.get_fill()) for box in boxes} == {
+        (1, 1, False)  # exactly one cell, outlined: the weight under it stays visible
+    }
     plain = plot_attention(random_attention(3, 4), list("abcd"), list("xyz"))
     assert [patch for patch in plain.patches if isinstance(patch, Rectangle)] == []
+    # In a grid, an item's optional fourth member is its gold matrix.
+    grid = plot_attention_grid(
+        [(random_attention(3, 4), list("abcd"), list("xyz"), gold)] * 2, columns=2
+    )
+    panels = [ax for ax in grid.axes if ax.get_label() != "<colorbar>"]
+    assert [sum(isinstance(p, Rectangle) for p in ax.patches) for ax in panels] == [2, 2]
     plt.close("all")
+
+
+def test_a_thinned_axis_keeps_a_minor_tick_per_token_and_says_which_are_labelled():
+    """At 5 points a token a 7-point label fits every 2nd token only (the tick plan
+    above): on both axes every token keeps a small tick, and each axis title says which
+    are labelled."""
+    from matplotlib.figure import Figure
+
+    from helpers.viz import LAYOUT_MARGIN
+
+    tokens = [f"w{i}" for i in range(20)]
+    side = 20 * 5.0 / LAYOUT_MARGIN / 72  # inches
+    figure = Figure(figsize=(side, side))
+    ax = figure.add_axes((0.0, 0.0, 1.0, 1.0))
+    plot_attention(random_attention(20, 20), tokens, tokens, ax=ax, colorbar=False)
+    assert list(ax.get_xticks()) == list(ax.get_yticks()) == list(range(0, 20, 2))
+    # The unlabelled tokens' small ticks (matplotlib hides a minor tick under a major one).
+    assert (
+        list(ax.get_xticks(minor=True)) == list(ax.get_yticks(minor=True)) == list(range(1, 20, 2))
+    )
+    assert ax.get_xlabel() == "source token (attended to); every 2nd labelled"
+    assert ax.get_ylabel() == "output token (being produced); every 2nd labelled"
+
+
+@pytest.mark.parametrize(
+    ("number", "ordinal"),
+    [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"), (12, "12th"), (13, "13th")]
+    + [(21, "21st"), (22, "22nd"), (23, "23rd"), (111, "111th"), (112, "112th")],
+)
+def test_axis_titles_name_the_labelled_ticks_in_english_ordinals(number, ordinal):
+    from helpers.viz import _ordinal
+
+    assert _ordinal(number) == ordinal
+
+
+def test_a_new_heatmap_grows_half_an_inch_a_token_between_its_floor_and_its_cap():
+    from helpers.viz import attention_figure_size
+
+    assert attention_figure_size(1, 1) == (3.0, 2.5)  # a one-word sentence stays legible
+    assert attention_figure_size(10, 10) == pytest.approx((0.45 * 10 + 1.5, 0.4 * 10 + 1.0))
+    assert attention_figure_size(200, 200) == (MAX_FIGURE_WIDTH, MAX_FIGURE_HEIGHT)
+
+
+def test_the_axes_room_is_measured_in_points_at_72_per_inch():
+    from matplotlib.figure import Figure
+
+    from helpers.viz import _axes_size_points
+
+    figure = Figure(figsize=(5.0, 4.0))
+    ax = figure.add_axes((0.1, 0.2, 0.5, 0.25))
+    assert _axes_size_points(ax) == pytest.approx((0.5 * 5.0 * 72, 0.25 * 4.0 * 72))
+
+
+def test_a_grid_with_an_odd_number_of_maps_leaves_the_last_panel_blank():
+    from helpers.viz import plot_attention_grid
+
+    items = [(torch.eye(3), list("abc"), list("xyz"))] * 3
+    figure = plot_attention_grid(items, columns=2, cell_size=(4.0, 3.0))
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert [len(ax.images) for ax in panels] == [1, 1, 1, 0]
+    assert not panels[3].axison
+    assert tuple(figure.get_size_inches()) == (2 * 4.0, 2 * 3.0)  # one cell per panel
+    plt.close(figure)
+
+
+def test_a_grid_of_one_map_is_a_grid_too():
+    from helpers.viz import plot_attention_grid
+
+    figure = plot_attention_grid([(torch.eye(3), list("abc"), list("xyz"))], columns=1)
+    panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
+    assert [len(ax.images) for ax in panels] == [1]
+    plt.close(figure)
+
+
+def test_an_all_zero_map_on_its_own_scale_still_gets_a_valid_colour_range():
+    """``vmax=None`` scales to the map's largest weight; a map of zeros (a fully masked
+    row block, say) would give the range 0–0, so it falls back to 0–1."""
+    ax = plot_attention(torch.zeros(2, 3), list("abc"), list("xy"), vmax=None)
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    plt.close(ax.figure)
+    ax = plot_attention(torch.full((2, 3), 0.5), list("abc"), list("xy"), vmax=None)
+    assert ax.images[0].get_clim() == (0.0, 0.5)
+    plt.close(ax.figure)
