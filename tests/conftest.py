@@ -13,22 +13,32 @@ from tqdm.auto import tqdm
 
 import helpers.training as training
 
+#: The CPU random generators and thread count as this session began (before any test or
+#: fixture ran): every test starts from them.
+_SESSION_START = (
+    random.getstate(),
+    np.random.get_state(),
+    torch.get_rng_state(),
+    torch.get_num_threads(),
+)
+
 
 @pytest.fixture(autouse=True)
-def isolated_global_state():
-    """Every test starts from the random state and thread count the session began with.
+def session_start_state():
+    """Every test starts from the CPU random state and thread count the session began with.
 
-    Tests that train call ``set_seed``, which seeds Python's, NumPy's and torch's global
-    generators for the whole process, and the experiment runner sets torch's thread count.
-    Without this, a test after them would draw from whatever state they left, so its
-    result could change with the order the tests run in (or with a test added before it).
+    Tests and fixtures that train call ``set_seed``, which seeds Python's, NumPy's and
+    torch's global generators for the whole process, and the experiment runner sets
+    torch's thread count. Without this, a test would draw from whatever state the tests
+    (or module fixtures) before it left, so its result could change with the order the
+    tests run in, or with a test added before it. Set when each test starts, after any
+    module or session fixture it uses is built. (A GPU's generator is not reset: CI has
+    no GPU.)
     """
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
-        yield
+    python_state, numpy_state, torch_state, threads = _SESSION_START
     random.setstate(python_state)
     np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
     torch.set_num_threads(threads)
 
 

@@ -149,28 +149,30 @@ def test_a_cpu_run_repeats_exactly_with_the_same_seed(small_dates):
     )
 
 
-#: What the first test of the pair below drew right after seeding, for the second.
-_DRAWN_AFTER_SEEDING: dict[str, object] = {}
+#: The generators' states and thread count that the first test of the pair below leaves.
+_LEFT_BY_SEEDING: dict[str, object] = {}
 
 
 def test_a_test_that_seeds_the_global_generators():
-    """The first half of a pair: seeds everything (as every training test does), the
-    thread count too, and records what the generators give next."""
+    """The first half of a pair: seeds everything (as every training test does), changes
+    the thread count too, and records the state it leaves behind."""
     set_seed(11)
-    torch.set_num_threads(1)
-    _DRAWN_AFTER_SEEDING.update(
-        python=random.random(), numpy=float(np.random.rand()), torch=torch.rand(1).item()
+    torch.set_num_threads(_SESSION_THREADS + 1)
+    _LEFT_BY_SEEDING.update(
+        python=random.getstate(),
+        numpy=np.random.get_state()[1].copy(),
+        torch=torch.get_rng_state(),
     )
 
 
 def test_the_next_test_does_not_inherit_that_seed():
-    """The conftest fixture restores the session's random state and thread count after
-    each test, so no test's numbers depend on which tests ran before it."""
-    if not _DRAWN_AFTER_SEEDING:
+    """The conftest fixture puts the session's starting random state and thread count
+    back before each test, so no test's numbers depend on which tests ran before it."""
+    if not _LEFT_BY_SEEDING:
         pytest.skip("runs only after test_a_test_that_seeds_the_global_generators")
-    assert random.random() != _DRAWN_AFTER_SEEDING["python"]
-    assert float(np.random.rand()) != _DRAWN_AFTER_SEEDING["numpy"]
-    assert torch.rand(1).item() != _DRAWN_AFTER_SEEDING["torch"]
+    assert random.getstate() != _LEFT_BY_SEEDING["python"]
+    assert not np.array_equal(np.random.get_state()[1], _LEFT_BY_SEEDING["numpy"])
+    assert not torch.equal(torch.get_rng_state(), _LEFT_BY_SEEDING["torch"])
     assert torch.get_num_threads() == _SESSION_THREADS
 
 
