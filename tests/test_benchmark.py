@@ -79,6 +79,77 @@ def test_benchmark_refuses_meaningless_settings(flags):
     assert "must be" in result.stderr and "Traceback" not in result.stderr
 
 
+class Accepted(Exception):
+    """Raised by the stand-in for ``select_device``: the flags passed every check."""
+
+
+@pytest.fixture
+def stop_once_accepted(monkeypatch):
+    """The benchmark stops where it would choose its device, which comes right after the
+    checks of its flags, instead of running for minutes."""
+    import helpers.benchmark as benchmark
+
+    def stop(name):
+        raise Accepted(name)
+
+    monkeypatch.setattr(benchmark, "select_device", stop)
+    return benchmark
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--hidden-size", "1"], "--hidden-size must be at least 2"),
+        (["--max-pairs", "0"], "--max-pairs at least 1"),
+        (["--duration", "-1"], "--duration must be a positive number"),
+        (["--train-batches", "-3"], "--train-batches must be at least 1"),
+    ],
+)
+def test_each_meaningless_setting_is_refused_on_its_own(flags, message, capsys, stop_once_accepted):
+    """In process, one flag at a time (each check must not need another flag wrong too)."""
+    with pytest.raises(SystemExit) as exit_info:
+        stop_once_accepted.main(flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_settings_at_the_edge_of_their_range_are_accepted(stop_once_accepted):
+    """The smallest value each flag's own check allows passes it (whether the data then
+    leave enough sentences is checked next, in the test below)."""
+    with pytest.raises(Accepted):
+        stop_once_accepted.main(
+            ["--hidden-size", "2", "--max-pairs", "1", "--train-batches", "1"]
+            + ["--batch-size", "1", "--duration", "1e-9", "--device", "cpu"]
+        )
+
+
+@pytest.mark.parametrize("skip_extras", [False, True])
+def test_too_few_pairs_for_a_test_sentence_are_refused_before_anything_trains(
+    skip_extras, monkeypatch, capsys
+):
+    """Decoding is timed on the test sentences: with none (a tiny --max-pairs), the run
+    used to train for minutes and then divide by zero. Timing training only
+    (--skip-extras) needs none."""
+    import helpers.benchmark as benchmark
+
+    no_test = dates_task(train_size=60, valid_size=8, test_size=0, seed=3)
+    monkeypatch.setattr(benchmark, "tatoeba_task", lambda max_pairs: no_test)
+
+    def stop(*args, **kwargs):
+        raise Accepted("training started")
+
+    monkeypatch.setattr(benchmark, "article_loop_tokens_per_second", stop)
+    flags = ["--device", "cpu", "--max-pairs", "70"] + (["--skip-extras"] if skip_extras else [])
+    if skip_extras:
+        with pytest.raises(Accepted):
+            benchmark.main(flags)
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(flags)
+    assert exit_info.value.code == 2
+    assert "--max-pairs 70 leaves 60 training pairs and 0 test sentences" in capsys.readouterr().err
+
+
 def test_the_benchmarks_model_is_trained_on_fixed_batches_so_every_run_decodes_the_same():
     """Decoding is timed on the model (b) leaves; trained for a time budget, that model,
     and so how long its outputs are and how fast they decode, changed with the machine's
@@ -107,7 +178,7 @@ def tiny_task():
     return dates_task(train_size=60, valid_size=8, test_size=8, seed=3)
 
 
-@pytest.mark.parametrize("ratio", [0.5, 1.0])
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
 def test_the_article_loop_counts_each_target_token_once_and_stops_after_its_duration(
     tiny_task, fake_clock, ratio
 ):
@@ -164,23 +235,40 @@ def test_decoding_speed_times_only_the_full_call_after_a_warm_up(
     assert calls == [(64, 5, None, reference_beam_search), (100, 5, 256, reference_beam_search)]
 
 
+@pytest.mark.parametrize(
+    ("device", "batch_size", "lengths"),
+    [("cpu", 128, (64, 128, 256, 512, 1024)), ("cuda", 512, (128, 512, 1024, 2048, 4096))],
+)
 def test_the_benchmark_prints_each_speed_as_measured_and_the_ratios_of_them(
-    tiny_task, monkeypatch, capsys
+    tiny_task, monkeypatch, capsys, device, batch_size, lengths
 ):
     """What ``python -m helpers.benchmark`` prints is computed from what it measured:
     each beam search's best of three alternated runs (the first search in its own batches
-    of 256 hypotheses), and the speed-ups (b)/(a) and (b)/(a') on the last line."""
+    of 256 hypotheses), and the speed-ups (b)/(a) and (b)/(a') on the last line. Each
+    measurement gets the device and the defaults for it: (b)'s batch of 128 sentences on
+    a CPU and 512 on a GPU, and longer self-attention inputs on a GPU (a GPU is faked
+    here: every measurement is a stand-in)."""
     import helpers.benchmark as benchmark
 
+    monkeypatch.setattr(benchmark, "select_device", lambda name: torch.device(name))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a stand-in GPU")
     monkeypatch.setattr(benchmark, "tatoeba_task", lambda max_pairs: tiny_task)
     article = iter([(100.0, 2_000), (50.0, 1_000)])  # (a), then (a')
-    monkeypatch.setattr(
-        benchmark, "article_loop_tokens_per_second", lambda *args, **kwargs: next(article)
-    )
+    article_calls = []
+
+    def fake_article(task, config, on, duration, **settings):
+        article_calls.append((on, duration, settings))
+        return next(article)
+
+    monkeypatch.setattr(benchmark, "article_loop_tokens_per_second", fake_article)
     model = Seq2Seq(benchmark.benchmark_config(tiny_task, 8))
-    monkeypatch.setattr(
-        benchmark, "project_trainer_tokens_per_second", lambda *args: (630.0, model)
-    )
+    trainer_calls = []
+
+    def fake_trainer(task, config, on, batches, batch):
+        trainer_calls.append((on, batches, batch))
+        return 630.0, model
+
+    monkeypatch.setattr(benchmark, "project_trainer_tokens_per_second", fake_trainer)
     speeds = {1: iter([900.0]), 5: iter([300.0, 500.0, 400.0]), "loop": iter([90, 250, 100])}
     decoded = []
 
@@ -190,9 +278,21 @@ def test_the_benchmark_prints_each_speed_as_measured_and_the_ratios_of_them(
         return float(next(speeds["loop" if search is not None else beam_size]))
 
     monkeypatch.setattr(benchmark, "decoding_sentences_per_second", fake_speed)
-    monkeypatch.setattr(benchmark, "attention_kernel_rows", lambda device, lengths: [])
-    assert benchmark.main(["--device", "cpu", "--train-batches", "7"]) == 0
+    kernel_calls = []
+    monkeypatch.setattr(
+        benchmark,
+        "attention_kernel_rows",
+        lambda on, sizes: kernel_calls.append((on, sizes)) or [],
+    )
+    assert benchmark.main(["--device", device, "--train-batches", "7"]) == 0
+    on = torch.device(device)
+    assert article_calls == [(on, 20.0, {}), (on, 20.0, {"teacher_forcing_ratio": 1.0})]
+    assert trainer_calls == [(on, 7, batch_size)]
+    assert kernel_calls == [(on, lengths)]
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"device: {device} (")
+    assert ("a stand-in GPU" in lines[0]) == (device == "cuda")
+    assert f"(b) helpers.training.train (batch {batch_size}," in "\n".join(lines)
     assert any(line.endswith(": 100 target tokens/s (2,000 tokens)") for line in lines)
     assert any(line.endswith(": 50 target tokens/s (1,000 tokens)") for line in lines)
     assert any("7 batches after 20 of warm-up): 630 target tokens/s" in line for line in lines)
@@ -202,3 +302,136 @@ def test_the_benchmark_prints_each_speed_as_measured_and_the_ratios_of_them(
     assert beam_line.endswith("256 hypotheses per batch): 250 sentences/s; 2.0x")
     assert decoded == [(1, None, None)] + [(5, None, None), (5, reference_beam_search, 256)] * 3
     assert lines[-1] == "speed-up (b)/(a): 6.3x; at the same objective, (b)/(a'): 12.6x"
+
+
+def test_the_trainer_is_timed_from_seed_0_on_the_batches_after_its_warm_up(monkeypatch):
+    """(b) builds its model from seed 0, trains untimed on the first ``warmup_batches``
+    of the shuffled, bucketed order (seed 0, one epoch after another), then on the next
+    ``batches``; its speed is that second call's. ``train`` is replaced by a recorder."""
+    import helpers.benchmark as benchmark
+    from helpers.batching import BucketBatchSampler
+    from helpers.training import EpochRecord, TrainingHistory
+
+    task = dates_task(train_size=300, valid_size=20, test_size=20, seed=1)
+    config = task.model_config(embedding_size=8, hidden_size=16, decoder="luong")
+    calls = []
+
+    def recording_train(model, train_loader, valid_loader, **settings):
+        calls.append(
+            {
+                "weights": {name: value.clone() for name, value in model.state_dict().items()},
+                "batches": list(train_loader.batch_sampler),
+                "valid_loader": valid_loader,
+                "epochs": settings["epochs"],
+                "pinned": train_loader.pin_memory,
+            }
+        )
+        speed = 1000.0 * len(calls)  # the warm-up's figure must not be the one returned
+        return TrainingHistory([EpochRecord(1, 1.0, float("nan"), float("nan"), 1.0, speed)])
+
+    monkeypatch.setattr(benchmark, "train", recording_train)
+    speed, model = benchmark.project_trainer_tokens_per_second(
+        task, config, torch.device("cpu"), batches=12, batch_size=32, warmup_batches=3
+    )
+    assert speed == 2000.0 and len(calls) == 2
+
+    sampler = BucketBatchSampler(task.train.length_keys, 32, shuffle=True, seed=0)
+    order = []
+    for epoch in range(2):  # 10 batches an epoch: the 15 used span two
+        sampler.set_epoch(epoch)
+        order += sampler.epoch_batches()
+    assert [call["batches"] for call in calls] == [order[:3], order[3:15]]
+    assert order[:10] != sorted(order[:10], key=lambda batch: task.train.length_keys[batch[0]])
+    assert all(call["valid_loader"] is None and call["epochs"] == 1 for call in calls)
+    assert not any(call["pinned"] for call in calls)  # page-locked memory only for a GPU
+    set_seed(0)
+    initial = Seq2Seq(config).state_dict()
+    for name, value in initial.items():
+        assert torch.equal(calls[0]["weights"][name], value), name
+    assert model.source_vocab is task.source_vocab and model.target_vocab is task.target_vocab
+
+
+def test_the_article_loop_trains_its_model_down_its_loss(tiny_task, fake_clock, monkeypatch):
+    """(a) is a real training loop, not only a timing: after one pass over 60 sentences of
+    teacher-forced Adam the model it trained has a lower loss on them than it started
+    with."""
+    import helpers.benchmark as benchmark
+    from helpers.batching import collate_batch
+    from helpers.training import batch_loss
+
+    built = []
+
+    class RecordedSeq2Seq(Seq2Seq):
+        def __init__(self, config):
+            super().__init__(config)
+            built.append(self)
+
+    monkeypatch.setattr(benchmark, "Seq2Seq", RecordedSeq2Seq)
+    fake_clock(benchmark, tick=1.0)
+    config = benchmark.benchmark_config(tiny_task, 16)
+    benchmark.article_loop_tokens_per_second(
+        tiny_task, config, torch.device("cpu"), duration=100.0, teacher_forcing_ratio=1.0
+    )
+    [trained] = built
+    set_seed(0)
+    untrained = Seq2Seq(config)
+    batch = collate_batch([tiny_task.train[index] for index in range(len(tiny_task.train))])
+    with torch.no_grad():
+        losses = [float(batch_loss(model.eval(), batch)) for model in (untrained, trained)]
+    assert losses[1] < losses[0] - 0.1, losses
+
+
+def test_the_benchmarks_model_is_the_articles_shape():
+    """What (a) and (b) train, as the benchmark prints it: an LSTM encoder–decoder with
+    Luong concat attention, one direction, the article's dropout of 0.1."""
+    import helpers.benchmark as benchmark
+
+    task = dates_task(train_size=60, valid_size=8, test_size=8, seed=3)
+    config = benchmark.benchmark_config(task, 32)
+    assert (config.rnn_type, config.bidirectional, config.decoder, config.attention) == (
+        "lstm",
+        False,
+        "luong",
+        "concat",
+    )
+    assert (config.embedding_size, config.hidden_size, config.dropout) == (32, 32, 0.1)
+
+
+def test_attention_kernel_rows_report_milliseconds_per_call_and_the_matrix_size(fake_clock):
+    """Each path is run once untimed, then ``repeats`` times between two clock readings
+    (10 times, or 3 from 1,024 tokens on): a clock one second later at each reading
+    gives 1000 / repeats ms per call. The matrix is batch × heads × L² float32s."""
+    import helpers.benchmark as benchmark
+
+    fake_clock(benchmark, tick=1.0)
+    rows = benchmark.attention_kernel_rows(
+        torch.device("cpu"), (16, 1024), batch=3, size=8, heads=2
+    )
+    assert [row["length"] for row in rows] == [16, 1024]
+    for row, repeats in zip(rows, (10, 3), strict=True):
+        for path in ("explicit (need_weights=True)", "fused SDPA (need_weights=False)"):
+            assert row[f"{path} ms"] == pytest.approx(1000.0 / repeats)
+        assert row["attention matrix MiB"] == pytest.approx(3 * 2 * row["length"] ** 2 * 4 / 2**20)
+        assert not any("peak" in key for key in row)  # GPU memory only on a GPU
+
+
+def test_each_attention_path_is_timed_under_its_own_name(fake_clock, monkeypatch):
+    """The explicit path (``need_weights=True``) and the fused one are not swapped: with
+    a stand-in layer that takes 1 s a call for the first and 3 s for the second, the
+    rows say 1,000 and 3,000 ms."""
+    import helpers.benchmark as benchmark
+
+    clock = fake_clock(benchmark)
+
+    class StandInLayer(torch.nn.Module):
+        def __init__(self, size, heads):
+            super().__init__()
+
+        def forward(self, query, keys, values, need_weights):
+            clock.advance(1.0 if need_weights else 3.0)
+            return query, None
+
+    monkeypatch.setattr(benchmark, "MultiHeadAttention", StandInLayer)
+    [row] = benchmark.attention_kernel_rows(torch.device("cpu"), (4,), batch=1, size=8, heads=2)
+    assert row["explicit (need_weights=True) ms"] == pytest.approx(1000.0)
+    assert row["fused SDPA (need_weights=False) ms"] == pytest.approx(3000.0)
