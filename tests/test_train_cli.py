@@ -242,12 +242,23 @@ def test_a_global_batch_smaller_than_the_world_is_refused_before_anything_starts
 ):
     """Each process takes its share of every global batch; with fewer sentences per batch
     than processes there is nothing to share."""
+    import helpers.train as train_cli
     from helpers.train import main
 
     monkeypatch.setenv("WORLD_SIZE", "4")
-    flags = [*DATES[2:], "--batch-size", "3", "--output", str(tmp_path / "m.pt")]
-    assert main(flags) == 2
+    flags = [*DATES[2:], "--output", str(tmp_path / "m.pt")]
+    assert main([*flags, "--batch-size", "3"]) == 2
     assert "--batch-size 3 is smaller than the 4 processes" in capsys.readouterr().err
+
+    class Accepted(Exception):
+        pass
+
+    def stop(name):  # the next step, choosing the device: the check let the batch through
+        raise Accepted
+
+    monkeypatch.setattr(train_cli, "select_device", stop)
+    with pytest.raises(Accepted):
+        main([*flags, "--batch-size", "4"])  # one sentence each
 
 
 def test_a_summary_path_that_cannot_be_written_is_refused_too(tmp_path, capsys):
@@ -294,3 +305,78 @@ def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
     _, extra = load_checkpoint(partial)
     assert len(extra["history"]["epochs"]) == 2 and extra["settings"]["epochs"] == 2
     assert "resume" not in extra
+
+
+@pytest.mark.parametrize(("valid_size", "test_size"), [(0, 20), (20, 0)])
+def test_an_empty_validation_or_test_split_alone_is_refused(
+    valid_size, test_size, tmp_path, monkeypatch, capsys
+):
+    """Either split empty is enough, said in one line before anything trains: with no
+    validation sentences ``train`` would stop on its own error (a traceback), and with
+    no test sentences there would be nothing to score."""
+    import helpers.train as train_cli
+    from helpers.tasks import dates_task
+
+    monkeypatch.setattr(
+        train_cli, "dates_task", lambda: dates_task(300, valid_size, test_size, seed=1)
+    )
+    output = tmp_path / "m.pt"
+    assert train_cli.main([*DATES[2:], "--output", str(output)]) == 2
+    assert "too few sentences to train and score" in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_the_summary_records_the_run_and_its_scores(tmp_path, monkeypatch, capsys, fake_clock):
+    """The summary (printed last, written with --summary, and kept in the checkpoint) says
+    what ran, for how long by the command's own clock, and how well the model scores."""
+    import helpers.train as train_cli
+    from helpers.tasks import dates_task
+
+    monkeypatch.setattr(train_cli, "dates_task", lambda: dates_task(300, 20, 20, seed=1))
+    fake_clock(train_cli, 100.0, 130.0)  # read when training starts and when it ends
+    output, summary_path = tmp_path / "m.pt", tmp_path / "summary.json"
+    flags = [*DATES[2:], "--epochs", "2", "--device", "cpu", "--output", str(output)]
+    assert train_cli.main([*flags, "--summary", str(summary_path)]) == 0
+    summary = json.loads(summary_path.read_text())
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.rindex("\n{") + 1 :]) == summary
+    _, extra = load_checkpoint(output)
+    assert extra["summary"] == summary
+    last_epoch = extra["history"]["epochs"][-1]
+    run = ["task", "processes", "device", "epochs", "stopped_by_time_budget", "train_seconds"]
+    assert {key: summary[key] for key in [*run, "final_valid_loss"]} == {
+        "task": "dates",
+        "processes": 1,
+        "device": "cpu",
+        "epochs": 2,
+        "stopped_by_time_budget": False,
+        "train_seconds": 30.0,
+        "final_valid_loss": last_epoch["valid_loss"],
+    }
+    assert 0 <= summary["test_bleu"] <= 100 and 0 <= summary["test_chrf"] <= 100
+    assert summary["bleu_signature"].startswith("nrefs:1|")
+    assert 0 <= summary["gold_alignment"] <= 1  # the dates task has gold alignments
+
+
+def test_a_gpu_runs_random_state_is_restored_on_a_cpu_without_its_gpu_part(monkeypatch):
+    """A run checkpointed on a GPU keeps the GPU's random state too; continued on a
+    machine without one, the CPU's state is restored and the GPU's left alone. On a GPU
+    both are restored. (The GPU's setter is a recorder here: CI has no GPU.)"""
+    from helpers.train import _random_state, _set_random_state
+
+    restored_on_gpu = []
+    monkeypatch.setattr(
+        torch.cuda, "set_rng_state", lambda state, device: restored_on_gpu.append(device)
+    )
+    torch.manual_seed(3)
+    state = _random_state(torch.device("cpu"))
+    assert list(state) == ["cpu"]
+    expected = torch.rand(4)
+    gpu_state = state | {"cuda": torch.zeros(16, dtype=torch.uint8)}
+    torch.manual_seed(4)
+    _set_random_state(gpu_state, torch.device("cpu"))
+    assert torch.equal(torch.rand(4), expected) and restored_on_gpu == []
+    _set_random_state(gpu_state, torch.device("cuda", 1))
+    assert restored_on_gpu == [torch.device("cuda", 1)]
+    _set_random_state(state, torch.device("cuda", 1))  # a CPU run continued on a GPU
+    assert restored_on_gpu == [torch.device("cuda", 1)]
