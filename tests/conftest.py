@@ -106,3 +106,26 @@ def fake_clock(monkeypatch):
         return clock
 
     return install
+
+
+@pytest.fixture
+def stop_at(monkeypatch):
+    """``stop_at(module, name)`` replaces ``module.name`` with a stand-in that raises, and
+    returns the exception it raises: a command's checks can be tested in process, up to
+    the step after them, without running the minutes of work that follow.
+
+    ``with pytest.raises(stop_at(benchmark, "select_device")): benchmark.main(flags)``
+    passes only if the flags got through every check before the device is chosen.
+    """
+
+    def install(module, name: str) -> type[Exception]:
+        class Reached(Exception):
+            pass
+
+        def stand_in(*args, **kwargs):
+            raise Reached(f"{module.__name__}.{name} was reached")
+
+        monkeypatch.setattr(module, name, stand_in)
+        return Reached
+
+    return install

@@ -79,23 +79,6 @@ def test_benchmark_refuses_meaningless_settings(flags):
     assert "must be" in result.stderr and "Traceback" not in result.stderr
 
 
-class Accepted(Exception):
-    """Raised by the stand-in for ``select_device``: the flags passed every check."""
-
-
-@pytest.fixture
-def stop_once_accepted(monkeypatch):
-    """The benchmark stops where it would choose its device, which comes right after the
-    checks of its flags, instead of running for minutes."""
-    import helpers.benchmark as benchmark
-
-    def stop(name):
-        raise Accepted(name)
-
-    monkeypatch.setattr(benchmark, "select_device", stop)
-    return benchmark
-
-
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -105,19 +88,24 @@ def stop_once_accepted(monkeypatch):
         (["--train-batches", "-3"], "--train-batches must be at least 1"),
     ],
 )
-def test_each_meaningless_setting_is_refused_on_its_own(flags, message, capsys, stop_once_accepted):
+def test_each_meaningless_setting_is_refused_on_its_own(flags, message, capsys, stop_at):
     """In process, one flag at a time (each check must not need another flag wrong too)."""
+    import helpers.benchmark as benchmark
+
+    stop_at(benchmark, "select_device")  # the step after the checks: minutes of work follow
     with pytest.raises(SystemExit) as exit_info:
-        stop_once_accepted.main(flags)
+        benchmark.main(flags)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
-def test_settings_at_the_edge_of_their_range_are_accepted(stop_once_accepted):
+def test_settings_at_the_edge_of_their_range_are_accepted(stop_at):
     """The smallest value each flag's own check allows passes it (whether the data then
     leave enough sentences is checked next, in the test below)."""
-    with pytest.raises(Accepted):
-        stop_once_accepted.main(
+    import helpers.benchmark as benchmark
+
+    with pytest.raises(stop_at(benchmark, "select_device")):
+        benchmark.main(
             ["--hidden-size", "2", "--max-pairs", "1", "--train-batches", "1"]
             + ["--batch-size", "1", "--duration", "1e-9", "--device", "cpu"]
         )
@@ -125,7 +113,7 @@ def test_settings_at_the_edge_of_their_range_are_accepted(stop_once_accepted):
 
 @pytest.mark.parametrize("skip_extras", [False, True])
 def test_too_few_pairs_for_a_test_sentence_are_refused_before_anything_trains(
-    skip_extras, monkeypatch, capsys
+    skip_extras, monkeypatch, capsys, stop_at
 ):
     """Decoding is timed on the test sentences: with none (a tiny --max-pairs), the run
     used to train for minutes and then divide by zero. Timing training only
@@ -135,13 +123,10 @@ def test_too_few_pairs_for_a_test_sentence_are_refused_before_anything_trains(
     no_test = dates_task(train_size=60, valid_size=8, test_size=0, seed=3)
     monkeypatch.setattr(benchmark, "tatoeba_task", lambda max_pairs: no_test)
 
-    def stop(*args, **kwargs):
-        raise Accepted("training started")
-
-    monkeypatch.setattr(benchmark, "article_loop_tokens_per_second", stop)
+    training_started = stop_at(benchmark, "article_loop_tokens_per_second")
     flags = ["--device", "cpu", "--max-pairs", "70"] + (["--skip-extras"] if skip_extras else [])
     if skip_extras:
-        with pytest.raises(Accepted):
+        with pytest.raises(training_started):
             benchmark.main(flags)
         return
     with pytest.raises(SystemExit) as exit_info:

@@ -238,7 +238,7 @@ def test_flags_at_the_edge_of_their_range_are_accepted(tmp_path):
 
 
 def test_a_global_batch_smaller_than_the_world_is_refused_before_anything_starts(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch, capsys, stop_at
 ):
     """Each process takes its share of every global batch; with fewer sentences per batch
     than processes there is nothing to share."""
@@ -250,15 +250,9 @@ def test_a_global_batch_smaller_than_the_world_is_refused_before_anything_starts
     assert main([*flags, "--batch-size", "3"]) == 2
     assert "--batch-size 3 is smaller than the 4 processes" in capsys.readouterr().err
 
-    class Accepted(Exception):
-        pass
-
-    def stop(name):  # the next step, choosing the device: the check let the batch through
-        raise Accepted
-
-    monkeypatch.setattr(train_cli, "select_device", stop)
-    with pytest.raises(Accepted):
-        main([*flags, "--batch-size", "4"])  # one sentence each
+    # One sentence each is enough: the run gets to the next step, choosing the device.
+    with pytest.raises(stop_at(train_cli, "select_device")):
+        main([*flags, "--batch-size", "4"])
 
 
 def test_a_summary_path_that_cannot_be_written_is_refused_too(tmp_path, capsys):
