@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import helpers.benchmark as benchmark
 from helpers.benchmark import project_trainer_tokens_per_second
 from helpers.data import DataNotFoundError, resolve_data_path
 from helpers.models import Seq2Seq
@@ -90,7 +91,6 @@ def test_benchmark_refuses_meaningless_settings(flags):
 )
 def test_each_meaningless_setting_is_refused_on_its_own(flags, message, capsys, stop_at):
     """In process, one flag at a time (each check must not need another flag wrong too)."""
-    import helpers.benchmark as benchmark
 
     stop_at(benchmark, "select_device")  # the step after the checks: minutes of work follow
     with pytest.raises(SystemExit) as exit_info:
@@ -102,7 +102,6 @@ def test_each_meaningless_setting_is_refused_on_its_own(flags, message, capsys, 
 def test_settings_at_the_edge_of_their_range_are_accepted(stop_at):
     """The smallest value each flag's own check allows passes it (whether the data then
     leave enough sentences is checked next, in the test below)."""
-    import helpers.benchmark as benchmark
 
     with pytest.raises(stop_at(benchmark, "select_device")):
         benchmark.main(
@@ -118,7 +117,6 @@ def test_too_few_pairs_for_a_test_sentence_are_refused_before_anything_trains(
     """Decoding is timed on the test sentences: with none (a tiny --max-pairs), the run
     used to train for minutes and then divide by zero. Timing training only
     (--skip-extras) needs none."""
-    import helpers.benchmark as benchmark
 
     no_test = dates_task(train_size=60, valid_size=8, test_size=0, seed=3)
     monkeypatch.setattr(benchmark, "tatoeba_task", lambda max_pairs: no_test)
@@ -172,7 +170,6 @@ def test_the_article_loop_counts_each_target_token_once_and_stops_after_its_dura
     it); its speed is those tokens over the whole time taken. With a clock that reads one
     second later at each reading (the start, once per sentence, the end) and a 3 s
     duration, it trains four sentences and divides by five seconds."""
-    import helpers.benchmark as benchmark
 
     fake_clock(benchmark, tick=1.0)
     config = benchmark.benchmark_config(tiny_task, 8)
@@ -188,7 +185,6 @@ def test_the_article_loop_counts_each_target_token_once_and_stops_after_its_dura
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])
 def test_the_article_loop_refuses_a_teacher_forcing_ratio_outside_0_to_1(tiny_task, ratio):
-    import helpers.benchmark as benchmark
 
     config = benchmark.benchmark_config(tiny_task, 8)
     with pytest.raises(ValueError, match="teacher_forcing_ratio"):
@@ -202,7 +198,6 @@ def test_decoding_speed_times_only_the_full_call_after_a_warm_up(
 ):
     """Sentences per second: the sentences over the time of one ``translate_batch`` call
     on all of them, after an untimed warm-up on the first 64 with the same search."""
-    import helpers.benchmark as benchmark
 
     clock = fake_clock(benchmark)
     calls = []
@@ -233,7 +228,6 @@ def test_the_benchmark_prints_each_speed_as_measured_and_the_ratios_of_them(
     measurement gets the device and the defaults for it: (b)'s batch of 128 sentences on
     a CPU and 512 on a GPU, and longer self-attention inputs on a GPU (a GPU is faked
     here: every measurement is a stand-in)."""
-    import helpers.benchmark as benchmark
 
     monkeypatch.setattr(benchmark, "select_device", lambda name: torch.device(name))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "a stand-in GPU")
@@ -293,7 +287,6 @@ def test_the_trainer_is_timed_from_seed_0_on_the_batches_after_its_warm_up(monke
     """(b) builds its model from seed 0, trains untimed on the first ``warmup_batches``
     of the shuffled, bucketed order (seed 0, one epoch after another), then on the next
     ``batches``; its speed is that second call's. ``train`` is replaced by a recorder."""
-    import helpers.benchmark as benchmark
     from helpers.batching import BucketBatchSampler
     from helpers.training import EpochRecord, TrainingHistory
 
@@ -340,7 +333,6 @@ def test_the_article_loop_trains_its_model_down_its_loss(tiny_task, fake_clock, 
     """(a) is a real training loop, not only a timing: after one pass over 60 sentences of
     teacher-forced Adam the model it trained has a lower loss on them than it started
     with."""
-    import helpers.benchmark as benchmark
     from helpers.batching import collate_batch
     from helpers.training import batch_loss
 
@@ -369,7 +361,6 @@ def test_the_article_loop_trains_its_model_down_its_loss(tiny_task, fake_clock, 
 def test_the_benchmarks_model_is_the_articles_shape():
     """What (a) and (b) train, as the benchmark prints it: an LSTM encoder–decoder with
     Luong concat attention, one direction, the article's dropout of 0.1."""
-    import helpers.benchmark as benchmark
 
     task = dates_task(train_size=60, valid_size=8, test_size=8, seed=3)
     config = benchmark.benchmark_config(task, 32)
@@ -386,7 +377,6 @@ def test_attention_kernel_rows_report_milliseconds_per_call_and_the_matrix_size(
     """Each path is run once untimed, then ``repeats`` times between two clock readings
     (10 times, or 3 from 1,024 tokens on): a clock one second later at each reading
     gives 1000 / repeats ms per call. The matrix is batch × heads × L² float32s."""
-    import helpers.benchmark as benchmark
 
     fake_clock(benchmark, tick=1.0)
     rows = benchmark.attention_kernel_rows(
@@ -404,7 +394,6 @@ def test_each_attention_path_is_timed_under_its_own_name(fake_clock, monkeypatch
     """The explicit path (``need_weights=True``) and the fused one are not swapped: with
     a stand-in layer that takes 1 s a call for the first and 3 s for the second, the
     rows say 1,000 and 3,000 ms."""
-    import helpers.benchmark as benchmark
 
     clock = fake_clock(benchmark)
 

@@ -25,10 +25,20 @@ from helpers.explorer import EMPTY_INPUT_MESSAGE, AttentionExplorer  # noqa: E40
 from helpers.models import Seq2Seq  # noqa: E402
 from helpers.tasks import dates_task  # noqa: E402
 from helpers.viz import (  # noqa: E402
+    LABEL_POINTS,
+    LABEL_SPACING,
+    LAYOUT_MARGIN,
     MAX_FIGURE_HEIGHT,
     MAX_FIGURE_WIDTH,
     MIN_LABEL_POINTS,
+    SELF_ATTENTION_AXES,
+    _axes_size_points,
+    _ordinal,
+    attention_figure_size,
     plot_attention,
+    plot_attention_grid,
+    plot_loss_curves,
+    tick_label_plan,
 )
 from helpers.vocab import UNK_INDEX, UNK_TOKEN  # noqa: E402
 
@@ -366,7 +376,6 @@ def test_a_short_heatmap_labels_every_token_as_before():
 
 def test_grid_cells_get_readable_labels_too():
     """plot_attention_grid draws into small axes: the same rules apply there."""
-    from helpers.viz import plot_attention_grid
 
     source = [f"w{i}" for i in range(45)]
     output = [f"W{i}" for i in range(50)]
@@ -383,7 +392,6 @@ def test_grid_cells_get_readable_labels_too():
 
 def test_the_grid_has_one_labelled_colour_bar_or_a_scale_per_panel():
     """One shared 0–1 scale with one labelled bar; or each panel on its own maximum."""
-    from helpers.viz import plot_attention_grid
 
     diffuse = torch.full((3, 4), 0.25)
     sharp = torch.eye(3, 4)
@@ -404,7 +412,6 @@ def test_the_grid_has_one_labelled_colour_bar_or_a_scale_per_panel():
 
 def test_self_attention_maps_name_their_axes_query_and_key():
     """Self-attention has no source and output: rows are queries, columns keys."""
-    from helpers.viz import SELF_ATTENTION_AXES, plot_attention_grid
 
     tokens = ["I", "did", "n't", "."]
     items = [(torch.eye(4), tokens, tokens)] * 2
@@ -420,7 +427,6 @@ def test_self_attention_maps_name_their_axes_query_and_key():
 
 def test_loss_curves_tick_whole_epochs_only():
     from helpers.training import EpochRecord, TrainingHistory
-    from helpers.viz import plot_loss_curves
 
     history = TrainingHistory()
     for epoch in (1, 2, 3):
@@ -502,7 +508,6 @@ def test_plot_view_wraps_its_title_to_the_figure_and_grows_by_its_lines(models, 
     """The static view's title is the model, beam, sentence and translation, wrapped at
     11 characters per inch of figure, with each note shortened to one such line; the
     figure is the heatmap's size plus 0.2 inch per title line."""
-    from helpers.viz import attention_figure_size
 
     name = "Luong (general attention), trained for five epochs on the dates task"
     explorer = AttentionExplorer({name: models["luong"]}, task.test_sources[:2], beam_size=2)
@@ -524,7 +529,6 @@ def test_plot_view_wraps_its_title_to_the_figure_and_grows_by_its_lines(models, 
 
 
 def test_the_tick_plan_labels_every_tick_while_there_is_room_then_thins_them():
-    from helpers.viz import LABEL_POINTS, LABEL_SPACING, tick_label_plan
 
     assert tick_label_plan(0, 100.0) == (1, LABEL_POINTS)  # nothing to label
     room_each = LABEL_POINTS * LABEL_SPACING  # 11.7 points: a 9-point label fits
@@ -545,8 +549,6 @@ def test_source_labels_slant_only_where_a_slanted_label_has_room(points_per_toke
     at full size rather than slant at a smaller one."""
     from matplotlib.figure import Figure
 
-    from helpers.viz import LAYOUT_MARGIN
-
     tokens = [f"w{i}" for i in range(20)]
     width_points = 20 * points_per_token / LAYOUT_MARGIN
     figure = Figure(figsize=(width_points / 72, 3))
@@ -559,8 +561,6 @@ def test_source_labels_slant_only_where_a_slanted_label_has_room(points_per_toke
 
 def test_gold_cells_are_outlined_and_only_with_gold():
     from matplotlib.patches import Rectangle
-
-    from helpers.viz import plot_attention_grid
 
     gold = torch.zeros(3, 4)
     gold[0, 1] = gold[2, 3] = 1
@@ -587,8 +587,6 @@ def test_a_thinned_axis_keeps_a_minor_tick_per_token_and_says_which_are_labelled
     are labelled."""
     from matplotlib.figure import Figure
 
-    from helpers.viz import LAYOUT_MARGIN
-
     tokens = [f"w{i}" for i in range(20)]
     side = 20 * 5.0 / LAYOUT_MARGIN / 72  # inches
     figure = Figure(figsize=(side, side))
@@ -609,13 +607,11 @@ def test_a_thinned_axis_keeps_a_minor_tick_per_token_and_says_which_are_labelled
     + [(21, "21st"), (22, "22nd"), (23, "23rd"), (111, "111th"), (112, "112th")],
 )
 def test_axis_titles_name_the_labelled_ticks_in_english_ordinals(number, ordinal):
-    from helpers.viz import _ordinal
 
     assert _ordinal(number) == ordinal
 
 
 def test_a_new_heatmap_grows_half_an_inch_a_token_between_its_floor_and_its_cap():
-    from helpers.viz import attention_figure_size
 
     assert attention_figure_size(1, 1) == (3.0, 2.5)  # a one-word sentence stays legible
     assert attention_figure_size(10, 10) == pytest.approx((0.45 * 10 + 1.5, 0.4 * 10 + 1.0))
@@ -625,15 +621,12 @@ def test_a_new_heatmap_grows_half_an_inch_a_token_between_its_floor_and_its_cap(
 def test_the_axes_room_is_measured_in_points_at_72_per_inch():
     from matplotlib.figure import Figure
 
-    from helpers.viz import _axes_size_points
-
     figure = Figure(figsize=(5.0, 4.0))
     ax = figure.add_axes((0.1, 0.2, 0.5, 0.25))
     assert _axes_size_points(ax) == pytest.approx((0.5 * 5.0 * 72, 0.25 * 4.0 * 72))
 
 
 def test_a_grid_with_an_odd_number_of_maps_leaves_the_last_panel_blank():
-    from helpers.viz import plot_attention_grid
 
     items = [(torch.eye(3), list("abc"), list("xyz"))] * 3
     figure = plot_attention_grid(items, columns=2, cell_size=(4.0, 3.0))
@@ -645,7 +638,6 @@ def test_a_grid_with_an_odd_number_of_maps_leaves_the_last_panel_blank():
 
 
 def test_a_grid_of_one_map_is_a_grid_too():
-    from helpers.viz import plot_attention_grid
 
     figure = plot_attention_grid([(torch.eye(3), list("abc"), list("xyz"))], columns=1)
     panels = [ax for ax in figure.axes if ax.get_label() != "<colorbar>"]
