@@ -237,12 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _set_random_state(saved_random_states[rank], device)
     elif rank == 0 and saved_random_states:  # a checkpoint that kept rank 0's state only
         _set_random_state(saved_random_states[0], device)
-    elif rank > 0:
-        # The same initial weights everywhere (above), but each rank its own dropout
-        # masks: identical masks on every shard would waste the extra processes'
-        # regularisation. Rank 0 keeps the single-process random stream. (A run resumed
-        # with another number of processes shards its batches differently anyway.)
-        torch.manual_seed(settings.seed + 1_000_003 * rank)
+    else:
+        # The same initial weights everywhere (above), but each rank its own dropout masks.
+        # (A run resumed with another number of processes shards its batches differently
+        # anyway.)
+        seed_process_stream(settings.seed, rank)
     train_loader = DataLoader(
         task.train,
         batch_sampler=ShardedBatchSampler(global_batches, rank, world_size),
@@ -363,6 +362,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         del trained  # the DDP wrapper: end_distributed frees it before the group goes
         end_distributed()
     return status
+
+
+def seed_process_stream(seed: int, rank: int) -> None:
+    """Give process ``rank`` its own random stream (dropout masks, sampling) from ``seed``.
+
+    Called after the model is built, so every process has the same initial weights.
+    Identical dropout masks on every shard would waste the extra processes'
+    regularisation, so each rank ``r > 0`` reseeds with ``seed + 1_000_003 * r``
+    (distinct for every rank). Rank 0 keeps the single-process stream untouched: one
+    process under torchrun trains exactly what ``python -m helpers.train`` does.
+    """
+    if rank > 0:
+        torch.manual_seed(seed + 1_000_003 * rank)
 
 
 def end_distributed() -> None:

@@ -184,6 +184,29 @@ def test_each_rank_gets_its_share_of_every_global_batch_and_all_ranks_take_the_s
     assert (len(shared) < len(global_batches)) == (world_size > 3 and not drop_last)
 
 
+def test_every_process_gets_its_own_dropout_masks_and_rank_0_the_single_process_ones():
+    """After identical initial weights, each rank draws its own dropout masks (identical
+    masks on every shard would waste the extra processes), reproducibly; rank 0's stream
+    is left as one process would have it."""
+    from helpers.train import seed_process_stream
+
+    def masks_after_seeding(rank):
+        torch.manual_seed(5)
+        torch.rand(3)  # the model's initialisation has drawn from the stream already
+        seed_process_stream(5, rank)
+        return torch.nn.functional.dropout(torch.ones(1000), p=0.5)
+
+    torch.manual_seed(5)
+    torch.rand(3)
+    single_process = torch.nn.functional.dropout(torch.ones(1000), p=0.5)
+    masks = [masks_after_seeding(rank) for rank in range(4)]
+    assert torch.equal(masks[0], single_process)
+    for rank in range(4):
+        assert torch.equal(masks_after_seeding(rank), masks[rank])  # reproducible
+        for other in range(rank):
+            assert not torch.equal(masks[rank], masks[other]), (rank, other)
+
+
 def test_every_flag_reaches_the_model_and_the_training_settings(tmp_path):
     """Flags override the recipe (the notebooks' own settings) and nothing else."""
     from helpers.recipes import dates_recipe, tatoeba_recipe
