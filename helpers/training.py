@@ -193,6 +193,14 @@ def warmup_inverse_sqrt(step: int, warmup_steps: int) -> float:
     return min(step / warmup_steps, math.sqrt(warmup_steps / step))
 
 
+def amp_by_default(device: torch.device) -> bool:
+    """Whether :func:`train` uses bf16 autocast when not told: on a GPU, yes (bf16 tensor
+    cores, and the same exponent range as float32, so no loss scaling); on a CPU, no
+    (without bf16 instructions it runs slower, and it would change every trained number
+    the notebooks print)."""
+    return device.type == "cuda"
+
+
 def _autocast(device: torch.device, enabled: bool):
     """bf16 autocast on ``device``: the GPU default, which the CPU also runs (slowly), so
     that the tests exercise the mixed-precision path on machines without a GPU."""
@@ -415,7 +423,7 @@ def train(
     if progress is None:
         progress = os.environ.get("PAYING_ATTENTION_PROGRESS", "1") != "0"
     model.to(device)
-    amp = device.type == "cuda" if amp is None else amp
+    amp = amp_by_default(device) if amp is None else amp
     if warmup_steps is not None and (warmup_steps < 1 or lr_decay):
         raise ValueError(
             f"warmup_steps must be at least 1 and not combined with lr_decay, got {warmup_steps}"

@@ -588,10 +588,14 @@ def test_continuing_a_run_with_its_optimiser_equals_running_it_straight(small_da
 def test_amp_and_the_progress_bar_follow_the_device_and_the_environment(
     small_dates, monkeypatch, recorded_bars
 ):
-    """Unless told, bf16 autocast stays off on the CPU (it is on only on a GPU, which CI
-    lacks, so only this half is tested), and the bar shows unless
-    ``PAYING_ATTENTION_PROGRESS=0`` (what CI and the notebook runner set)."""
+    """Unless told, bf16 autocast follows the device (off on the CPU, on on a GPU: CI has
+    none, so that half is faked), and the bar shows unless ``PAYING_ATTENTION_PROGRESS=0``
+    (what CI and the notebook runner set)."""
     import helpers.training as training
+
+    assert training.amp_by_default(torch.device("cuda", 0))
+    assert not training.amp_by_default(torch.device("cpu"))
+    assert not training.amp_by_default(torch.device("meta"))
 
     enabled = []
     autocast = training._autocast
@@ -609,6 +613,15 @@ def test_amp_and_the_progress_bar_follow_the_device_and_the_environment(
         train(Seq2Seq(config), train_loader, valid_loader, epochs=1, device="cpu")
     assert [bar.hidden for bar in recorded_bars] == [False, False, True]  # only by "0"
     assert enabled and not any(enabled)  # the CPU: float32 throughout
+
+    # train asks the device's default (on a GPU, True), and an explicit amp overrides it.
+    enabled.clear()
+    monkeypatch.setattr(training, "amp_by_default", lambda device: True)
+    train(Seq2Seq(config), train_loader, valid_loader, epochs=1, device="cpu")
+    assert enabled and all(enabled)
+    enabled.clear()
+    train(Seq2Seq(config), train_loader, valid_loader, epochs=1, device="cpu", amp=False)
+    assert enabled and not any(enabled)
 
 
 def test_a_time_budget_is_agreed_across_processes_by_default_only_under_ddp(
