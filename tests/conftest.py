@@ -129,3 +129,44 @@ def stop_at(monkeypatch):
         return Reached
 
     return install
+
+
+class HostCopies(torch.overrides.TorchFunctionMode):
+    """Inside it, records every copy of host data onto ``device`` (``shapes``: each
+    copy's shape): ``torch.tensor``/``as_tensor``/``new_tensor`` of data not already
+    there (``torch.from_numpy`` makes no copy and is not seen; its ``.to`` is), a CPU tensor's ``.to``/``.cuda`` given a device, and ``copy_``
+    from a CPU tensor. With ``device="meta"`` these are the copies a GPU would make;
+    with ``"cpu"``, the calls that would be copies if the model were on a GPU."""
+
+    FROM_DATA = ("tensor", "as_tensor", "new_tensor")
+
+    def __init__(self, device: str) -> None:
+        super().__init__()
+        self.device = torch.device(device)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if isinstance(result, torch.Tensor) and result.device.type == self.device.type:
+            if name in self.FROM_DATA:
+                data = args[1] if name == "new_tensor" else args[0]
+                copied = not (isinstance(data, torch.Tensor) and data.device == result.device)
+            elif name in ("to", "cuda"):
+                asked = [*args[1:], kwargs.get("device")]
+                copied = args[0].device.type == "cpu" and any(
+                    isinstance(where, (str, torch.device)) for where in asked
+                )
+            else:
+                copied = name == "copy_" and args[1].device.type == "cpu"
+            if copied:
+                self.shapes.append(tuple(result.shape))
+        return result
+
+
+@pytest.fixture
+def host_copies():
+    """``with host_copies("meta") as copies:`` records the host-to-device copies made
+    inside (:class:`HostCopies`)."""
+    return HostCopies

@@ -585,3 +585,48 @@ def test_a_numpy_integer_is_an_integer():
     [expected] = translate_batch(model, ["the cat"], beam_size=3, batch_size=6)
     [given] = translate_batch(model, ["the cat"], beam_size=np.int64(3), batch_size=np.int32(6))
     assert given.output_tokens == expected.output_tokens and given.score == expected.score
+
+
+@pytest.mark.parametrize(
+    "decoder,attention,settings",
+    [
+        ("luong", "general", {}),
+        ("luong", "general", {"input_feeding": True}),
+        ("bahdanau", "additive", {}),
+        ("luong", "local-m", {}),
+        ("luong", "local-p", {}),
+        ("plain", "general", {}),
+        ("transformer", None, TRANSFORMER),
+    ],
+)
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_decoding_copies_nothing_from_the_host_per_step(
+    decoder, attention, settings, search, host_copies
+):
+    """On a GPU a host-to-device copy in the step loop would cost every step a transfer
+    (``torch.tensor([step], device=...)`` once did). On the CPU the recorder counts the
+    calls that would be copies there (conftest's ``HostCopies``): running 9 steps instead
+    of 3 must not add one. ``<eos>`` is ruled out so that every sentence runs every step."""
+    model = tiny_model(decoder, attention, **settings)
+    step = model.decoder.step
+
+    def never_ending_step(*args, **kwargs):
+        logits, state, weights = step(*args, **kwargs)
+        logits = logits.clone()
+        logits[:, EOS_INDEX] = -1e9  # an int index: no tensor made from host data
+        return logits, state, weights
+
+    model.decoder.step = never_ending_step
+    batch = source_batch()
+    copies_per_run = {}
+    for max_length in (3, 9):
+        with host_copies("cpu") as copies:
+            if search == "greedy":
+                hypotheses = greedy_decode(model, batch.source, batch.source_lengths, max_length)
+            else:
+                hypotheses = beam_search(
+                    model, batch.source, batch.source_lengths, beam_size=3, max_length=max_length
+                )
+        assert [len(h.token_ids) for h in hypotheses] == [max_length] * 3  # every step ran
+        copies_per_run[max_length] = len(copies.shapes)
+    assert copies_per_run[3] == copies_per_run[9] <= 4, copies_per_run

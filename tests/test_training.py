@@ -508,21 +508,53 @@ def test_the_gpus_bf16_autocast_path_runs_on_the_cpu(small_dates, decoder, overr
         ("transformer", {"encoder": "self_attention"}),
     ],
 )
-def test_a_training_step_never_reads_a_value_back_from_the_device(small_dates, decoder, overrides):
+def test_a_training_step_never_reads_a_value_back_from_the_device(
+    small_dates, decoder, overrides, host_copies
+):
     """On a GPU a training step must not wait for the device: no ``.item()``, no
     ``.cpu()``, no boolean-mask selection (whose size only the GPU knows). Tensors on the
     ``meta`` device have shapes but no values, so any such read fails there: a whole step
     (forward, loss, backward, with teacher forcing below 1 too) on ``meta`` proves the
     step needs none. ``torch.cuda.set_sync_debug_mode`` confirmed it on a GPU for the RNN
-    models (docs/performance.md)."""
+    models (docs/performance.md).
+
+    Copies the other way, host to device, are recorded: the RNN encoders send their two
+    orderings of the batch (sorted by length, and back) once per batch, and nothing else
+    may go over, least of all once per decoder step (``torch.tensor([step],
+    device=...)`` in the step loop did, before)."""
     model_settings, _ = dates_recipe(decoder, **overrides)
     config = small_dates.model_config(**model_settings)
     model = Seq2Seq(config).to("meta")
     batch = next(iter(small_dates.loaders(8, 0)[0])).to("meta")
+    target_steps = batch.decoder_target.size(1)
+    assert target_steps >= 10  # so that a copy per step could not hide among the allowed
     for teacher_forcing_ratio in (1.0, 0.5):
-        loss = batch_loss(model, batch, teacher_forcing_ratio, label_smoothing=0.1)
-        loss.backward()
+        with host_copies("meta") as copies:
+            loss = batch_loss(model, batch, teacher_forcing_ratio, label_smoothing=0.1)
+            loss.backward()
         assert loss.device.type == "meta" and loss.shape == ()
+        rnn_encoder = config.encoder == "rnn"
+        assert copies.shapes == ([(8,), (8,)] if rnn_encoder else []), copies.shapes
+
+
+def test_the_copy_recorder_sees_each_kind_of_host_to_device_copy(host_copies):
+    """The recorder (conftest) misses none of the copies it claims to see, and counts
+    nothing else, else the tests that use it could not fail, or could not pass."""
+    on_meta = torch.zeros(3, device="meta")
+    with host_copies("meta") as copies:
+        torch.tensor([4], device="meta")
+        torch.as_tensor([1.0, 2.0], device="meta")
+        on_meta.new_tensor([5, 6, 7, 8])
+        torch.ones(2, 2).to("meta")
+        torch.ones(5).to(device=torch.device("meta"), non_blocking=True)
+        on_meta.copy_(torch.ones(3))
+        on_meta.to("meta"), on_meta + 1, torch.zeros(6, device="meta")  # not copies
+        torch.ones(2).to(torch.float64), torch.tensor([1, 2])  # CPU to CPU
+    assert copies.shapes == [(1,), (2,), (4,), (2, 2), (5,), (3,)]
+    with host_copies("cpu") as copies:  # on a CPU: what would be a copy on a GPU
+        torch.tensor([[1, 2]]), torch.from_numpy(np.zeros(3)).to("cpu"), torch.ones(4).to("cpu")
+        torch.ones(2).to(torch.float64), torch.ones(3) * 2  # no device asked for
+    assert copies.shapes == [(1, 2), (3,), (4,)]
 
 
 def test_the_loss_reads_exactly_the_real_target_positions(small_dates):
