@@ -37,8 +37,19 @@ def references_as_streams(references: Sequence[Sequence[str]]) -> list[list[str 
     than the most-referenced one get ``None`` in the spare slots, which sacreBLEU
     skips (its signature then says ``nrefs:var``).
     """
-    if any(len(refs) == 0 for refs in references):
-        raise ValueError("every sentence needs at least one reference")
+    if not references:
+        raise ValueError("no references: give one list of references per sentence")
+    for index, refs in enumerate(references):
+        if isinstance(refs, str) or not isinstance(refs, Sequence):
+            # A bare string would be read as one reference per character.
+            raise TypeError(
+                f"references[{index}] is a {type(refs).__name__}, not a list of reference "
+                "strings: give one list per sentence (e.g. [[ref] for ref in refs])"
+            )
+        if len(refs) == 0:
+            raise ValueError("every sentence needs at least one reference")
+        if not all(isinstance(reference, str) for reference in refs):
+            raise TypeError(f"references[{index}] holds something other than strings: {refs!r}")
     slots = max(len(refs) for refs in references)
     return [
         [refs[slot] if slot < len(refs) else None for refs in references] for slot in range(slots)
@@ -101,6 +112,12 @@ def attention_row_entropies(attentions: Sequence[Tensor], normalise: bool = Fals
     row, 1 for a uniform one — so sentences of different lengths compare; matrices
     over a single source token (where ``log S = 0``) are skipped then.
     """
+    for index, attention in enumerate(attentions):
+        if attention.dim() != 2:
+            raise ValueError(
+                f"attentions[{index}] has shape {tuple(attention.shape)}: give one (T, S) "
+                "matrix per sentence (a batched (B, T, S) tensor: list(tensor))"
+            )
     rows = [
         attention_entropy(attention) / (math.log(attention.shape[1]) if normalise else 1.0)
         for attention in attentions
@@ -131,7 +148,13 @@ def paired_bootstrap(
     system's BLEU advantage over the baseline disappears. Returns one row per system:
     ``system``, ``bleu``, ``baseline_bleu``, ``difference`` and ``p_value`` (the
     probability of a difference at least this large by chance; below 0.05 is the usual
-    bar for "significant").
+    bar for "significant"). sacreBLEU's p-value is at least ``1 / (samples + 1)``.
+
+    A system whose output is the baseline's, sentence for sentence, gets ``p_value``
+    1.0 without resampling: there is no difference to test. (sacreBLEU counts only
+    resampled differences strictly above the real one, so for identical outputs, where
+    every difference is 0, it would report its smallest p-value, 1 / (samples + 1),
+    which reads as "significant".)
 
     Args:
         baseline, systems: ``(name, detokenised hypotheses)``; all as long as ``references``.
@@ -145,6 +168,9 @@ def paired_bootstrap(
 
     if not systems:
         raise ValueError("nothing to compare the baseline with")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        # sacreBLEU would quietly take 1,000 for 0 or a negative number.
+        raise ValueError(f"samples must be a whole number >= 1, got {samples!r}")
     for name, hypotheses in [baseline, *systems]:
         if len(hypotheses) != len(references):
             raise ValueError(
@@ -174,7 +200,7 @@ def paired_bootstrap(
             "bleu": result.score,
             "baseline_bleu": baseline_bleu,
             "difference": result.score - baseline_bleu,
-            "p_value": result.p_value,
+            "p_value": 1.0 if list(hypotheses) == list(baseline[1]) else result.p_value,
         }
-        for (name, _), result in zip(systems, results[1:], strict=True)
+        for (name, hypotheses), result in zip(systems, results[1:], strict=True)
     ]

@@ -65,6 +65,31 @@ def test_scoring_refuses_what_it_cannot_score(hypotheses, references, message):
         corpus_scores(hypotheses, references)
 
 
+@pytest.mark.parametrize(
+    ("references", "error", "message"),
+    [
+        (["Das ist gut.", "Ich bin hier.", "Er sah einen Hund."], TypeError, r"references\[0\] is a str"),
+        ([["Das ist gut."], None, ["Er sah."]], TypeError, r"references\[1\] is a NoneType"),
+        ([["Das ist gut."], ["Ich bin hier."], ["Er", None]], TypeError, r"references\[2\] holds"),
+    ],
+)  # fmt: skip
+def test_references_given_as_plain_strings_are_refused_not_read_letter_by_letter(
+    references, error, message
+):
+    """A flat list of strings, one per sentence, is the likeliest slip: sacreBLEU would read
+    each string as one reference per character and score it (BLEU 16 for a perfect
+    output) without a word of warning."""
+    with pytest.raises(error, match=message):
+        corpus_scores(HYPOTHESES, references)
+    with pytest.raises(error, match=message):
+        paired_bootstrap(("a", HYPOTHESES), [("b", HYPOTHESES[::-1])], references, samples=5)
+    with pytest.raises(ValueError, match="no references"):
+        references_as_streams([])
+    assert corpus_scores(HYPOTHESES, [tuple(refs) for refs in REFERENCES]).bleu == pytest.approx(
+        100
+    )
+
+
 def test_alignment_accuracy_counts_half_open_gold_spans_and_skips_unaligned_outputs():
     # Rows are output positions; each row's argmax is the attended source position.
     attention = torch.tensor(
@@ -98,6 +123,18 @@ def test_mean_entropy_in_nats_and_normalised_by_log_s():
     assert mean_attention_entropy([two], normalise=True) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 4), (1, 1, 4), (4,)])
+def test_entropy_wants_one_matrix_per_sentence_not_a_batch_or_a_row(shape):
+    """A batched ``(B, T, S)`` map, such as a ``Seq2SeqOutput``'s, would be normalised by
+    log T instead of log S (1.26 for uniform rows, or "no attention" with T = 1)."""
+    uniform = torch.full(shape, 1 / shape[-1])
+    with pytest.raises(ValueError, match=r"has shape .*one \(T, S\) matrix per sentence"):
+        mean_attention_entropy([uniform], normalise=True)
+    assert mean_attention_entropy(list(uniform.view(-1, 1, shape[-1])), normalise=True) == (
+        pytest.approx(1.0)
+    )
+
+
 def test_the_paired_bootstrap_uses_its_seed_and_leaves_the_environment_alone(monkeypatch):
     import sacrebleu.significance
 
@@ -129,3 +166,21 @@ def test_the_paired_bootstrap_uses_its_seed_and_leaves_the_environment_alone(mon
     assert seen_seeds[-1] == "12345" and os.environ["SACREBLEU_SEED"] == "99"
     with pytest.raises(ValueError, match="nothing to compare"):
         paired_bootstrap(("good", good), [], references)
+    for samples in (0, -5, 2.5, True):  # sacreBLEU would quietly take 1,000 for 0
+        with pytest.raises(ValueError, match="samples must be a whole number"):
+            paired_bootstrap(("good", good), [("worse", worse)], references, samples=samples)
+
+
+def test_a_system_identical_to_the_baseline_is_not_significantly_different():
+    """sacreBLEU counts resampled differences strictly above the real one, so for two
+    identical outputs it reports its smallest p-value, 1 / (samples + 1): "significant".
+    There is nothing to test, and the wrapper says p = 1; a different system beside it
+    keeps sacreBLEU's own p-value."""
+    references = [[f"Satz Nummer {index} ist hier."] for index in range(40)]
+    good = [refs[0] for refs in references]
+    worse = [f"Satz {index} ist da." if index % 3 else good[index] for index in range(40)]
+    same, different = paired_bootstrap(
+        ("good", good), [("same", list(good)), ("worse", worse)], references, samples=50
+    )
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0
+    assert different["p_value"] == pytest.approx(1 / 51)
