@@ -15,7 +15,9 @@ cache behind them.
 
 from __future__ import annotations
 
+import itertools
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,7 +95,10 @@ def train_or_load(
     else train and save it there. Returns ``(model, history, loaded_from_cache)``.
 
     The checkpoint stores the cache key; a checkpoint with another key (another config,
-    training setting or data) is never served — it is retrained and overwritten.
+    training setting or data) is never served — it is retrained and overwritten. A file
+    at ``path`` that is not a run saved here (a ``python -m helpers.train`` checkpoint,
+    say, or anything else) is never overwritten: it is renamed to ``<name>.kept``
+    (``.kept2``, … if taken), with a warning that says where it went.
 
     ``snapshot_epochs``: when it trains, also save the weights after each of these
     epochs beside ``path`` (:func:`epoch_snapshot_path`), for
@@ -123,8 +128,10 @@ def train_or_load(
         if read is not None and "history" in read[1]:
             model, extra = read
             if source != path:
+                _move_aside_unless_a_cached_run(path)
                 save_checkpoint(model, path, extra=extra)
             return model, TrainingHistory.from_dict(extra["history"]), True
+    _move_aside_unless_a_cached_run(path)  # before training: a crash then loses nothing
 
     records_so_far: list[EpochRecord] = []
 
@@ -157,6 +164,31 @@ def train_or_load(
         extra={"cache_key": key, "history": history.to_dict(), "settings": settings.to_dict()},
     )
     return model, history, False
+
+
+def _move_aside_unless_a_cached_run(path: Path) -> None:
+    """Rename the file at ``path`` unless it is a run :func:`train_or_load` saved (one
+    with a cache key: retraining replaces those, as documented)."""
+    if not path.is_file():
+        return  # nothing there (a directory is refused by save_checkpoint, with its name)
+    try:
+        if "cache_key" in load_checkpoint(path)[1]:
+            return
+    except CheckpointMismatchError:
+        pass  # not a checkpoint of this series at all, or an unreadable one: keep it too
+    kept = next(
+        candidate
+        for number in itertools.count(1)
+        if not (
+            candidate := path.with_name(f"{path.name}.kept{number if number > 1 else ''}")
+        ).exists()
+    )
+    os.replace(path, kept)
+    warnings.warn(
+        f"{path} was not a run saved by train_or_load, so it was moved to {kept} instead "
+        "of being overwritten",
+        stacklevel=3,
+    )
 
 
 def epoch_snapshot_path(path: str | os.PathLike, epoch: int) -> Path:

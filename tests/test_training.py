@@ -3,11 +3,13 @@
 import math
 import random
 import time
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+from helpers.checkpoints import load_checkpoint, save_checkpoint
 from helpers.decoding import translate_batch
 from helpers.metrics import alignment_accuracy
 from helpers.models import Seq2Seq
@@ -213,6 +215,47 @@ def test_train_or_load_caches_by_settings_and_never_serves_stale_models(small_da
         small_dates, other_config, settings, path, device="cpu", progress=False
     )
     assert not cached, "another attention must retrain"
+
+
+def test_train_or_load_keeps_a_file_that_is_not_one_of_its_runs(small_dates, tmp_path):
+    """A checkpoint of ``python -m helpers.train`` (no cache key), or any other file, at a
+    notebook's checkpoint path is renamed, not overwritten; one of its own runs with
+    another key is retrained over, silently, as documented."""
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    settings = TrainSettings(epochs=1, batch_size=32)
+    path = tmp_path / "04_luong.pt"
+    cli_model = Seq2Seq(config).attach_vocabularies(
+        small_dates.source_vocab, small_dates.target_vocab
+    )
+    save_checkpoint(cli_model, path, extra={"history": {"epochs": []}})  # the CLI's: no key
+    cli_bytes = path.read_bytes()
+    with pytest.warns(
+        UserWarning, match=r"04_luong.pt was not a run saved by train_or_load.*04_luong.pt.kept"
+    ):
+        _, _, cached = train_or_load(small_dates, config, settings, path, "cpu", False)
+    assert not cached and (tmp_path / "04_luong.pt.kept").read_bytes() == cli_bytes
+    assert "cache_key" in load_checkpoint(path)[1]
+    # Its own run, with another key: replaced without a word.
+    other = TrainSettings(epochs=1, batch_size=32, learning_rate=5e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_or_load(small_dates, config, other, path, "cpu", False)
+    assert sorted(child.name for child in tmp_path.iterdir()) == ["04_luong.pt", "04_luong.pt.kept"]
+    # Anything else is kept too, under the next free name; and a run served from another
+    # notebook's path (same_run) does not overwrite it either.
+    path.write_text("my notes")
+    with pytest.warns(UserWarning, match="moved to .*04_luong.pt.kept2"):
+        _, _, cached = train_or_load(
+            small_dates, config, other, path, "cpu", False, same_run=tmp_path / "nowhere.pt"
+        )
+    assert (tmp_path / "04_luong.pt.kept2").read_text() == "my notes"
+    served = tmp_path / "05_luong.pt"
+    served.write_text("more notes")
+    with pytest.warns(UserWarning, match="moved to .*05_luong.pt.kept"):
+        _, _, cached = train_or_load(
+            small_dates, config, other, served, "cpu", False, same_run=path
+        )
+    assert cached and (tmp_path / "05_luong.pt.kept").read_text() == "more notes"
 
 
 def test_epoch_snapshots_are_the_weights_of_a_shorter_run_and_change_nothing(small_dates, tmp_path):
