@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -127,7 +128,37 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
             problem = unwritable(Path(path))
             if problem:
                 parser.error(f"--{name} {path}: {problem}")
+    # Each file has one job: the checkpoint, the summary and the data must not overwrite
+    # one another (--summary onto --output replaced the trained model with its JSON).
+    data = arguments.data or os.environ.get("PAYING_ATTENTION_DATA")
+    files = [("--output", arguments.output), ("--summary", arguments.summary), ("--data", data)]
+    for index, (name, path) in enumerate(files):
+        for other_name, other in files[index + 1 :]:
+            if path and other and _same_file(Path(path), Path(other)):
+                parser.error(f"{name} and {other_name} are the same file ({path})")
+    output = Path(arguments.output)
+    if not arguments.resume and output.is_file() and not _is_torch_checkpoint(output):
+        parser.error(
+            f"--output {output} exists and is not a checkpoint: it would be overwritten. "
+            "Give another path, or move that file"
+        )
     return arguments
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    if path.exists() and other.exists():
+        return os.path.samefile(path, other)
+    return path.resolve() == other.resolve()
+
+
+def _is_torch_checkpoint(path: Path) -> bool:
+    """Whether ``path`` looks like a file ``torch.save`` wrote (a zip with a pickle
+    inside): an earlier run's checkpoint may be replaced, anything else may not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def unwritable(path: Path) -> str | None:

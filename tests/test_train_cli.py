@@ -37,6 +37,44 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path, flags, message):
     assert "Traceback" not in result.stderr and not (tmp_path / "model.pt").exists()
 
 
+def test_the_checkpoint_the_summary_and_the_data_never_overwrite_one_another(
+    tmp_path, monkeypatch, capsys
+):
+    """``--summary`` onto ``--output`` replaced the trained model with its JSON, and
+    ``--output`` onto the data file turned the data into a checkpoint after one epoch.
+    Refused before anything runs, however the path is spelled; an earlier checkpoint at
+    ``--output`` may still be replaced."""
+    from helpers.train import parse_arguments
+
+    monkeypatch.delenv("PAYING_ATTENTION_DATA", raising=False)
+    data, checkpoint = tmp_path / "small.tsv", tmp_path / "m.pt"
+    data.write_text("Go.\tGeh.\n")
+    same_data = str(tmp_path / "sub" / ".." / "small.tsv")
+    (tmp_path / "sub").mkdir()
+    for flags, message in [
+        (["--output", str(checkpoint), "--summary", str(checkpoint)], "--output and --summary are the same file"),
+        (["--data", str(data), "--output", same_data], "--output and --data are the same file"),
+        (["--data", str(data), "--output", str(checkpoint), "--summary", same_data], "--summary and --data are the same file"),
+        (["--output", str(data)], f"--output {data} exists and is not a checkpoint"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as refused:
+            parse_arguments(flags)
+        assert refused.value.code == 2 and message in capsys.readouterr().err, flags
+    monkeypatch.setenv("PAYING_ATTENTION_DATA", str(data))  # the data by default
+    with pytest.raises(SystemExit):
+        parse_arguments(["--output", str(checkpoint), "--summary", str(data)])
+    assert "--summary and --data are the same file" in capsys.readouterr().err
+    assert data.read_text() == "Go.\tGeh.\n" and not checkpoint.exists()
+    torch.save({"weights": torch.ones(2)}, checkpoint)  # an earlier run's
+    arguments = parse_arguments(
+        ["--output", str(checkpoint), "--summary", str(tmp_path / "s.json")]
+    )
+    assert arguments.output == str(checkpoint)
+    assert parse_arguments(
+        ["--output", str(data), "--data", str(tmp_path / "other.tsv"), "--resume"]
+    )
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("in the way")
