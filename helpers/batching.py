@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .vocab import PAD_INDEX, Vocabulary
+from .vocab import PAD_INDEX, Vocabulary, reject_text
 
 
 @dataclass
@@ -91,6 +91,8 @@ class TranslationDataset(Dataset):
         source_vocab: Vocabulary,
         target_vocab: Vocabulary,
     ) -> None:
+        reject_text(source_sentences, "source_sentences")
+        reject_text(target_sentences, "target_sentences")
         if len(source_sentences) != len(target_sentences):
             raise ValueError(
                 f"{len(source_sentences)} source sentences but {len(target_sentences)} targets"

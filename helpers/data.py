@@ -349,6 +349,10 @@ class Tokenizer:
 
     def tokenize_many(self, texts: Iterable[str], batch_size: int = 2000) -> list[list[str]]:
         """Tokenise many texts with spaCy's ``pipe`` (faster than one call each)."""
+        if isinstance(texts, str):
+            raise TypeError(
+                f"texts is a str ({texts[:30]!r}): give a list of texts, or use tokenize"
+            )
         normalised = (normalize_text(text) for text in texts)
         return [
             [token.text for token in doc]

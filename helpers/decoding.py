@@ -20,7 +20,16 @@ from torch import Tensor
 from .batching import collate_batch
 from .data import get_tokenizer
 from .models import Seq2Seq
-from .vocab import EOS_INDEX, EOS_TOKEN, PAD_INDEX, PAD_TOKEN, SOS_INDEX, SOS_TOKEN, UNK_TOKEN
+from .vocab import (
+    EOS_INDEX,
+    EOS_TOKEN,
+    PAD_INDEX,
+    PAD_TOKEN,
+    SOS_INDEX,
+    SOS_TOKEN,
+    UNK_TOKEN,
+    reject_text,
+)
 
 
 @dataclass
@@ -641,6 +650,7 @@ def unknown_source_tokens(model: Seq2Seq, source_tokens: Sequence[str]) -> list[
     """
     if model.source_vocab is None:
         raise ValueError("the model has no source vocabulary")
+    reject_text(source_tokens, "source_tokens")
     return [token for token in source_tokens if token not in model.source_vocab]
 
 
@@ -669,6 +679,8 @@ def replace_unknown_tokens(
         >>> replace_unknown_tokens(["Ich", "<unk>"], ["I", "Zorblax"], [[0.9, 0.1], [0.2, 0.8]])
         ['Ich', 'Zorblax']
     """
+    reject_text(output_tokens, "output_tokens")
+    reject_text(source_tokens, "source_tokens")
     weights = torch.as_tensor(attention, dtype=torch.float32)
     if weights.dim() != 2 or tuple(weights.shape) != (len(output_tokens), len(source_tokens)):
         raise ValueError(

@@ -10,6 +10,16 @@ SPECIAL_TOKENS = (PAD_TOKEN, SOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 PAD_INDEX, SOS_INDEX, EOS_INDEX, UNK_INDEX = range(4)
 
 
+def reject_text(value: object, name: str) -> None:
+    """``TypeError`` if ``value`` is a ``str`` where a list of tokens (or of sentences) is
+    wanted: Python would happily iterate over it letter by letter."""
+    if isinstance(value, str):
+        raise TypeError(
+            f"{name} is a str ({value[:30]!r}), not a list of tokens: tokenise it first "
+            "(helpers.data.get_tokenizer(...).tokenize)"
+        )
+
+
 class Vocabulary:
     """Maps tokens to indices and back.
 
@@ -37,7 +47,11 @@ class Vocabulary:
         """
         if min_freq < 1:
             raise ValueError("min_freq must be at least 1")
-        counts = Counter(token for sentence in tokenised for token in sentence)
+        reject_text(tokenised, "tokenised")
+        sentences = list(tokenised)
+        for index, sentence in enumerate(sentences):
+            reject_text(sentence, f"tokenised[{index}]")
+        counts = Counter(token for sentence in sentences for token in sentence)
         for special in SPECIAL_TOKENS:
             counts.pop(special, None)
         kept = sorted(
@@ -67,6 +81,7 @@ class Vocabulary:
         self, tokens: Sequence[str], add_sos: bool = False, add_eos: bool = False
     ) -> list[int]:
         """Tokens → indices; unknown tokens become ``<unk>``."""
+        reject_text(tokens, "tokens")
         indices = [self.stoi.get(token, UNK_INDEX) for token in tokens]
         if add_sos:
             indices.insert(0, SOS_INDEX)
@@ -79,6 +94,8 @@ class Vocabulary:
         tokens: list[str] = []
         for index in indices:
             index = int(index)
+            if not 0 <= index < len(self.itos):  # -1 would silently read the last token
+                raise ValueError(f"index {index} is outside this vocabulary of {len(self)} tokens")
             if strip_special:
                 if index == EOS_INDEX:
                     break

@@ -250,6 +250,13 @@ def test_tokeniser_keeps_case_and_splits_punctuation():
         Tokenizer("en")(None)
 
 
+def test_tokenize_many_wants_a_list_of_texts_not_one_text():
+    """One text would be read as one sentence per letter."""
+    with pytest.raises(TypeError, match="texts is a str"):
+        Tokenizer("en").tokenize_many("Hi there")
+    assert Tokenizer("en").tokenize_many(["Hi there"]) == [["Hi", "there"]]
+
+
 def test_normalisation_removes_stray_spaces():
     assert normalize_text("Tom war immer da .") == "Tom war immer da."
     assert normalize_text("um 6.30\u00a0Uhr  zurück") == "um 6.30 Uhr zurück"

@@ -261,6 +261,10 @@ def test_replace_unknown_tokens_keeps_unk_without_attention_and_checks_shapes():
     assert replace_unknown_tokens(output, source, [[0.0, 0.0], [0.5, 0.5]]) == output
     with pytest.raises(ValueError, match="shape"):
         replace_unknown_tokens(output, source, [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    with pytest.raises(TypeError, match="source_tokens is a str"):  # letters, else
+        replace_unknown_tokens(output, "ab", [[0.5, 0.5], [0.5, 0.5]])
+    with pytest.raises(TypeError, match="output_tokens is a str"):
+        replace_unknown_tokens("xy", source, [[0.5, 0.5], [0.5, 0.5]])
 
 
 def test_unknown_source_tokens_counts_every_occurrence(models):
@@ -270,6 +274,8 @@ def test_unknown_source_tokens_counts_every_occurrence(models):
     bare = Seq2Seq(model.config)  # weights only: no vocabulary to look words up in
     with pytest.raises(ValueError, match="no source vocabulary"):
         unknown_source_tokens(bare, ["3"])
+    with pytest.raises(TypeError, match="source_tokens is a str"):
+        unknown_source_tokens(model, "1 @ 2")
 
 
 @pytest.fixture

@@ -168,3 +168,29 @@ def test_padding_fraction_is_the_padded_share_of_source_positions():
     # Batches [3 tokens, 1 token] -> 2 x 3 positions, 2 padded; [2, 4] -> 2 x 4, 2 padded.
     loader = make_loader(dataset, batch_size=2, batch_sampler=[[0, 3], [1, 2]])
     assert padding_fraction(loader) == pytest.approx(4 / 14)
+
+
+def test_a_str_where_tokens_are_wanted_is_refused_not_read_letter_by_letter():
+    """Python iterates over a string letter by letter, so "Hello world" given for a list
+    of tokens (or for a list of sentences) built a character vocabulary, or an 8-token
+    sentence, without complaint."""
+    with pytest.raises(TypeError, match=r"tokenised\[0\] is a str \('Hello world'\)"):
+        Vocabulary.build(["Hello world"])
+    with pytest.raises(TypeError, match="tokenised is a str"):
+        Vocabulary.build("Hello world")
+    vocab = Vocabulary.build([["Hello", "world"]])
+    with pytest.raises(TypeError, match="tokens is a str"):
+        vocab.encode("Hello")
+    with pytest.raises(TypeError, match="source_sentences is a str"):
+        TranslationDataset("Hi there", [["Hallo"]], vocab, vocab)
+    with pytest.raises(TypeError, match="tokens is a str"):
+        TranslationDataset([["Hello"]], ["Hallo"], vocab, vocab)
+    assert vocab.encode(("Hello", "you")) == [4, UNK_INDEX]  # any sequence of tokens
+
+
+def test_decoding_an_index_outside_the_vocabulary_is_an_error_not_a_wrapped_token():
+    vocab = Vocabulary.build([["a", "b"]])
+    assert vocab.decode([4, 5, EOS_INDEX, 4]) == ["a", "b"]
+    for index in (-1, 6, 999):  # -1 read the last token; 999 was a bare IndexError
+        with pytest.raises(ValueError, match=f"index {index} is outside this vocabulary of 6"):
+            vocab.decode([4, index])
