@@ -166,12 +166,23 @@ def plot_attention(
             f"attention has shape {weights.shape} but there are {len(output_tokens)} output "
             f"and {len(source_tokens)} source tokens"
         )
+    if weights.size == 0:
+        raise ValueError(
+            f"attention is empty, shape {weights.shape}: nothing to draw (a model without "
+            "attention, the plain decoder, has no map)"
+        )
     if ax is None:
         _, ax = plt.subplots(figsize=attention_figure_size(len(source_tokens), len(output_tokens)))
     top = float(weights.max()) if vmax is None else vmax
     image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=top if top > 0 else 1.0, aspect="auto")
     if gold is not None:
-        gold_cells = np.argwhere(_as_array(gold) > 0)
+        gold_matrix = _as_array(gold)
+        if gold_matrix.shape != weights.shape:  # boxes would be clipped or misplaced
+            raise ValueError(
+                f"gold has shape {gold_matrix.shape} but attention has {weights.shape}: give "
+                "a 0/1 matrix of the same shape (a DateExample's gold_matrix() turns spans into one)"
+            )
+        gold_cells = np.argwhere(gold_matrix > 0)
         for row, column in gold_cells:
             ax.add_patch(
                 plt.Rectangle(
@@ -206,6 +217,16 @@ def plot_attention_grid(
     """
     if not items:
         raise ValueError("nothing to plot")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a whole number >= 1, got {columns!r}")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"{len(titles)} titles for {len(items)} maps")
+    for index, item in enumerate(items):
+        if len(item) not in (3, 4):
+            raise ValueError(
+                f"items[{index}] has {len(item)} members: give (attention, source_tokens, "
+                "output_tokens) or (attention, source_tokens, output_tokens, gold)"
+            )
     rows = -(-len(items) // columns)
     figure, axes = plt.subplots(
         rows, columns, figsize=(cell_size[0] * columns, cell_size[1] * rows), squeeze=False
@@ -217,7 +238,7 @@ def plot_attention_grid(
         attention, source_tokens, output_tokens, *gold = items[index]
         title = titles[index] if titles else None
         if per_panel_scale:
-            top = float(_as_array(attention).max())
+            top = float(_as_array(attention).max(initial=0.0))  # plot_attention names empty maps
             title = f"{title}\n(scale 0–{top:.2f})" if title else f"scale 0–{top:.2f}"
         plot_attention(
             attention,
@@ -244,6 +265,9 @@ def plot_loss_curves(histories: dict[str, TrainingHistory], ax: Axes | None = No
     """Training and validation loss per epoch, one colour per model."""
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
+    for name, history in histories.items():
+        if not history.epochs:
+            raise ValueError(f"{name!r} has no epochs to plot")
     for (name, history), color in zip(
         histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False
     ):

@@ -660,3 +660,30 @@ def test_an_all_zero_map_on_its_own_scale_still_gets_a_valid_colour_range():
     ax = plot_attention(torch.full((2, 3), 0.5), list("abc"), list("xy"), vmax=None)
     assert ax.images[0].get_clim() == (0.0, 0.5)
     plt.close(ax.figure)
+
+
+def test_figures_say_what_is_wrong_with_their_input():
+    """Bare IndexError, ZeroDivisionError or a pandas KeyError before; a gold matrix of
+    the wrong shape was drawn clipped or misplaced without a word."""
+    item = (torch.full((2, 3), 1 / 3), ["a", "b", "c"], ["x", "y"])
+    for kwargs, message in [
+        ({"titles": ["one"]}, "1 titles for 3 maps"),
+        ({"columns": 0}, "columns must be a whole number >= 1, got 0"),
+        ({"columns": 1.5}, "columns must be a whole number >= 1, got 1.5"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            plot_attention_grid([item, item, item], **kwargs)
+    with pytest.raises(ValueError, match=r"items\[1\] has 2 members"):
+        plot_attention_grid([item, item[:2]])
+    with pytest.raises(ValueError, match=r"gold has shape \(3, 2\) but attention has \(2, 3\)"):
+        plot_attention(*item, gold=[[1, 0], [0, 1], [0, 0]])
+    for per_panel_scale in (False, True):
+        with pytest.raises(ValueError, match=r"attention is empty, shape \(0, 3\)"):
+            plot_attention_grid(
+                [(torch.zeros(0, 3), ["a", "b", "c"], []), item], per_panel_scale=per_panel_scale
+            )
+    plt.close("all")
+    from helpers.training import TrainingHistory
+
+    with pytest.raises(ValueError, match="'unfinished' has no epochs to plot"):
+        plot_loss_curves({"unfinished": TrainingHistory()})
