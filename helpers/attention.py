@@ -105,6 +105,15 @@ def validate_attention_inputs(
     for name, tensor in (("query", query), ("keys", keys), ("values", values)):
         if not isinstance(tensor, Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must hold floating-point numbers, got {tensor.dtype}")
+    dtypes = {query.dtype, keys.dtype, values.dtype}
+    # Under autocast the products cast their inputs themselves, so mixed dtypes are fine.
+    if len(dtypes) > 1 and not torch.is_autocast_enabled(query.device.type):
+        raise ValueError(
+            f"query, keys and values must share one dtype, got {query.dtype}, {keys.dtype} "
+            f"and {values.dtype} (torch.from_numpy gives float64: .float() converts)"
+        )
     if query.dim() not in (2, 3):
         raise ValueError(
             f"query must be (batch, d_q) or (batch, steps, d_q), got shape {_describe(query)}"
@@ -186,6 +195,13 @@ class Attention(nn.Module):
         ``positions`` (the decoder step of each query) matters only to local-m.
         """
         validate_attention_inputs(query, keys, values, mask, self.query_size, self.key_size)
+        weight = next(self.parameters(), None)
+        autocast = torch.is_autocast_enabled(query.device.type)
+        if weight is not None and weight.dtype != query.dtype and not autocast:
+            raise ValueError(
+                f"the inputs are {query.dtype} but this layer's weights are {weight.dtype}: "
+                "convert one to the other (torch.from_numpy gives float64: .float())"
+            )
         single_step = query.dim() == 2
         context, weights = self.attend(
             query.unsqueeze(1) if single_step else query, keys, values, mask, positions=positions

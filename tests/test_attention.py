@@ -424,3 +424,33 @@ def test_garbage_in_the_padding_never_reaches_the_context(layer):
         assert bool(torch.isfinite(dirty_context).all()), f"{garbage} leaked into the context"
         torch.testing.assert_close(dirty_context, context)
         torch.testing.assert_close(dirty_weights, weights)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_inputs_of_another_dtype_get_a_clear_error(name):
+    """``torch.from_numpy`` gives float64: torch's own message ("expected m1 and m2 to
+    have the same dtype", "expected scalar type Double but found Float") named neither
+    input nor fix. Under autocast the products cast for themselves, so mixed dtypes pass."""
+    layer = LAYERS[name]()
+    query, keys, mask = make_inputs()
+    positions = 2 if name == "local-m" else None
+    with pytest.raises(ValueError, match="share one dtype, got torch.float64, torch.float32"):
+        layer(query.double(), keys, keys, mask, positions=positions)
+    with pytest.raises(ValueError, match="must hold floating-point numbers, got torch.int64"):
+        layer(query, keys.long(), keys.long(), mask, positions=positions)
+    doubles = (query.double(), keys.double(), keys.double(), mask)
+    if any(True for _ in layer.parameters()):
+        with pytest.raises(ValueError, match="inputs are torch.float64 but this layer's weights"):
+            layer(*doubles, positions=positions)
+    else:  # nothing to disagree with: float64 throughout is fine
+        assert layer(*doubles, positions=positions)[0].dtype == torch.float64
+    assert layer.double()(*doubles, positions=positions)[0].dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer.float()(query.bfloat16(), keys, keys, mask, positions=positions)
+
+
+def test_multi_head_attention_names_a_dtype_mismatch_too():
+    layer = MultiHeadAttention(D, 2)
+    query, keys, mask = make_inputs()
+    with pytest.raises(ValueError, match="share one dtype"):
+        layer(query.double(), keys, keys, mask)
