@@ -265,7 +265,7 @@ def test_the_maps_behind_a_translation_are_the_ones_the_search_used():
 
     model = transformer(source_tokenizer="chars", target_tokenizer="chars", max_target_length=9)
     letters = "abcdefghijklmnopqrs"
-    model.attach_vocabularies(Vocabulary.build([letters]), Vocabulary.build([letters]))
+    model.attach_vocabularies(Vocabulary.build([list(letters)]), Vocabulary.build([list(letters)]))
     model.train()  # the function must decode in eval mode and restore this
     for beam_size in (1, 3):
         translation = translate(model, "abcab", beam_size=beam_size)
@@ -375,7 +375,7 @@ def test_the_maps_of_an_empty_translation_are_a_clear_error():
 
     model = transformer(source_tokenizer="chars", target_tokenizer="chars", max_target_length=9)
     letters = "abcdefghijklmnopqrs"
-    model.attach_vocabularies(Vocabulary.build([letters]), Vocabulary.build([letters]))
+    model.attach_vocabularies(Vocabulary.build([list(letters)]), Vocabulary.build([list(letters)]))
     translation = translate(model, "abc")
     for empty in ({"output_tokens": []}, {"source_tokens": []}):
         with pytest.raises(ValueError, match="no source or no output tokens"):
