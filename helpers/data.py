@@ -81,10 +81,12 @@ def read_pairs(path: str | os.PathLike, max_pairs: int | None = None) -> list[Pa
     """Parse a Tatoeba/manythings file into ``(english, german)`` pairs.
 
     Each line holds two or three TAB-separated columns (the third, the attribution,
-    is dropped). UTF-8, LF or CRLF line ends. Blank lines are skipped.
+    is dropped), the same number on every line. UTF-8, LF or CRLF line ends, byte order
+    marks dropped at the start of any line. Blank lines are skipped.
 
     Raises:
-        DataFormatError: a line with the wrong number of columns, an empty sentence,
+        DataFormatError: a line with the wrong number of columns (or another number
+            than the first line's), an empty sentence (or one of invisible characters),
             bytes that are not UTF-8, carriage-return-only line ends, or a file with no
             pairs at all. The message names the file and the 1-based line number.
         DataNotFoundError: ``path`` does not exist or is a directory.
@@ -108,13 +110,14 @@ def read_pairs(path: str | os.PathLike, max_pairs: int | None = None) -> list[Pa
 def _parse_pairs(lines: Iterable[bytes], name: str, max_pairs: int | None = None) -> list[Pair]:
     """:func:`read_pairs` on lines of bytes; ``name`` (a path or URL) goes in the errors."""
     pairs: list[Pair] = []
+    first_columns: tuple[int, int] | None = None  # (line number, column count) of line 1
     for line_number, raw_line in enumerate(lines, start=1):
         try:
             line = raw_line.decode("utf-8")
         except UnicodeDecodeError as error:
             raise DataFormatError(f"{name}:{line_number}: not valid UTF-8 ({error})") from None
-        if line_number == 1:
-            line = line.removeprefix("\ufeff")
+        # A byte order mark starts a file, or each part of files joined with cat: never text.
+        line = line.removeprefix("\ufeff")
         line = line.rstrip("\r\n")
         if "\r" in line:
             raise DataFormatError(
@@ -130,16 +133,31 @@ def _parse_pairs(lines: Iterable[bytes], name: str, max_pairs: int | None = None
                 f"{name}:{line_number}: expected 2 or 3 TAB-separated columns "
                 f"(English, German[, attribution]), found {len(columns)}: {line[:80]!r}"
             )
+        if first_columns is None:
+            first_columns = (line_number, len(columns))
+        elif len(columns) != first_columns[1]:
+            # Either the file mixes formats, or a TAB inside a sentence split it (in a
+            # two-column file, "Hal<TAB>lo!" would pass as the German "Hal" plus an
+            # attribution).
+            raise DataFormatError(
+                f"{name}:{line_number}: {len(columns)} TAB-separated columns, but line "
+                f"{first_columns[0]} has {first_columns[1]}: a TAB inside a sentence?"
+            )
         english, german = columns[0].strip(), columns[1].strip()
-        if not english or not german:
-            side = "English" if not english else "German"
-            raise DataFormatError(f"{name}:{line_number}: empty {side} sentence")
+        for side, sentence in (("English", english), ("German", german)):
+            if not any(_visible(character) for character in sentence):
+                raise DataFormatError(f"{name}:{line_number}: empty {side} sentence")
         pairs.append((english, german))
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
     if not pairs:
         raise DataFormatError(f"{name}: the file holds no sentence pairs")
     return pairs
+
+
+def _visible(character: str) -> bool:
+    """Not a space, a control or an invisible format character (zero-width space, BOM…)."""
+    return unicodedata.category(character)[0] not in "ZC"
 
 
 # ------------------------------------------------------------------------ download

@@ -63,6 +63,27 @@ def test_too_many_columns_empty_sentences_and_bad_bytes_are_errors(tmp_path):
         read_pairs(latin)
 
 
+def test_a_tab_inside_a_sentence_and_invisible_sentences_are_errors(tmp_path):
+    """In a two-column file, "Hal<TAB>lo!" passed as the German "Hal" plus an attribution
+    that was dropped; a sentence of a zero-width space passed as not empty."""
+    split = write(tmp_path / "split.tsv", "Go.\tGeh.\nHi.\tHal\tlo!\n")
+    with pytest.raises(
+        DataFormatError, match=r"split\.tsv:2: 3 TAB-separated columns, but line 1 has 2"
+    ):
+        read_pairs(split)
+    blank_first = write(tmp_path / "blank_first.tsv", "\nGo.\tGeh.\tCC-BY\nHi.\tHallo!\n")
+    with pytest.raises(DataFormatError, match=r"blank_first\.tsv:3: 2 .*but line 2 has 3"):
+        read_pairs(blank_first)
+    for invisible in ("\u200b", "\ufeff\u200b", " \u00a0\u2060"):
+        path = write(tmp_path / "invisible.tsv", f"Go.\tGeh.\nHi.\t{invisible}\n")
+        with pytest.raises(DataFormatError, match=r"invisible\.tsv:2: empty German sentence"):
+            read_pairs(path)
+    # Files joined with cat keep a byte order mark at the start of a later line: dropped,
+    # as at the start of the file, and a zero-width space inside a sentence stays.
+    joined = write(tmp_path / "joined.tsv", "\ufeffGo.\tGeh.\n\ufeffHi.\tHal\u200blo!\n")
+    assert read_pairs(joined) == [("Go.", "Geh."), ("Hi.", "Hal\u200blo!")]
+
+
 def test_an_empty_file_is_an_error(tmp_path):
     empty = tmp_path / "empty.tsv"
     empty.write_bytes(b"")
