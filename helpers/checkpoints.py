@@ -115,6 +115,17 @@ def load_checkpoint(
         the model (in eval mode, on ``device``, vocabularies attached) and ``extra``.
     """
     path = Path(path)
+    for name, value, kind in (
+        ("expected_config", expected_config, ModelConfig),
+        ("source_vocab", source_vocab, Vocabulary),
+        ("target_vocab", target_vocab, Vocabulary),
+    ):
+        if value is not None and not isinstance(value, kind):
+            # A list of tokens, or a config's dict, led to a misleading "trained with
+            # another vocabulary" or a bare AttributeError.
+            raise TypeError(
+                f"{name} must be a {kind.__name__} (or None), got {type(value).__name__}"
+            )
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:

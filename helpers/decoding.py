@@ -83,6 +83,15 @@ def sentence_max_lengths(
     each sentence's own: a model that never stops produces the same output for a sentence
     alone as next to a long one, so scores do not depend on batch size or bucketing.
     """
+    # Checked here, first thing in both searches: an empty batch or float lengths met a
+    # bare "max(): Expected reduction dim" or "slice indices must be integers" later.
+    if source_lengths.dim() != 1 or source_lengths.numel() == 0:
+        raise ValueError(
+            f"source_lengths must be (B,) for a batch of at least one sentence, got shape "
+            f"{tuple(source_lengths.shape)}"
+        )
+    if source_lengths.is_floating_point() or source_lengths.dtype == torch.bool:
+        raise ValueError(f"source_lengths must hold whole numbers, got {source_lengths.dtype}")
     if max_length is not None:
         _check_positive_int("max_length", max_length)
         return torch.full_like(source_lengths, max_length, dtype=torch.long)

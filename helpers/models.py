@@ -12,6 +12,7 @@ Shapes: ``B`` batch, ``S`` source length, ``T`` target steps, ``H`` hidden size
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -97,6 +98,7 @@ class ModelConfig:
     target_tokenizer: str = "de"
 
     def __post_init__(self) -> None:
+        self._check_sizes()
         if self.rnn_type not in ("gru", "lstm"):
             raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {self.rnn_type!r}")
         if self.decoder not in DECODER_NAMES:
@@ -123,6 +125,36 @@ class ModelConfig:
             raise ValueError(f"encoder must be 'rnn' or 'self_attention', got {self.encoder!r}")
         if self.bidirectional and self.hidden_size % 2:
             raise ValueError("a bidirectional encoder needs an even hidden_size")
+
+    def _check_sizes(self) -> None:
+        """Sizes are whole numbers in range, and flags are flags: a size of 0, or "8",
+        failed later inside torch (an IndexError, a formatting error), or silently
+        became the default (``attention_size=0``)."""
+        at_least = {"source_vocab_size": 5, "target_vocab_size": 5, "local_window": 0}
+        optional = ("attention_size", "feedforward_size")
+        for name in (
+            "source_vocab_size", "target_vocab_size", "embedding_size", "hidden_size",
+            "num_layers", "local_window", "encoder_heads", "encoder_layers",
+            "decoder_heads", "decoder_layers", "max_source_length", "max_target_length",
+            *optional,
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            least = at_least.get(name, 1)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                why = " (the 4 special tokens and at least one word)" if least == 5 else ""
+                raise ValueError(f"{name} must be a whole number >= {least}{why}, got {value!r}")
+            setattr(self, name, int(value))  # numpy integers become plain ints (checkpoints)
+        for name in ("bidirectional", "input_feeding", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, numbers.Real)
+            or not (0 <= self.dropout < 1)
+        ):
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,6 +270,10 @@ class Seq2Seq(nn.Module):
             raise ValueError(
                 f"decoder_input must be (batch, steps) with batch {source.size(0)}, got {tuple(decoder_input.shape)}"
             )
+        if decoder_input.dtype != torch.long:
+            raise ValueError(
+                f"decoder_input must hold int64 token indices, got {decoder_input.dtype}"
+            )
         if decoder_input.device.type == "cpu" and decoder_input.numel():
             _check_token_range("decoder_input", decoder_input, self.config.target_vocab_size)
         if not 0.0 <= teacher_forcing_ratio <= 1.0:
@@ -250,6 +286,14 @@ class Seq2Seq(nn.Module):
                     "output_positions must be a 1-D long tensor of flat (batch · steps) "
                     f"indices, got {output_positions.dtype} of shape {tuple(output_positions.shape)}"
                 )
+            positions = decoder_input.numel()
+            if output_positions.device.type == "cpu" and output_positions.numel():
+                low, high = int(output_positions.min()), int(output_positions.max())
+                if low < 0 or high >= positions:
+                    raise ValueError(
+                        f"output_positions holds {low if low < 0 else high}, outside the "
+                        f"{positions} positions of decoder_input (0 to {positions - 1})"
+                    )
             # index_select, not a boolean mask: its size is known without asking the GPU.
             features = features.flatten(0, 1).index_select(0, output_positions)
         return Seq2SeqOutput(self.decoder.output_layer(features), attention)
@@ -266,6 +310,10 @@ def _check_source(source: Tensor, source_lengths: Tensor, vocab_size: int) -> No
         )
     if source.dtype != torch.long:
         raise ValueError(f"source must hold int64 token indices, got {source.dtype}")
+    if source.size(0) == 0:
+        raise ValueError("the batch holds no sentences")
+    if source_lengths.is_floating_point() or source_lengths.dtype == torch.bool:
+        raise ValueError(f"source_lengths must hold whole numbers, got {source_lengths.dtype}")
     if source_lengths.dim() != 1 or source_lengths.size(0) != source.size(0):
         raise ValueError(
             f"source_lengths must be (batch,) = ({source.size(0)},), got {tuple(source_lengths.shape)}"

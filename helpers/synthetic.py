@@ -139,6 +139,14 @@ def dates_splits(
     train_size: int = 8000, valid_size: int = 500, test_size: int = 500, seed: int = 0
 ) -> tuple[list[DateExample], list[DateExample], list[DateExample]]:
     """Disjoint train/valid/test sets of the dates task (no source string repeats)."""
+    for name, size, least in (
+        ("train_size", train_size, 1),
+        ("valid_size", valid_size, 0),
+        ("test_size", test_size, 0),
+    ):
+        # A negative size would slice from the end: -5 gave 990 training examples.
+        if isinstance(size, bool) or not isinstance(size, int) or size < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {size!r}")
     examples: list[DateExample] = []
     seen: set[str] = set()
     batch_seed = seed

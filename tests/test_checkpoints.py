@@ -48,6 +48,22 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
         load_checkpoint(path, expected_config=other)
 
 
+def test_arguments_of_the_wrong_kind_are_named(tmp_path):
+    """A vocabulary's token list said "trained with another source vocabulary (7 tokens in
+    the checkpoint, 7 given)" of the very same tokens; a config's dict an AttributeError."""
+    model = make_model()
+    path = tmp_path / "m.pt"
+    save_checkpoint(model, path)
+    for kwargs, message in [
+        ({"source_vocab": model.source_vocab.itos}, "source_vocab must be a Vocabulary .*got list"),
+        ({"target_vocab": "abc"}, "target_vocab must be a Vocabulary .*got str"),
+        ({"expected_config": model.config.to_dict()}, "expected_config must be a ModelConfig .*got dict"),
+    ]:  # fmt: skip
+        with pytest.raises(TypeError, match=message):
+            load_checkpoint(path, **kwargs)
+    load_checkpoint(path, expected_config=model.config, source_vocab=model.source_vocab)
+
+
 def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path):
     path = save_checkpoint(make_model(tokens=("a", "b", "c")), tmp_path / "model.pt")
     same_size_other_tokens = make_model(tokens=("a", "b", "z")).source_vocab

@@ -630,3 +630,24 @@ def test_decoding_copies_nothing_from_the_host_per_step(
         assert [len(h.token_ids) for h in hypotheses] == [max_length] * 3  # every step ran
         copies_per_run[max_length] = len(copies.shapes)
     assert copies_per_run[3] == copies_per_run[9] <= 4, copies_per_run
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_an_empty_batch_or_fractional_lengths_are_named_before_decoding(search):
+    """Both met a bare error deep inside the search ("max(): Expected reduction dim",
+    "slice indices must be integers")."""
+    model = tiny_model()
+    batch = source_batch()
+
+    def decode(source, lengths):
+        if search == "greedy":
+            return greedy_decode(model, source, lengths, max_length=4)
+        return beam_search(model, source, lengths, beam_size=2, max_length=4)
+
+    with pytest.raises(ValueError, match=r"at least one sentence, got shape \(0,\)"):
+        decode(batch.source[:0], batch.source_lengths[:0])
+    with pytest.raises(
+        ValueError, match="source_lengths must hold whole numbers, got torch.float32"
+    ):
+        decode(batch.source, batch.source_lengths.float())
+    assert len(decode(batch.source, batch.source_lengths.int())) == 3  # int32 is fine

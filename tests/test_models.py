@@ -184,6 +184,71 @@ def test_bad_shapes_and_settings_are_refused():
     assert count_parameters(model) > 0
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"hidden_size": "8"}, "hidden_size must be a whole number >= 1, got '8'"),
+        ({"embedding_size": 0}, "embedding_size must be a whole number >= 1, got 0"),
+        ({"source_vocab_size": 0}, r"source_vocab_size must be a whole number >= 5 \(the 4 special"),
+        ({"target_vocab_size": 4}, "target_vocab_size must be a whole number >= 5"),
+        ({"encoder_layers": 0}, "encoder_layers must be a whole number >= 1"),
+        ({"decoder_layers": 0}, "decoder_layers must be a whole number >= 1"),
+        ({"num_layers": 1.5}, "num_layers must be a whole number >= 1, got 1.5"),
+        ({"attention_size": 0}, "attention_size must be a whole number >= 1, got 0"),
+        ({"max_target_length": 0}, "max_target_length must be a whole number >= 1"),
+        ({"local_window": -1}, "local_window must be a whole number >= 0"),
+        ({"encoder_heads": True}, "encoder_heads must be a whole number"),
+        ({"bidirectional": 1}, "bidirectional must be True or False, got 1"),
+        ({"dropout": 1.0}, r"dropout must lie in \[0, 1\), got 1.0"),
+        ({"dropout": "0.1"}, "dropout must lie in"),
+    ],
+)  # fmt: skip
+def test_a_config_with_impossible_sizes_is_refused_when_it_is_made(settings, message):
+    """These failed later inside torch (an IndexError, "not all arguments converted"),
+    or quietly became something else (``attention_size=0`` the default H)."""
+    with pytest.raises(ValueError, match=message):
+        config(**settings)
+
+
+def test_numpy_sizes_become_plain_ints_and_optional_sizes_stay_optional():
+    import numpy as np
+
+    made = config(hidden_size=np.int64(16), attention_size=None, feedforward_size=None)
+    assert type(made.hidden_size) is int and made == config(hidden_size=16)
+
+
+def test_decoder_input_and_output_positions_are_checked_like_the_source():
+    model = Seq2Seq(config())
+    batch = toy_batch()
+    with pytest.raises(
+        ValueError, match="decoder_input must hold int64 token indices, got torch.float32"
+    ):
+        model(batch.source, batch.source_lengths, batch.decoder_input.float())
+    positions = batch.decoder_input.numel()
+    for wrong, shown in ((positions, positions), (-1, -1)):
+        with pytest.raises(
+            ValueError, match=f"output_positions holds {shown}, outside the {positions}"
+        ):
+            model(
+                batch.source,
+                batch.source_lengths,
+                batch.decoder_input,
+                1.0,
+                torch.tensor([0, wrong]),
+            )
+    with pytest.raises(ValueError, match="source_lengths must hold whole numbers"):
+        model(batch.source, batch.source_lengths.float(), batch.decoder_input)
+    with pytest.raises(ValueError, match="the batch holds no sentences"):
+        model(batch.source[:0], batch.source_lengths[:0], batch.decoder_input[:0])
+    every = torch.arange(positions)
+    assert model(
+        batch.source, batch.source_lengths, batch.decoder_input, 1.0, every
+    ).logits.shape == (
+        positions,
+        VOCAB,
+    )
+
+
 def test_vocabularies_of_another_size_are_refused():
     from helpers.vocab import Vocabulary
 

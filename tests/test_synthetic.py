@@ -162,3 +162,19 @@ def test_task_loaders_shuffle_training_by_seed_and_keep_validation_fixed():
     assert order(valid_one) == order(valid_one)  # in every epoch too
     assert order(train_one) != order(train_one)  # while training is reshuffled each epoch
     assert [len(batch.source) for batch in valid_one] == [32, 32, 6]  # 4 × the batch size
+
+
+def test_impossible_split_sizes_are_refused():
+    """A negative size sliced from the end: ``train_size=-5`` gave 990 examples."""
+    from helpers.synthetic import dates_splits
+
+    for kwargs, message in [
+        ({"train_size": -5}, "train_size must be a whole number >= 1, got -5"),
+        ({"train_size": 0}, "train_size must be a whole number >= 1, got 0"),
+        ({"valid_size": -1}, "valid_size must be a whole number >= 0"),
+        ({"test_size": 2.5}, "test_size must be a whole number >= 0, got 2.5"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            dates_splits(**{"train_size": 10, "valid_size": 2, "test_size": 2, **kwargs})
+    train, valid, test = dates_splits(10, 0, 3)
+    assert (len(train), len(valid), len(test)) == (10, 0, 3)
