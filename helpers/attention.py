@@ -93,6 +93,11 @@ def _describe(tensor: Tensor) -> str:
     return f"{tuple(tensor.shape)}"
 
 
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (never for devices without one: meta)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def validate_attention_inputs(
     query: Tensor,
     keys: Tensor,
@@ -109,7 +114,7 @@ def validate_attention_inputs(
             raise ValueError(f"{name} must hold floating-point numbers, got {tensor.dtype}")
     dtypes = {query.dtype, keys.dtype, values.dtype}
     # Under autocast the products cast their inputs themselves, so mixed dtypes are fine.
-    if len(dtypes) > 1 and not torch.is_autocast_enabled(query.device.type):
+    if len(dtypes) > 1 and not _autocast_on(query.device.type):
         raise ValueError(
             f"query, keys and values must share one dtype, got {query.dtype}, {keys.dtype} "
             f"and {values.dtype} (torch.from_numpy gives float64: .float() converts)"
@@ -196,8 +201,11 @@ class Attention(nn.Module):
         """
         validate_attention_inputs(query, keys, values, mask, self.query_size, self.key_size)
         weight = next(self.parameters(), None)
-        autocast = torch.is_autocast_enabled(query.device.type)
-        if weight is not None and weight.dtype != query.dtype and not autocast:
+        if (
+            weight is not None
+            and weight.dtype != query.dtype
+            and not _autocast_on(query.device.type)
+        ):
             raise ValueError(
                 f"the inputs are {query.dtype} but this layer's weights are {weight.dtype}: "
                 "convert one to the other (torch.from_numpy gives float64: .float())"

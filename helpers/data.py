@@ -139,9 +139,14 @@ def _parse_pairs(lines: Iterable[bytes], name: str, max_pairs: int | None = None
             # Either the file mixes formats, or a TAB inside a sentence split it (in a
             # two-column file, "Hal<TAB>lo!" would pass as the German "Hal" plus an
             # attribution).
+            hint = (
+                "a TAB inside a sentence?"
+                if len(columns) > first_columns[1]
+                else "a missing column (the attribution?)"
+            )
             raise DataFormatError(
                 f"{name}:{line_number}: {len(columns)} TAB-separated columns, but line "
-                f"{first_columns[0]} has {first_columns[1]}: a TAB inside a sentence?"
+                f"{first_columns[0]} has {first_columns[1]}: {hint}"
             )
         english, german = columns[0].strip(), columns[1].strip()
         for side, sentence in (("English", english), ("German", german)):
@@ -369,7 +374,7 @@ class Tokenizer:
         """Tokenise many texts with spaCy's ``pipe`` (faster than one call each)."""
         if isinstance(texts, str):
             raise TypeError(
-                f"texts is a str ({texts[:30]!r}): give a list of texts, or use tokenize"
+                f"texts is a str ({texts[:30]!r}): give a list of texts, or call the tokenizer on one"
             )
         normalised = (normalize_text(text) for text in texts)
         return [

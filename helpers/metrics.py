@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,8 +40,9 @@ def references_as_streams(references: Sequence[Sequence[str]]) -> list[list[str 
     """
     if not references:
         raise ValueError("no references: give one list of references per sentence")
+    references = [refs if isinstance(refs, str | bytes) else _as_list(refs) for refs in references]
     for index, refs in enumerate(references):
-        if isinstance(refs, str) or not isinstance(refs, Sequence):
+        if not isinstance(refs, list):
             # A bare string would be read as one reference per character.
             raise TypeError(
                 f"references[{index}] is a {type(refs).__name__}, not a list of reference "
@@ -54,6 +56,15 @@ def references_as_streams(references: Sequence[Sequence[str]]) -> list[list[str 
     return [
         [refs[slot] if slot < len(refs) else None for refs in references] for slot in range(slots)
     ]
+
+
+def _as_list(references: object) -> object:
+    """A sentence's references as a list (a tuple, a numpy array or a pandas Series of
+    strings will do); anything not iterable comes back as is, to be refused."""
+    try:
+        return list(references)  # type: ignore[call-overload]
+    except TypeError:
+        return references
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> CorpusScores:
@@ -168,7 +179,7 @@ def paired_bootstrap(
 
     if not systems:
         raise ValueError("nothing to compare the baseline with")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
         # sacreBLEU would quietly take 1,000 for 0 or a negative number.
         raise ValueError(f"samples must be a whole number >= 1, got {samples!r}")
     for name, hypotheses in [baseline, *systems]:
@@ -184,7 +195,7 @@ def paired_bootstrap(
             {"BLEU": BLEU()},
             references_as_streams(references),
             test_type="bs",
-            n_samples=samples,
+            n_samples=int(samples),
         )
         _, scores = test()
     finally:

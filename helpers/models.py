@@ -147,8 +147,9 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a whole number >= {least}{why}, got {value!r}")
             setattr(self, name, int(value))  # numpy integers become plain ints (checkpoints)
         for name in ("bidirectional", "input_feeding", "tie_embeddings"):
-            if not isinstance(getattr(self, name), bool):
+            if type(getattr(self, name)).__name__ not in ("bool", "bool_"):  # numpy's too
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
         if (
             isinstance(self.dropout, bool)
             or not isinstance(self.dropout, numbers.Real)

@@ -97,8 +97,10 @@ def train_or_load(
     The checkpoint stores the cache key; a checkpoint with another key (another config,
     training setting or data) is never served — it is retrained and overwritten. A file
     at ``path`` that is not a run saved here (a ``python -m helpers.train`` checkpoint,
-    say, or anything else) is never overwritten: it is renamed to ``<name>.kept``
-    (``.kept2``, … if taken), with a warning that says where it went.
+    say, or anything else, or a run of a format this version cannot read) is never
+    overwritten: it is renamed to ``<name>.kept`` (``.kept2``, … if taken), with a
+    warning that says why and where it went. (Epoch snapshots, below, have names of
+    their own and are simply rewritten.)
 
     ``snapshot_epochs``: when it trains, also save the weights after each of these
     epochs beside ``path`` (:func:`epoch_snapshot_path`), for
@@ -174,8 +176,9 @@ def _move_aside_unless_a_cached_run(path: Path) -> None:
     try:
         if "cache_key" in load_checkpoint(path)[1]:
             return
-    except CheckpointMismatchError:
-        pass  # not a checkpoint of this series at all, or an unreadable one: keep it too
+        reason = "it has no cache key (a python -m helpers.train checkpoint?)"
+    except CheckpointMismatchError as error:  # not a checkpoint of this series, or unreadable
+        reason = str(error).removeprefix(f"{path} ").removeprefix(f"{path}: ")
     kept = next(
         candidate
         for number in itertools.count(1)
@@ -185,8 +188,8 @@ def _move_aside_unless_a_cached_run(path: Path) -> None:
     )
     os.replace(path, kept)
     warnings.warn(
-        f"{path} was not a run saved by train_or_load, so it was moved to {kept} instead "
-        "of being overwritten",
+        f"{path} could not be read as a run saved by train_or_load ({reason}), so it was "
+        f"moved to {kept} instead of being overwritten",
         stacklevel=3,
     )
 

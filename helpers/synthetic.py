@@ -12,6 +12,7 @@ The task needs no download and a small model learns it in seconds on a CPU.
 from __future__ import annotations
 
 import datetime as dt
+import numbers
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -145,8 +146,9 @@ def dates_splits(
         ("test_size", test_size, 0),
     ):
         # A negative size would slice from the end: -5 gave 990 training examples.
-        if isinstance(size, bool) or not isinstance(size, int) or size < least:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < least:
             raise ValueError(f"{name} must be a whole number >= {least}, got {size!r}")
+    train_size, valid_size, test_size = int(train_size), int(valid_size), int(test_size)
     examples: list[DateExample] = []
     seen: set[str] = set()
     batch_seed = seed

@@ -135,7 +135,10 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for index, (name, path) in enumerate(files):
         for other_name, other in files[index + 1 :]:
             if path and other and _same_file(Path(path), Path(other)):
-                parser.error(f"{name} and {other_name} are the same file ({path})")
+                parser.error(
+                    f"{name} and {other_name} are the same file, or differ only in case "
+                    f"({path}, {other})"
+                )
     output = Path(arguments.output)
     if not arguments.resume and output.is_file() and not _is_torch_checkpoint(output):
         parser.error(
@@ -146,9 +149,11 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _same_file(path: Path, other: Path) -> bool:
+    """The same file, or names that would be on a case-insensitive file system (macOS,
+    Windows), where ``M.pt`` and ``m.pt`` are one file."""
     if path.exists() and other.exists():
         return os.path.samefile(path, other)
-    return path.resolve() == other.resolve()
+    return str(path.resolve()).casefold() == str(other.resolve()).casefold()
 
 
 def _is_torch_checkpoint(path: Path) -> bool:

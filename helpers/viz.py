@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -177,10 +178,17 @@ def plot_attention(
     image = ax.imshow(weights, cmap=cmap, vmin=0.0, vmax=top if top > 0 else 1.0, aspect="auto")
     if gold is not None:
         gold_matrix = _as_array(gold)
-        if gold_matrix.shape != weights.shape:  # boxes would be clipped or misplaced
+        # Fewer rows are fine (an output longer than the reference has no gold there);
+        # other columns, or more rows, would put boxes on the wrong cells or off the map.
+        if (
+            gold_matrix.ndim != 2
+            or gold_matrix.shape[1] != weights.shape[1]
+            or (gold_matrix.shape[0] > weights.shape[0])
+        ):
             raise ValueError(
                 f"gold has shape {gold_matrix.shape} but attention has {weights.shape}: give "
-                "a 0/1 matrix of the same shape (a DateExample's gold_matrix() turns spans into one)"
+                "a 0/1 matrix with the same columns and at most as many rows (a "
+                "DateExample's gold_matrix() turns spans into one)"
             )
         gold_cells = np.argwhere(gold_matrix > 0)
         for row, column in gold_cells:
@@ -217,8 +225,9 @@ def plot_attention_grid(
     """
     if not items:
         raise ValueError("nothing to plot")
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+    if isinstance(columns, bool) or not isinstance(columns, numbers.Integral) or columns < 1:
         raise ValueError(f"columns must be a whole number >= 1, got {columns!r}")
+    columns = int(columns)
     if titles is not None and len(titles) != len(items):
         raise ValueError(f"{len(titles)} titles for {len(items)} maps")
     for index, item in enumerate(items):

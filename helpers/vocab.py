@@ -15,8 +15,8 @@ def reject_text(value: object, name: str) -> None:
     wanted: Python would happily iterate over it letter by letter."""
     if isinstance(value, str):
         raise TypeError(
-            f"{name} is a str ({value[:30]!r}), not a list of tokens: tokenise it first "
-            "(helpers.data.get_tokenizer(...).tokenize)"
+            f"{name} is a str ({value[:30]!r}), not a list: tokenise it first "
+            "(helpers.data.get_tokenizer('en')(text) for words, list(text) for characters)"
         )
 
 

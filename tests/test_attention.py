@@ -447,6 +447,9 @@ def test_inputs_of_another_dtype_get_a_clear_error(name):
     assert layer.double()(*doubles, positions=positions)[0].dtype == torch.float64
     with torch.autocast("cpu", dtype=torch.bfloat16):
         layer.float()(query.bfloat16(), keys, keys, mask, positions=positions)
+    # The meta device has no autocast to ask about, and needs none.
+    on_meta = [tensor.to("meta") for tensor in (query, keys, keys, mask)]
+    assert layer.to("meta")(*on_meta, positions=positions)[0].device.type == "meta"
 
 
 def test_multi_head_attention_names_a_dtype_mismatch_too():

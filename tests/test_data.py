@@ -72,7 +72,10 @@ def test_a_tab_inside_a_sentence_and_invisible_sentences_are_errors(tmp_path):
     ):
         read_pairs(split)
     blank_first = write(tmp_path / "blank_first.tsv", "\nGo.\tGeh.\tCC-BY\nHi.\tHallo!\n")
-    with pytest.raises(DataFormatError, match=r"blank_first\.tsv:3: 2 .*but line 2 has 3"):
+    with pytest.raises(
+        DataFormatError,
+        match=r"blank_first\.tsv:3: 2 .*but line 2 has 3: a missing column \(the attribution\?\)",
+    ):
         read_pairs(blank_first)
     for invisible in ("\u200b", "\ufeff\u200b", " \u00a0\u2060"):
         path = write(tmp_path / "invisible.tsv", f"Go.\tGeh.\nHi.\t{invisible}\n")

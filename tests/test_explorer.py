@@ -675,8 +675,13 @@ def test_figures_say_what_is_wrong_with_their_input():
             plot_attention_grid([item, item, item], **kwargs)
     with pytest.raises(ValueError, match=r"items\[1\] has 2 members"):
         plot_attention_grid([item, item[:2]])
-    with pytest.raises(ValueError, match=r"gold has shape \(3, 2\) but attention has \(2, 3\)"):
-        plot_attention(*item, gold=[[1, 0], [0, 1], [0, 0]])
+    for gold in ([[1, 0], [0, 1], [0, 0]], [[1, 0, 0]] * 3, [1, 0, 0]):
+        with pytest.raises(ValueError, match=r"gold has shape .* but attention has \(2, 3\)"):
+            plot_attention(*item, gold=gold)
+    # Fewer rows: an output longer than its reference has no gold past its end.
+    ax = plot_attention(*item, gold=[[0, 1, 0]], colorbar=False)
+    assert [(patch.get_x(), patch.get_y()) for patch in ax.patches] == [(0.5, -0.5)]
+    plt.close("all")
     for per_panel_scale in (False, True):
         with pytest.raises(ValueError, match=r"attention is empty, shape \(0, 3\)"):
             plot_attention_grid(

@@ -88,6 +88,10 @@ def test_references_given_as_plain_strings_are_refused_not_read_letter_by_letter
     assert corpus_scores(HYPOTHESES, [tuple(refs) for refs in REFERENCES]).bleu == pytest.approx(
         100
     )
+    import numpy as np
+
+    as_arrays = [np.array(refs) for refs in REFERENCES]  # e.g. from a DataFrame
+    assert corpus_scores(HYPOTHESES, as_arrays).bleu == pytest.approx(100)
 
 
 def test_alignment_accuracy_counts_half_open_gold_spans_and_skips_unaligned_outputs():
@@ -179,8 +183,10 @@ def test_a_system_identical_to_the_baseline_is_not_significantly_different():
     references = [[f"Satz Nummer {index} ist hier."] for index in range(40)]
     good = [refs[0] for refs in references]
     worse = [f"Satz {index} ist da." if index % 3 else good[index] for index in range(40)]
+    import numpy as np
+
     same, different = paired_bootstrap(
-        ("good", good), [("same", list(good)), ("worse", worse)], references, samples=50
+        ("good", good), [("same", list(good)), ("worse", worse)], references, samples=np.int64(50)
     )
     assert same["difference"] == 0.0 and same["p_value"] == 1.0
     assert different["p_value"] == pytest.approx(1 / 51)

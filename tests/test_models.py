@@ -213,8 +213,11 @@ def test_a_config_with_impossible_sizes_is_refused_when_it_is_made(settings, mes
 def test_numpy_sizes_become_plain_ints_and_optional_sizes_stay_optional():
     import numpy as np
 
-    made = config(hidden_size=np.int64(16), attention_size=None, feedforward_size=None)
-    assert type(made.hidden_size) is int and made == config(hidden_size=16)
+    made = config(
+        hidden_size=np.int64(16), attention_size=None, feedforward_size=None, bidirectional=np.True_
+    )
+    assert type(made.hidden_size) is int and type(made.bidirectional) is bool
+    assert made == config(hidden_size=16)
 
 
 def test_decoder_input_and_output_positions_are_checked_like_the_source():

@@ -176,5 +176,7 @@ def test_impossible_split_sizes_are_refused():
     ]:
         with pytest.raises(ValueError, match=message):
             dates_splits(**{"train_size": 10, "valid_size": 2, "test_size": 2, **kwargs})
-    train, valid, test = dates_splits(10, 0, 3)
+    import numpy as np
+
+    train, valid, test = dates_splits(np.int64(10), 0, 3)  # numpy integers are integers
     assert (len(train), len(valid), len(test)) == (10, 0, 3)

@@ -64,6 +64,12 @@ def test_the_checkpoint_the_summary_and_the_data_never_overwrite_one_another(
     with pytest.raises(SystemExit):
         parse_arguments(["--output", str(checkpoint), "--summary", str(data)])
     assert "--summary and --data are the same file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one file on macOS and Windows
+        parse_arguments(["--output", str(tmp_path / "M.pt"), "--summary", str(tmp_path / "m.pt")])
+    assert (
+        "--output and --summary are the same file, or differ only in case"
+        in capsys.readouterr().err
+    )
     assert data.read_text() == "Go.\tGeh.\n" and not checkpoint.exists()
     torch.save({"weights": torch.ones(2)}, checkpoint)  # an earlier run's
     arguments = parse_arguments(

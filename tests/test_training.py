@@ -230,7 +230,9 @@ def test_train_or_load_keeps_a_file_that_is_not_one_of_its_runs(small_dates, tmp
     save_checkpoint(cli_model, path, extra={"history": {"epochs": []}})  # the CLI's: no key
     cli_bytes = path.read_bytes()
     with pytest.warns(
-        UserWarning, match=r"04_luong.pt was not a run saved by train_or_load.*04_luong.pt.kept"
+        UserWarning,
+        match=r"04_luong.pt could not be read as a run saved by train_or_load \(it has no cache "
+        r"key .*\), so it was moved to .*04_luong.pt.kept ",
     ):
         _, _, cached = train_or_load(small_dates, config, settings, path, "cpu", False)
     assert not cached and (tmp_path / "04_luong.pt.kept").read_bytes() == cli_bytes
@@ -244,7 +246,9 @@ def test_train_or_load_keeps_a_file_that_is_not_one_of_its_runs(small_dates, tmp
     # Anything else is kept too, under the next free name; and a run served from another
     # notebook's path (same_run) does not overwrite it either.
     path.write_text("my notes")
-    with pytest.warns(UserWarning, match="moved to .*04_luong.pt.kept2"):
+    with pytest.warns(
+        UserWarning, match=r"\(is not a readable checkpoint.*moved to .*04_luong.pt.kept2"
+    ):
         _, _, cached = train_or_load(
             small_dates, config, other, path, "cpu", False, same_run=tmp_path / "nowhere.pt"
         )
