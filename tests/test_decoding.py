@@ -27,6 +27,16 @@ from helpers.vocab import EOS_INDEX, PAD_INDEX, SOS_INDEX, Vocabulary
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
 TRANSFORMER = {"encoder": "self_attention", "encoder_heads": 2, "decoder_heads": 2}
+#: Every decoder family with each of its ways of attending: (decoder, attention, settings).
+EVERY_MODEL_FAMILY = [
+    ("luong", "general", {}),
+    ("luong", "general", {"input_feeding": True}),
+    ("bahdanau", "additive", {}),
+    ("luong", "local-m", {}),
+    ("luong", "local-p", {}),
+    ("plain", "general", {}),
+    ("transformer", "scaled_dot", TRANSFORMER),
+]
 
 
 def tiny_model(decoder="luong", attention="general", **settings):
@@ -238,18 +248,7 @@ def random_batch(vocab_size, sentences=12, seed=0):
     return collate_batch(examples)
 
 
-@pytest.mark.parametrize(
-    "decoder,attention,settings",
-    [
-        ("luong", "general", {}),
-        ("luong", "general", {"input_feeding": True}),
-        ("bahdanau", "additive", {}),
-        ("luong", "local-m", {}),
-        ("luong", "local-p", {}),
-        ("plain", "general", {}),
-        ("transformer", "scaled_dot", TRANSFORMER),
-    ],
-)
+@pytest.mark.parametrize("decoder,attention,settings", EVERY_MODEL_FAMILY)
 @pytest.mark.parametrize("beam_size", [2, 5])
 def test_beam_search_returns_what_the_reference_returns(decoder, attention, settings, beam_size):
     model = tiny_model(decoder, attention, **settings)
@@ -587,18 +586,7 @@ def test_a_numpy_integer_is_an_integer():
     assert given.output_tokens == expected.output_tokens and given.score == expected.score
 
 
-@pytest.mark.parametrize(
-    "decoder,attention,settings",
-    [
-        ("luong", "general", {}),
-        ("luong", "general", {"input_feeding": True}),
-        ("bahdanau", "additive", {}),
-        ("luong", "local-m", {}),
-        ("luong", "local-p", {}),
-        ("plain", "general", {}),
-        ("transformer", None, TRANSFORMER),
-    ],
-)
+@pytest.mark.parametrize("decoder,attention,settings", EVERY_MODEL_FAMILY)
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_decoding_copies_nothing_from_the_host_per_step(
     decoder, attention, settings, search, host_copies
