@@ -63,16 +63,26 @@ def cpu_description() -> str:
     return f"{model} ({cores} cores)"
 
 
+def cpu_capability() -> str:
+    """The instruction set PyTorch's CPU kernels use here ("AVX512", "AVX2", …).
+
+    One CPU name can cover several generations of a virtual CPU ("AMD EPYC" both with
+    and without AVX-512), and kernels for another instruction set sum in another order.
+    """
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def on_committed_machine(notebook: str, resources: str | os.PathLike = NOTEBOOK_RESOURCES) -> bool:
     """Whether this process runs on the kind of machine that executed ``notebook``'s
-    committed outputs: the same CPU model and core count, and the same torch thread count,
-    as its row of ``results/notebook-resources.csv``.
+    committed outputs: the same CPU model and core count, the same instruction set for
+    PyTorch's kernels (:func:`cpu_capability`), and the same torch thread count, as its row
+    of ``results/notebook-resources.csv``.
 
     Only there can a notebook train, to the last digit, the models whose numbers its
     text quotes: another CPU or thread count rounds differently, and training amplifies
     that (docs/reproducibility.md). The check is necessary, not sufficient: one CPU name
-    can cover several generations of a virtual CPU, and another PyTorch build also rounds
-    differently. A notebook asserts its quoted numbers to their quoted precision only
+    and instruction set can still cover several generations of a virtual CPU, and another
+    PyTorch build also rounds differently. A notebook asserts its quoted numbers to their quoted precision only
     where this is true, and elsewhere only what held on the other CPUs measured.
     """
     try:
@@ -84,6 +94,7 @@ def on_committed_machine(notebook: str, resources: str | os.PathLike = NOTEBOOK_
     return (
         row is not None
         and row["cpu"] == cpu_description()
+        and row.get("cpu_capability") == cpu_capability()
         and row["torch_threads"] == str(torch.get_num_threads())
     )
 
@@ -191,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "decoder": arguments.decoder,
         "epochs": len(reference["valid loss"]),
         "cpu": cpu_description(),
+        "cpu capability": cpu_capability(),
         "cpu cores": os.cpu_count(),
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,9 +58,9 @@ def test_executes_strips_widget_clutter_and_records_memory(tool, tmp_path, monke
     resources = tmp_path / "results" / "notebook-resources.csv"
     resources.parent.mkdir()
     resources.write_text(
-        "notebook,seconds,peak_memory_mib,cpu,torch_threads,date\n"
-        "other.ipynb,12.0,345,some cpu,2,2026-01-01\n"
-        "small.ipynb,999.0,1,stale,1,2000-01-01\n"
+        "notebook,seconds,peak_memory_mib,cpu,cpu_capability,torch_threads,date\n"
+        "other.ipynb,12.0,345,some cpu,AVX512,2,2026-01-01\n"
+        "small.ipynb,999.0,1,stale,stale,1,2000-01-01\n"
     )
 
     assert tool.main([str(notebook), "--resources", str(resources)]) == 0
@@ -88,6 +89,7 @@ def test_executes_strips_widget_clutter_and_records_memory(tool, tmp_path, monke
     assert 40 + 10 < float(row["peak_memory_mib"]) < 2000  # the 40 MiB block, plus Python
     assert 0 < float(row["seconds"]) < 120
     assert row["cpu"] and row["cpu"] != "stale" and row["date"] != "2000-01-01"
+    assert row["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert row["torch_threads"] == ""  # torch was never imported: not imported to ask
 
 

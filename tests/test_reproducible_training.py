@@ -392,12 +392,16 @@ def test_exact_quoted_numbers_are_asserted_only_on_the_committed_machine(tmp_pat
     if model_name is not None:  # Linux: /proc/cpuinfo's name, not platform's "x86_64"
         assert here.startswith(f"{model_name} (")
     threads = torch.get_num_threads()
+    isa = reproducibility.cpu_capability()
+    assert isa == torch.backends.cpu.get_cpu_capability() and isa
+    other_isa = "AVX2" if isa != "AVX2" else "AVX512"
     resources = tmp_path / "notebook-resources.csv"
     resources.write_text(
-        "notebook,seconds,peak_memory_mib,cpu,torch_threads,date\n"
-        f'05_visualization.ipynb,60.0,900,"{here}",{threads},2026-12-03\n'
-        f'08_transformer.ipynb,60.0,900,"Another CPU (2 cores)",{threads},2026-12-03\n'
-        f'06_self_attention.ipynb,60.0,900,"{here}",{threads + 1},2026-12-03\n',
+        "notebook,seconds,peak_memory_mib,cpu,cpu_capability,torch_threads,date\n"
+        f'05_visualization.ipynb,60.0,900,"{here}",{isa},{threads},2026-12-03\n'
+        f'08_transformer.ipynb,60.0,900,"Another CPU (2 cores)",{isa},{threads},2026-12-03\n'
+        f'06_self_attention.ipynb,60.0,900,"{here}",{isa},{threads + 1},2026-12-03\n'
+        f'04_training.ipynb,60.0,900,"{here}",{other_isa},{threads},2026-12-03\n',
         encoding="utf-8",
     )
     check = reproducibility.on_committed_machine
@@ -405,6 +409,8 @@ def test_exact_quoted_numbers_are_asserted_only_on_the_committed_machine(tmp_pat
     assert check("notebooks/05_visualization.ipynb", resources), "a path names the same notebook"
     assert not check("08_transformer.ipynb", resources), "another CPU"
     assert not check("06_self_attention.ipynb", resources), "another thread count"
+    # One CPU name, two instruction sets: "AMD EPYC" without AVX-512 trained other models.
+    assert not check("04_training.ipynb", resources), "another instruction set"
     assert not check("07_comparison.ipynb", resources), "no row"
     assert not check("05_visualization.ipynb", tmp_path / "missing.csv")
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads + 1)
@@ -412,7 +418,7 @@ def test_exact_quoted_numbers_are_asserted_only_on_the_committed_machine(tmp_pat
     assert check("06_self_attention.ipynb", resources)
     # The committed file names every notebook, with the columns read here.
     committed = reproducibility.NOTEBOOK_RESOURCES.read_text(encoding="utf-8").splitlines()
-    assert committed[0].split(",")[3:5] == ["cpu", "torch_threads"]
+    assert committed[0].split(",")[3:6] == ["cpu", "cpu_capability", "torch_threads"]
     assert {line.split(",")[0] for line in committed[1:]} >= {
         "05_visualization.ipynb",
         "08_transformer.ipynb",

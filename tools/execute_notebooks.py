@@ -38,11 +38,13 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from helpers.reproducibility import NOTEBOOK_RESOURCES, cpu_description
+from helpers.reproducibility import NOTEBOOK_RESOURCES, cpu_capability, cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES_CSV = NOTEBOOK_RESOURCES  # the file on_committed_machine reads
-RESOURCE_COLUMNS = ["notebook", "seconds", "peak_memory_mib", "cpu", "torch_threads", "date"]
+RESOURCE_COLUMNS = [
+    "notebook", "seconds", "peak_memory_mib", "cpu", "cpu_capability", "torch_threads", "date"
+]  # fmt: skip
 # A guard against a hung cell, like the Makefile's nbval limit: not a speed target.
 CELL_TIMEOUT = 3600
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -65,6 +67,7 @@ class RunRecord:
     seconds: float
     peak_memory_mib: float | None
     cpu: str
+    cpu_capability: str
     torch_threads: str
     date: str
 
@@ -76,6 +79,7 @@ class RunRecord:
             if self.peak_memory_mib is None
             else f"{self.peak_memory_mib:.0f}",
             "cpu": self.cpu,
+            "cpu_capability": self.cpu_capability,
             "torch_threads": self.torch_threads,
             "date": self.date,
         }
@@ -231,6 +235,7 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT) -> RunRecord:
         seconds=seconds,
         peak_memory_mib=peak,
         cpu=cpu_description(),
+        cpu_capability=cpu_capability(),  # the kernel's torch is this process's
         torch_threads=threads,
         date=dt.date.today().isoformat(),
     )
