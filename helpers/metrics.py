@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from torch import Tensor
 
 from .attention import attention_entropy
+from .checks import whole_number
 
 
 @dataclass
@@ -179,9 +179,7 @@ def paired_bootstrap(
 
     if not systems:
         raise ValueError("nothing to compare the baseline with")
-    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
-        # sacreBLEU would quietly take 1,000 for 0 or a negative number.
-        raise ValueError(f"samples must be a whole number >= 1, got {samples!r}")
+    samples = whole_number("samples", samples)  # sacreBLEU would quietly take 1,000 for 0
     for name, hypotheses in [baseline, *systems]:
         if len(hypotheses) != len(references):
             raise ValueError(
@@ -195,7 +193,7 @@ def paired_bootstrap(
             {"BLEU": BLEU()},
             references_as_streams(references),
             test_type="bs",
-            n_samples=int(samples),
+            n_samples=samples,
         )
         _, scores = test()
     finally:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import ATTENTION_NAMES, LocalAttention, build_attention
+from .checks import whole_number
 from .decoders import BahdanauDecoder, Decoder, LuongDecoder, PlainDecoder
 from .encoders import Encoder, EncoderOutput, SelfAttentionEncoder
 from .keys import KEY_ONLY_WHEN_SET, key_fields
@@ -142,10 +143,9 @@ class ModelConfig:
             if value is None and name in optional:
                 continue
             least = at_least.get(name, 1)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-                why = " (the 4 special tokens and at least one word)" if least == 5 else ""
-                raise ValueError(f"{name} must be a whole number >= {least}{why}, got {value!r}")
-            setattr(self, name, int(value))  # numpy integers become plain ints (checkpoints)
+            why = "the 4 special tokens and at least one word" if least == 5 else ""
+            # numpy integers become plain ints, which checkpoints store
+            setattr(self, name, whole_number(name, value, least, why))
         for name in ("bidirectional", "input_feeding", "tie_embeddings"):
             if type(getattr(self, name)).__name__ not in ("bool", "bool_"):  # numpy's too
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")

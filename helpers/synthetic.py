@@ -12,10 +12,11 @@ The task needs no download and a small model learns it in seconds on a CPU.
 from __future__ import annotations
 
 import datetime as dt
-import numbers
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .checks import whole_number
 
 MONTHS = [
     "January",
@@ -140,15 +141,10 @@ def dates_splits(
     train_size: int = 8000, valid_size: int = 500, test_size: int = 500, seed: int = 0
 ) -> tuple[list[DateExample], list[DateExample], list[DateExample]]:
     """Disjoint train/valid/test sets of the dates task (no source string repeats)."""
-    for name, size, least in (
-        ("train_size", train_size, 1),
-        ("valid_size", valid_size, 0),
-        ("test_size", test_size, 0),
-    ):
-        # A negative size would slice from the end: -5 gave 990 training examples.
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < least:
-            raise ValueError(f"{name} must be a whole number >= {least}, got {size!r}")
-    train_size, valid_size, test_size = int(train_size), int(valid_size), int(test_size)
+    # A negative size would slice from the end: -5 gave 990 training examples.
+    train_size = whole_number("train_size", train_size)
+    valid_size = whole_number("valid_size", valid_size, least=0)
+    test_size = whole_number("test_size", test_size, least=0)
     examples: list[DateExample] = []
     seen: set[str] = set()
     batch_seed = seed

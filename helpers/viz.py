@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -13,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .checks import whole_number
 from .training import TrainingHistory
 
 # The inline backend draws at 100 dpi and a notebook's output area is about 1,000 px wide:
@@ -225,9 +225,7 @@ def plot_attention_grid(
     """
     if not items:
         raise ValueError("nothing to plot")
-    if isinstance(columns, bool) or not isinstance(columns, numbers.Integral) or columns < 1:
-        raise ValueError(f"columns must be a whole number >= 1, got {columns!r}")
-    columns = int(columns)
+    columns = whole_number("columns", columns)
     if titles is not None and len(titles) != len(items):
         raise ValueError(f"{len(titles)} titles for {len(items)} maps")
     for index, item in enumerate(items):

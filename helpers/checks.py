@@ -1,0 +1,18 @@
+"""Argument checks shared by the modules: one wording for one kind of mistake."""
+
+from __future__ import annotations
+
+import numbers
+
+
+def whole_number(name: str, value: object, least: int = 1, why: str = "") -> int:
+    """``value`` as an ``int`` if it is a whole number ``>= least``, else a ``ValueError``
+    naming ``name`` (and ``why``, when the bound needs a reason).
+
+    NumPy integers count (a sweep over ``np.arange`` gives them); ``True`` does not, and
+    neither do ``1.5`` or ``"8"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        reason = f" ({why})" if why else ""
+        raise ValueError(f"{name} must be a whole number >= {least}{reason}, got {value!r}")
+    return int(value)
