@@ -123,6 +123,7 @@ def attention_row_entropies(attentions: Sequence[Tensor], normalise: bool = Fals
     row, 1 for a uniform one — so sentences of different lengths compare; matrices
     over a single source token (where ``log S = 0``) are skipped then.
     """
+    attentions = list(attentions)  # looked at twice below
     for index, attention in enumerate(attentions):
         if attention.dim() != 2:
             raise ValueError(
@@ -162,7 +163,7 @@ def paired_bootstrap(
     bar for "significant"). sacreBLEU's p-value is at least ``1 / (samples + 1)``.
 
     A system whose output is the baseline's, sentence for sentence, gets ``p_value``
-    1.0 without resampling: there is no difference to test. (sacreBLEU counts only
+    1.0, whatever the resampling gave: there is no difference to test. (sacreBLEU counts only
     resampled differences strictly above the real one, so for identical outputs, where
     every difference is 0, it would report its smallest p-value, 1 / (samples + 1),
     which reads as "significant".)
