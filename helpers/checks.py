@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 
+import torch
+
 
 def whole_number(name: str, value: object, least: int = 1, why: str = "") -> int:
     """``value`` as an ``int`` if it is a whole number ``>= least``, else a ``ValueError``
@@ -16,3 +18,9 @@ def whole_number(name: str, value: object, least: int = 1, why: str = "") -> int
         reason = f" ({why})" if why else ""
         raise ValueError(f"{name} must be a whole number >= {least}{reason}, got {value!r}")
     return int(value)
+
+
+def whole_number_lengths(source_lengths: torch.Tensor) -> None:
+    """``ValueError`` unless the ``(B,)`` lengths hold whole numbers (not floats or bools)."""
+    if source_lengths.is_floating_point() or source_lengths.dtype == torch.bool:
+        raise ValueError(f"source_lengths must hold whole numbers, got {source_lengths.dtype}")

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .batching import collate_batch
+from .checks import whole_number_lengths
 from .data import get_tokenizer
 from .models import Seq2Seq
 from .vocab import (
@@ -90,8 +91,7 @@ def sentence_max_lengths(
             f"source_lengths must be (B,) for a batch of at least one sentence, got shape "
             f"{tuple(source_lengths.shape)}"
         )
-    if source_lengths.is_floating_point() or source_lengths.dtype == torch.bool:
-        raise ValueError(f"source_lengths must hold whole numbers, got {source_lengths.dtype}")
+    whole_number_lengths(source_lengths)
     if max_length is not None:
         _check_positive_int("max_length", max_length)
         return torch.full_like(source_lengths, max_length, dtype=torch.long)

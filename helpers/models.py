@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import ATTENTION_NAMES, LocalAttention, build_attention
-from .checks import whole_number
+from .checks import whole_number, whole_number_lengths
 from .decoders import BahdanauDecoder, Decoder, LuongDecoder, PlainDecoder
 from .encoders import Encoder, EncoderOutput, SelfAttentionEncoder
 from .keys import KEY_ONLY_WHEN_SET, key_fields
@@ -313,8 +313,7 @@ def _check_source(source: Tensor, source_lengths: Tensor, vocab_size: int) -> No
         raise ValueError(f"source must hold int64 token indices, got {source.dtype}")
     if source.size(0) == 0:
         raise ValueError("the batch holds no sentences")
-    if source_lengths.is_floating_point() or source_lengths.dtype == torch.bool:
-        raise ValueError(f"source_lengths must hold whole numbers, got {source_lengths.dtype}")
+    whole_number_lengths(source_lengths)
     if source_lengths.dim() != 1 or source_lengths.size(0) != source.size(0):
         raise ValueError(
             f"source_lengths must be (batch,) = ({source.size(0)},), got {tuple(source_lengths.shape)}"
