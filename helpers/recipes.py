@@ -99,8 +99,8 @@ def train_or_load(
     at ``path`` that is not a run saved here (a ``python -m helpers.train`` checkpoint,
     say, or anything else, or a run of a format this version cannot read) is never
     overwritten: it is renamed to ``<name>.kept`` (``.kept2``, … if taken), with a
-    warning that says why and where it went. (Epoch snapshots, below, have names of
-    their own and are simply rewritten.)
+    warning that says why and where it went. The same holds for the epoch snapshots
+    below, which have names of their own.
 
     ``snapshot_epochs``: when it trains, also save the weights after each of these
     epochs beside ``path`` (:func:`epoch_snapshot_path`), for
@@ -133,7 +133,9 @@ def train_or_load(
                 _move_aside_unless_a_cached_run(path)
                 save_checkpoint(model, path, extra=extra)
             return model, TrainingHistory.from_dict(extra["history"]), True
-    _move_aside_unless_a_cached_run(path)  # before training: a crash then loses nothing
+    # Before training, so that a crash then loses nothing.
+    for kept_path in [path, *(epoch_snapshot_path(path, epoch) for epoch in snapshot_epochs)]:
+        _move_aside_unless_a_cached_run(kept_path)
 
     records_so_far: list[EpochRecord] = []
 

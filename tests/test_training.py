@@ -260,6 +260,16 @@ def test_train_or_load_keeps_a_file_that_is_not_one_of_its_runs(small_dates, tmp
             small_dates, config, other, served, "cpu", False, same_run=path
         )
     assert cached and (tmp_path / "05_luong.pt.kept").read_text() == "more notes"
+    # An epoch snapshot's name is protected the same way; a snapshot of its own is not.
+    snapshot = epoch_snapshot_path(path, 1)
+    snapshot.write_text("notes beside a snapshot")
+    with pytest.warns(UserWarning, match=r"04_luong.epoch1.pt could not .*moved to .*\.kept"):
+        train_or_load(small_dates, config, settings, path, "cpu", False, snapshot_epochs=[1])
+    assert snapshot.with_name(f"{snapshot.name}.kept").read_text() == "notes beside a snapshot"
+    assert "cache_key" in load_checkpoint(snapshot)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_or_load(small_dates, config, other, path, "cpu", False, snapshot_epochs=[1])
 
 
 def test_epoch_snapshots_are_the_weights_of_a_shorter_run_and_change_nothing(small_dates, tmp_path):
