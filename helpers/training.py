@@ -81,13 +81,17 @@ def sequence_loss(
 
     Args:
         logits: ``(B, T, V)``; target: ``(B, T)`` with ``<pad>`` where nothing is to predict.
-        reduction: ``"mean"`` per real token, or ``"sum"``.
+        reduction: ``"mean"`` per real token (an error where there is none), or ``"sum"``.
 
     Padding is ignored (``ignore_index``): otherwise a model would be rewarded for
     predicting ``<pad>`` after every short sentence in a batch.
     """
     if logits.shape[:2] != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match target {tuple(target.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f'reduction must be "mean" or "sum", got {reduction!r}')
+    if reduction == "mean" and not bool((target != PAD_INDEX).any()):
+        raise ValueError("the target holds no real token (only <pad>): its mean loss is undefined")
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(),
         target.reshape(-1),

@@ -60,6 +60,15 @@ def test_loss_ignores_padding():
     assert float(sequence_loss(logits, target)) == pytest.approx(float(manual))
     with pytest.raises(ValueError, match="do not match"):
         sequence_loss(logits, target[:, :2])
+    # A target of nothing but <pad> has no mean loss (cross_entropy would give NaN); a sum
+    # over no tokens is 0. "none" is refused: its zeros at the padding, averaged, would
+    # bring back the very mistake this function exists to avoid.
+    only_padding = torch.full_like(target, PAD_INDEX)
+    with pytest.raises(ValueError, match=r"no real token \(only <pad>\)"):
+        sequence_loss(logits, only_padding)
+    assert float(sequence_loss(logits, only_padding, reduction="sum")) == 0.0
+    with pytest.raises(ValueError, match='reduction must be "mean" or "sum", got \'none\''):
+        sequence_loss(logits, target, reduction="none")
 
 
 def test_device_is_chosen_by_calling_cuda_is_available(monkeypatch):
