@@ -69,6 +69,8 @@ def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
     *after* a plain softmax would leave rows that no longer sum to 1.)
     """
     if mask is not None:
+        if mask.dtype != torch.bool:  # say so, rather than torch's error about ~ on floats
+            raise TypeError(f"mask must be bool, True where a real token is; got {mask.dtype}")
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1)
 

@@ -229,6 +229,20 @@ def test_entropy_is_zero_for_one_hot_and_log_n_for_uniform():
     assert attention_entropy(uniform).item() == pytest.approx(math.log(4))
 
 
+def test_masked_softmax_gives_padding_zero_and_wants_a_bool_mask():
+    scores = torch.tensor([[2.0, 1.0, 5.0], [0.0, 3.0, -1.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    weights = masked_softmax(scores, mask)
+    torch.testing.assert_close(weights[0], torch.cat([scores[0, :2].softmax(-1), torch.zeros(1)]))
+    torch.testing.assert_close(weights[1], scores[1].softmax(-1))
+    torch.testing.assert_close(masked_softmax(scores, None), scores.softmax(-1))
+    # A 0/1 mask of another dtype is refused with a message that says what a mask is
+    # (torch's own errors speak of bitwise_not, or of masked_fill).
+    for dtype in (torch.float32, torch.int64, torch.uint8):
+        with pytest.raises(TypeError, match=f"mask must be bool.*got {dtype}"):
+            masked_softmax(scores, mask.to(dtype))
+
+
 def test_entropy_ignores_whatever_the_mask_hides():
     """Padding contributes nothing: the masked entropy of a row is that of its real part,
     whatever (even a non-distribution) sits in the padding. 3-D weights, each row with
