@@ -2,7 +2,10 @@
 
 import json
 import re
+import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,3 +117,35 @@ def test_the_committed_results_are_not_ignored_by_git():
         text=True,
     ).stdout.split()
     assert kept_out == ["checkpoints/04_luong.pt", "data/deu-eng.tsv", "runs/x"]
+
+
+def test_the_package_builds_without_a_deprecation_and_names_its_licence(tmp_path):
+    """``make setup`` installs ``helpers`` with pip, which builds it with the newest
+    setuptools the index offers. setuptools deprecated the license table that
+    pyproject.toml once used ("By 2027-Feb-18 ... your builds will no longer be
+    supported"): a warning today, every fresh install broken then. The build, from a copy
+    of what it reads, must warn of nothing deprecated, and the wheel must carry the licence."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        (source / name).write_bytes((ROOT / name).read_bytes())
+    shutil.copytree(
+        ROOT / "helpers", source / "helpers", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(tmp_path), "."],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = built.stdout + built.stderr
+    assert built.returncode == 0, output[-4000:]
+    deprecated = [line for line in output.splitlines() if "deprecat" in line.lower()]
+    assert not deprecated, "\n".join(deprecated)
+    [wheel] = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        [metadata] = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        headers = archive.read(metadata).decode().split("\n\n", 1)[0].splitlines()
+    assert "License-Expression: MIT" in headers
+    assert "License-File: LICENSE" in headers
