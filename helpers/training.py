@@ -279,10 +279,20 @@ def smoothed_cross_entropy(
             joeynmt do): ``<pad>`` is never a word to predict, so a smoothed model
             should not learn to give it probability. (``F.cross_entropy``'s own
             ``label_smoothing`` spreads over all :math:`V` tokens, ``<pad>`` included.)
-        reduction: ``"mean"`` or ``"sum"`` over the ``N`` tokens.
+        reduction: ``"mean"`` (an error for ``N = 0``) or ``"sum"`` over the ``N`` tokens.
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+    # Checked on shapes only, so the training loop never waits for the device here.
+    if logits.dim() != 2 or target.shape != logits.shape[:1]:
+        raise ValueError(
+            f"logits must be (N, V) and target (N,), got {tuple(logits.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    if reduction not in ("mean", "sum"):  # "none" would sum when smoothing, not without
+        raise ValueError(f'reduction must be "mean" or "sum", got {reduction!r}')
+    if reduction == "mean" and target.numel() == 0:
+        raise ValueError("there are no target tokens: their mean loss is undefined")
     if label_smoothing == 0.0:
         return F.cross_entropy(logits, target, reduction=reduction)
     log_probs = F.log_softmax(logits, dim=-1)

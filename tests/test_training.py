@@ -493,6 +493,34 @@ def test_label_smoothing_puts_no_mass_on_padding():
         smoothed_cross_entropy(logits, target, 1.0)
 
 
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_smoothed_cross_entropy_means_the_same_reduction_with_and_without_smoothing(
+    label_smoothing,
+):
+    from helpers.training import smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 7), torch.tensor([3, 4, 5, 6])
+    total = smoothed_cross_entropy(logits, target, label_smoothing, reduction="sum")
+    mean = smoothed_cross_entropy(logits, target, label_smoothing, reduction="mean")
+    assert total.shape == mean.shape == ()
+    assert float(total) == pytest.approx(4 * float(mean), rel=1e-6)
+    # "none" used to give per-token losses without smoothing and their sum with it.
+    for reduction in ("none", "avg", "Sum"):
+        with pytest.raises(ValueError, match='reduction must be "mean" or "sum"'):
+            smoothed_cross_entropy(logits, target, label_smoothing, reduction=reduction)
+    # A mean over no tokens is not a loss (F.cross_entropy returns NaN); a sum is 0.
+    nothing = torch.empty(0, dtype=torch.long)
+    with pytest.raises(ValueError, match="no target tokens"):
+        smoothed_cross_entropy(logits[:0], nothing, label_smoothing)
+    assert float(smoothed_cross_entropy(logits[:0], nothing, label_smoothing, "sum")) == 0.0
+    # Shapes that do not pair one logit row with one target token.
+    with pytest.raises(ValueError, match=r"logits must be \(N, V\) and target \(N,\)"):
+        smoothed_cross_entropy(logits, target[:3], label_smoothing)
+    with pytest.raises(ValueError, match=r"logits must be \(N, V\)"):
+        smoothed_cross_entropy(logits[None], target[None], label_smoothing)
+
+
 def test_evaluate_loss_restores_the_mode_and_refuses_empty_data(small_dates):
     from helpers.models import Seq2Seq
     from helpers.training import evaluate_loss
