@@ -47,6 +47,7 @@ def save_checkpoint(
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra must be a dict of plain data, got a {type(extra).__name__}")
     _check_plain(extra or {}, "extra")
+    _check_plain(model.config.to_dict(), "model.config")  # ModelConfig converts; a guard
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,

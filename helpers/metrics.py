@@ -91,6 +91,17 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
     )
 
 
+def _check_has_weights(attention: Tensor, index: int) -> None:
+    """A map with an output position of no weight at all (the plain decoder's stand-in
+    zeros) has no focus and no entropy: scored, it would read as perfectly sharp and
+    aligned with the first source token."""
+    if attention.shape[0] and (attention.shape[-1] == 0 or bool((attention.sum(-1) <= 0).any())):
+        raise ValueError(
+            f"attentions[{index}] has an output position with no attention weight (all "
+            "zeros): a model without attention, such as the plain decoder?"
+        )
+
+
 def alignment_accuracy(
     attentions: Sequence[Tensor], gold_spans: Sequence[Sequence[tuple[int, int] | None]]
 ) -> float:
@@ -104,7 +115,8 @@ def alignment_accuracy(
     Only positions present in both (``min(T, len(gold))``) are scored.
     """
     hits = total = 0
-    for attention, spans in zip(attentions, gold_spans, strict=True):
+    for index, (attention, spans) in enumerate(zip(attentions, gold_spans, strict=True)):
+        _check_has_weights(attention, index)
         focus = attention.argmax(dim=-1).tolist()
         for position, span in zip(focus, spans, strict=False):
             if span is None:
@@ -130,6 +142,7 @@ def attention_row_entropies(attentions: Sequence[Tensor], normalise: bool = Fals
                 f"attentions[{index}] has shape {tuple(attention.shape)}: give one (T, S) "
                 "matrix per sentence (a batched (B, T, S) tensor: list(tensor))"
             )
+        _check_has_weights(attention, index)
     rows = [
         attention_entropy(attention) / (math.log(attention.shape[1]) if normalise else 1.0)
         for attention in attentions

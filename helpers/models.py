@@ -16,6 +16,7 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -99,6 +100,12 @@ class ModelConfig:
     target_tokenizer: str = "de"
 
     def __post_init__(self) -> None:
+        # NumPy scalars (a sweep over np.arange, a pandas row) become plain Python, which
+        # a checkpoint stores and a safe load reads back (np.str_ passes every name check).
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, np.generic):
+                setattr(self, item.name, value.item())
         self._check_sizes()
         if self.rnn_type not in ("gru", "lstm"):
             raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {self.rnn_type!r}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import sys
 import tempfile
@@ -118,8 +119,10 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     for name in ("learning_rate", "time_budget"):
         value = getattr(arguments, name)
-        if value is not None and not value > 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            parser.error(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
+    if not 0 <= arguments.seed < 2**32:  # NumPy's seeding refuses any other, after loading
+        parser.error(f"--seed must lie in [0, 2**32), got {arguments.seed}")
     if arguments.dropout is not None and not 0 <= arguments.dropout < 1:
         parser.error(f"--dropout must lie in [0, 1), got {arguments.dropout}")
     for name in ("output", "summary"):
@@ -369,8 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "test_chrf": scores.chrf,
                 "bleu_signature": scores.bleu_signature,
             }
-            if task.test_gold_spans is not None:
-                summary["gold_alignment"] = alignment_accuracy(
+            if task.test_gold_spans is not None and model.config.decoder != "plain":
+                summary["gold_alignment"] = alignment_accuracy(  # (plain: nothing attends)
                     [t.attention for t in translations], task.test_gold_spans
                 )
         except ValueError as error:

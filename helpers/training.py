@@ -172,6 +172,13 @@ class TrainSettings:
     warmup_steps: int | None = field(default=None, metadata=KEY_ONLY_WHEN_SET)
     adam_beta2: float = field(default=0.999, metadata=KEY_ONLY_WHEN_SET)
 
+    def __post_init__(self) -> None:
+        # A NumPy number (a sweep over np.logspace, a pandas row) becomes plain Python:
+        # checkpoints store these settings, and a safe load cannot read NumPy scalars.
+        for name, value in self.__dict__.items():
+            if isinstance(value, np.generic):
+                setattr(self, name, value.item())
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -317,6 +324,7 @@ def evaluate_loss(
     tokens = 0
     with evaluation_mode(model):
         for batch in loader:
+            _check_is_batch(batch, "loader")
             tokens += batch.target_token_count  # counted on the CPU copy: no device sync
             batch = batch.to(device, non_blocking=True)
             with _autocast(device, amp):
@@ -329,11 +337,48 @@ def evaluate_loss(
     return float(total) / tokens
 
 
+def _check_is_batch(batch: object, name: str) -> None:
+    if not isinstance(batch, Batch):
+        raise TypeError(
+            f"{name} must yield Batch objects (a DataLoader from task.loaders() or "
+            f"make_loader()), got a {type(batch).__name__}: a dataset, not a loader?"
+        )
+
+
 def _total_batches(loader: DataLoader, epochs: int) -> int | None:
     try:
         return epochs * len(loader)
     except TypeError:  # a sampler without a length: the bar then counts without an ETA
         return None
+
+
+def _check_optimisation_numbers(
+    learning_rate: float, clip: float, lr_decay: float | None, min_delta: float
+) -> None:
+    """Refuse numbers that train without complaint but make no sense: a clip of -1 turns
+    descent into ascent, 0 freezes the weights, and NaN or inf anywhere poisons them."""
+
+    def finite(value: object) -> bool:
+        return (
+            isinstance(value, (int, float, np.number))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        )
+
+    if not (finite(learning_rate) and learning_rate >= 0):  # 0: frozen weights, as in a test
+        raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
+    if not (finite(clip) and clip > 0):
+        raise ValueError(
+            f"clip (the gradient-norm limit) must be a finite number > 0, got {clip!r}"
+        )
+    if lr_decay is not None and not (finite(lr_decay) and 0 < lr_decay <= 1):
+        raise ValueError(
+            f"lr_decay (the factor per epoch) must lie in (0, 1], or be None, got {lr_decay!r}"
+        )
+    if not (finite(min_delta) and 0 <= min_delta < 1):
+        raise ValueError(
+            f"early_stopping_min_delta (a relative gain) must lie in [0, 1), got {min_delta!r}"
+        )
 
 
 def make_adam(model: nn.Module, learning_rate: float, beta2: float = 0.999) -> torch.optim.Adam:
@@ -424,6 +469,7 @@ def train(
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    _check_optimisation_numbers(learning_rate, clip, lr_decay, early_stopping_min_delta)
     if early_stopping_patience is not None:
         if valid_loader is None:
             raise ValueError("early stopping needs a valid_loader")
@@ -472,6 +518,7 @@ def train(
         loss_sum = torch.zeros((), device=device)
         token_count = 0
         for batch_number, batch in enumerate(train_loader):
+            _check_is_batch(batch, "train_loader")
             real_tokens = batch.target_token_count  # counted on the CPU copy: no device sync
             batch: Batch = batch.to(device, non_blocking=True)
             with _autocast(device, amp):
@@ -525,6 +572,12 @@ def train(
             seconds=train_seconds,
             target_tokens_per_second=token_count / max(train_seconds, 1e-9),
         )
+        if not math.isfinite(record.train_loss):  # read once per epoch anyway: no extra sync
+            raise FloatingPointError(
+                f"the training loss became {record.train_loss} in epoch {epoch}: the weights "
+                "diverged (a learning rate too high?). The run stops before this epoch is recorded "
+                "or saved"
+            )
         history.epochs.append(record)
         if on_epoch_end is not None:
             on_epoch_end(record)

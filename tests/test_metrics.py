@@ -190,3 +190,22 @@ def test_a_system_identical_to_the_baseline_is_not_significantly_different():
     )
     assert same["difference"] == 0.0 and same["p_value"] == 1.0
     assert different["p_value"] == pytest.approx(1 / 51)
+
+
+def test_maps_without_any_attention_weight_are_not_scored():
+    """The plain decoder's stand-in maps are zeros: their entropy read as 0 ("perfectly
+    sharp") and their argmax, position 0, as an alignment; a (T, 0) map gave an
+    IndexError from argmax."""
+    from helpers.metrics import alignment_accuracy, mean_attention_entropy
+
+    real = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    assert alignment_accuracy([real], [[(0, 1), (1, 2)]]) == 1.0
+    for stand_in in (torch.zeros(2, 2), torch.zeros(2, 0), torch.tensor([[1.0, 0.0], [0.0, 0.0]])):
+        with pytest.raises(ValueError, match=r"attentions\[1\] has an output position with no"):
+            alignment_accuracy([real, stand_in], [[(0, 1), (1, 2)], [(0, 1), (1, 2)]])
+        with pytest.raises(ValueError, match=r"attentions\[1\] has an output position with no"):
+            mean_attention_entropy([real, stand_in])
+    # An empty translation (no output position) is still fine: there is nothing to score.
+    assert mean_attention_entropy([real, torch.zeros(0, 2)]) == pytest.approx(
+        mean_attention_entropy([real])
+    )

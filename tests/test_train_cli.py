@@ -287,6 +287,11 @@ def test_every_flag_reaches_the_model_and_the_training_settings(tmp_path):
         (["--learning-rate", "0"], "--learning-rate must be positive"),
         (["--dropout", "1"], "--dropout must lie in [0, 1)"),
         (["--dropout", "-0.1"], "--dropout must lie in [0, 1)"),
+        # inf passed "> 0" and trained an all-NaN model that was saved and scored.
+        (["--learning-rate", "inf"], "--learning-rate must be positive and finite"),
+        # NumPy refused these only after the data had loaded, with a traceback.
+        (["--seed", "-1"], "--seed must lie in [0, 2**32)"),
+        (["--seed", str(2**32)], "--seed must lie in [0, 2**32)"),
     ],
 )
 def test_flags_out_of_range_are_refused_in_process(flags, message, capsys, tmp_path):
@@ -426,6 +431,21 @@ def test_the_summary_records_the_run_and_its_scores(tmp_path, monkeypatch, capsy
     assert summary["gold_alignment"] == alignment_accuracy(  # dates have gold alignments
         [t.attention for t in translations], task.test_gold_spans
     )
+
+
+def test_a_model_without_attention_gets_no_gold_alignment_score(tmp_path, monkeypatch, capsys):
+    """The plain decoder's maps are stand-in zeros: their argmax, the first source token,
+    was scored as an alignment (0.194 in one run). Its summary now leaves the score out."""
+    import helpers.train as train_cli
+    from helpers.tasks import dates_task
+
+    monkeypatch.setattr(train_cli, "dates_task", lambda: dates_task(300, 20, 20, seed=1))
+    output = tmp_path / "plain.pt"
+    flags = [*DATES[2:], "--decoder", "plain", "--epochs", "1", "--device", "cpu"]
+    assert train_cli.main([*flags, "--output", str(output)]) == 0
+    _, extra = load_checkpoint(output)
+    assert "test_bleu" in extra["summary"] and "gold_alignment" not in extra["summary"]
+    assert "test_error" not in extra["summary"]
 
 
 def test_a_gpu_runs_random_state_is_restored_on_a_cpu_without_its_gpu_part(monkeypatch):

@@ -855,3 +855,87 @@ def test_recipes_use_the_device_they_are_given_and_pin_memory_only_for_a_gpu(
         assert loaded == expect_loaded
     assert pinned == [True, True, False]
     assert guesses == ["guessed"] * 2
+
+
+def test_numpy_numbers_in_the_settings_and_config_give_a_checkpoint_that_loads(
+    small_dates, tmp_path
+):
+    """A sweep over ``np.logspace``/``np.arange`` hands NumPy scalars to the settings and
+    the config. Training used to run to its end and then fail to save ("a safe load
+    cannot read back numpy.float64"), or save a checkpoint that would not load, over a
+    good one. They become plain Python, so the run is kept and is the plain-number run."""
+    numpy_config = small_dates.model_config(
+        embedding_size=np.int64(8), hidden_size=16, dropout=np.float64(0.1), rnn_type=np.str_("gru")
+    )
+    assert type(numpy_config.dropout) is float and type(numpy_config.rnn_type) is str
+    settings = TrainSettings(epochs=np.int64(1), batch_size=32, learning_rate=np.float64(3e-3))
+    assert type(settings.epochs) is int and type(settings.learning_rate) is float
+    path = tmp_path / "numpy.pt"
+    train_or_load(small_dates, numpy_config, settings, path, device="cpu", progress=False)
+    loaded, extra = load_checkpoint(path)
+    assert loaded.config == numpy_config
+    # The same run as with plain numbers: served from the cache, not trained again.
+    plain = TrainSettings(epochs=1, batch_size=32, learning_rate=3e-3)
+    _, _, cached = train_or_load(
+        small_dates,
+        small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.1),
+        plain,
+        path,
+        device="cpu",
+        progress=False,
+    )
+    assert cached
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"clip": -1.0}, "clip"),  # gradient ascent: the loss rose every epoch
+        ({"clip": 0.0}, "clip"),  # the weights never moved
+        ({"clip": float("nan")}, "clip"),
+        ({"lr_decay": 0.0}, "lr_decay"),  # was ignored without a word
+        ({"lr_decay": 1.5}, "lr_decay"),
+        ({"lr_decay": float("nan")}, "lr_decay"),
+        ({"early_stopping_min_delta": 5.0}, "early_stopping_min_delta"),
+        ({"early_stopping_min_delta": float("nan")}, "early_stopping_min_delta"),
+        ({"learning_rate": float("inf")}, "learning_rate"),  # Adam refuses NaN, not inf
+    ],
+)
+def test_training_numbers_that_make_no_sense_are_refused_before_a_batch(
+    small_dates, arguments, message
+):
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    model = Seq2Seq(config)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    train_loader, valid_loader = small_dates.loaders(32)
+    with pytest.raises(ValueError, match=message):
+        train(model, train_loader, valid_loader, epochs=1, progress=False, **arguments)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name} changed: a batch ran"
+
+
+def test_a_diverged_run_stops_with_an_error_before_the_epoch_is_recorded(small_dates):
+    config = small_dates.model_config(embedding_size=8, hidden_size=16)
+    model = Seq2Seq(config)
+    with torch.no_grad():
+        model.decoder.embedding.weight[5:, 0] = float("nan")  # every loss becomes NaN
+    recorded = []
+    with pytest.raises(FloatingPointError, match="training loss became nan in epoch 1"):
+        train(
+            model,
+            small_dates.loaders(32)[0],
+            epochs=2,
+            progress=False,
+            on_epoch_end=recorded.append,  # where train_or_load and the CLI save
+        )
+    assert recorded == []
+
+
+def test_train_and_evaluate_loss_want_a_loader_of_batches_not_a_dataset(small_dates):
+    from helpers.training import evaluate_loss
+
+    model = Seq2Seq(small_dates.model_config(embedding_size=8, hidden_size=16))
+    with pytest.raises(TypeError, match="train_loader must yield Batch objects"):
+        train(model, small_dates.train, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="loader must yield Batch objects"):
+        evaluate_loss(model, small_dates.valid)
