@@ -38,6 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .files import atomic_destination, atomic_write_bytes
+from .vocab import reject_text
 
 DOWNLOAD_URL = "https://www.manythings.org/anki/deu-eng.zip"
 #: Set this to download from a mirror instead of :data:`DOWNLOAD_URL`.
@@ -323,6 +324,7 @@ def detokenize(tokens: Sequence[str]) -> str:
     (spaCy splits it). On the offline corpus this gives back 99.99% of the normalised
     sentences exactly; the rest are CSV-escaped doubled quotes.
     """
+    reject_text(tokens, "tokens")  # a str would come back spread out letter by letter
     pieces: list[str] = []
     quote_is_open = False
     glue_next = False

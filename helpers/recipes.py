@@ -310,8 +310,11 @@ def tatoeba_recipe(
       (``python -m helpers.experiments``, the committed ``results/``), which train every
       variant with this schedule until the validation loss levels off.
     """
+    attentions = {"bahdanau": "additive", "luong": "general", "plain": "general"}
+    if decoder not in attentions:
+        raise ValueError(f"decoder must be one of {sorted(attentions)}, got {decoder!r}")
     device = torch.device(device) if device is not None else select_device()
-    attention = {"bahdanau": "additive", "luong": "general", "plain": "general"}[decoder]
+    attention = attentions[decoder]
     model = dict(
         embedding_size=128,
         hidden_size=256,

@@ -270,6 +270,11 @@ def plot_attention_grid(
 
 def plot_loss_curves(histories: dict[str, TrainingHistory], ax: Axes | None = None) -> Axes:
     """Training and validation loss per epoch, one colour per model."""
+    if not isinstance(histories, dict):
+        raise TypeError(
+            f"histories must be a dict {{name: TrainingHistory}}, got a "
+            f"{type(histories).__name__}; for one run: plot_loss_curves({{'model': history}})"
+        )
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     for name, history in histories.items():

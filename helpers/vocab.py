@@ -20,6 +20,17 @@ def reject_text(value: object, name: str) -> None:
         )
 
 
+def _reject_non_strings(tokens: Iterable[object], name: str = "tokens") -> None:
+    """``TypeError`` for a token that is not a ``str``: indices (already encoded?) or a
+    tensor would otherwise all become ``<unk>``, or tokens of a vocabulary, silently."""
+    for token in tokens:
+        if not isinstance(token, str):
+            raise TypeError(
+                f"{name} must be strings, got {token!r} ({type(token).__name__}): "
+                "already encoded? Vocabulary.decode turns indices back into tokens"
+            )
+
+
 class Vocabulary:
     """Maps tokens to indices and back.
 
@@ -51,6 +62,7 @@ class Vocabulary:
         sentences = list(tokenised)
         for index, sentence in enumerate(sentences):
             reject_text(sentence, f"tokenised[{index}]")
+            _reject_non_strings(sentence, f"tokenised[{index}]")
         counts = Counter(token for sentence in sentences for token in sentence)
         for special in SPECIAL_TOKENS:
             counts.pop(special, None)
@@ -83,6 +95,8 @@ class Vocabulary:
         """Tokens → indices; unknown tokens become ``<unk>``."""
         reject_text(tokens, "tokens")
         indices = [self.stoi.get(token, UNK_INDEX) for token in tokens]
+        if UNK_INDEX in indices:  # only then: the check costs nothing on known words
+            _reject_non_strings(tokens)
         if add_sos:
             indices.insert(0, SOS_INDEX)
         if add_eos:
@@ -91,6 +105,11 @@ class Vocabulary:
 
     def decode(self, indices: Iterable[int], strip_special: bool = True) -> list[str]:
         """Indices → tokens. Stops at ``<eos>`` and drops ``<sos>``/``<pad>`` when stripping."""
+        if getattr(indices, "ndim", 1) > 1:  # a (B, T) tensor or array: a whole batch
+            raise ValueError(
+                f"decode takes one sentence's indices (1-D), got shape "
+                f"{tuple(indices.shape)}: decode each row of a batch on its own"
+            )
         tokens: list[str] = []
         for index in indices:
             index = int(index)

@@ -499,3 +499,9 @@ def test_fractions_that_leave_no_training_data_are_refused(valid, test):
 def test_one_pair_is_a_valid_cap(tmp_path):
     path = write(tmp_path / "pairs.tsv", "a\tb\nc\td\n")
     assert read_pairs(path, max_pairs=1) == [("a", "b")]
+
+
+def test_detokenize_refuses_a_str_which_it_would_spread_out_letter_by_letter():
+    assert detokenize(["Hallo", "Welt", "."]) == "Hallo Welt."
+    with pytest.raises(TypeError, match="tokens is a str"):
+        detokenize("Hallo Welt .")  # was 'H a l l o   W e l t  .'

@@ -692,3 +692,10 @@ def test_figures_say_what_is_wrong_with_their_input():
 
     with pytest.raises(ValueError, match="'unfinished' has no epochs to plot"):
         plot_loss_curves({"unfinished": TrainingHistory()})
+    # One history, or a list of them, is not a {name: history} dict (an AttributeError
+    # about .items before).
+    for not_a_dict in (TrainingHistory(), [TrainingHistory()]):
+        with pytest.raises(
+            TypeError, match=r"for one run: plot_loss_curves\(\{'model': history\}\)"
+        ):
+            plot_loss_curves(not_a_dict)

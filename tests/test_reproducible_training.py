@@ -822,3 +822,11 @@ def test_code_state_names_the_commit_and_edits_to_helpers_only(tmp_path, monkeyp
     monkeypatch.setattr(experiments, "__file__", str(module))
     monkeypatch.setenv("PATH", "")  # no git at all
     assert experiments.code_state()["commit"] == "unknown"
+
+
+def test_an_unknown_decoder_names_the_recipes_there_are():
+    for decoder in ("transformer", "Luong"):  # a bare KeyError before
+        with pytest.raises(
+            ValueError, match=r"decoder must be one of \['bahdanau', 'luong', 'plain'\]"
+        ):
+            tatoeba_recipe(decoder, torch.device("cpu"))

@@ -194,3 +194,20 @@ def test_decoding_an_index_outside_the_vocabulary_is_an_error_not_a_wrapped_toke
     for index in (-1, 6, 999):  # -1 read the last token; 999 was a bare IndexError
         with pytest.raises(ValueError, match=f"index {index} is outside this vocabulary of 6"):
             vocab.decode([4, index])
+
+
+def test_tokens_must_be_strings_and_decode_takes_one_sentence():
+    """Indices where tokens belong (already encoded?) used to become all ``<unk>``, or
+    the tokens of a vocabulary of tensors; a whole batch given to decode failed with
+    "only one element tensors can be converted to Python scalars"."""
+    vocab = Vocabulary.build([["a", "b"], ["b"]])
+    assert vocab.encode(["a", "unseen"]) == [5, UNK_INDEX]  # unknown words stay <unk>
+    for encoded in ([4, 5], torch.tensor([4, 5])):
+        with pytest.raises(TypeError, match="tokens must be strings.*already encoded"):
+            vocab.encode(encoded)
+    with pytest.raises(TypeError, match=r"tokenised\[0\] must be strings"):
+        Vocabulary.build([torch.tensor([1, 2])])
+    batch = torch.tensor([[4, 5, EOS_INDEX], [5, EOS_INDEX, PAD_INDEX]])
+    with pytest.raises(ValueError, match=r"one sentence's indices \(1-D\), got shape \(2, 3\)"):
+        vocab.decode(batch)
+    assert [vocab.decode(row) for row in batch] == [["b", "a"], ["a"]]
