@@ -36,6 +36,7 @@ skips the checks (each check of a mask on a GPU would wait for the device).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,11 @@ def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
     if mask is not None:
         if mask.dtype != torch.bool:  # say so, rather than torch's error about ~ on floats
             raise TypeError(f"mask must be bool, True where a real token is; got {mask.dtype}")
+        if 2 <= mask.dim() < scores.dim():  # broadcasting would match B with another axis
+            raise ValueError(
+                f"mask {tuple(mask.shape)} has fewer axes than scores {tuple(scores.shape)}: "
+                "add the missing ones (a (B, S) mask over (B, T, S) scores: mask[:, None, :])"
+            )
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1)
 
@@ -87,6 +93,8 @@ def attention_entropy(weights: Tensor, mask: Tensor | None = None) -> Tensor:
         ``(...)``: 0 for a one-hot map, ``log n`` for a uniform map over ``n`` positions.
     """
     if mask is not None:
+        if mask.dtype != torch.bool:  # as in masked_softmax: not torch's error about ~
+            raise TypeError(f"mask must be bool, True where a real token is; got {mask.dtype}")
         weights = weights.masked_fill(~mask, 0.0)
     return -(weights * torch.log(weights.clamp_min(1e-12))).sum(dim=-1)
 
@@ -491,13 +499,24 @@ class LocalAttention(Attention):
             return last * gate
         if positions is None:
             positions = torch.arange(query.size(1), device=query.device)
-        elif isinstance(positions, int):
+        elif isinstance(positions, numbers.Integral) and not isinstance(positions, bool):
             if positions < 0:
                 raise ValueError(f"local-m needs a decoder step >= 0, got {positions}")
-            positions = torch.full((1,), positions, device=query.device)
+            positions = torch.full((1,), int(positions), device=query.device)
+        elif not isinstance(positions, Tensor):
+            raise TypeError(
+                "positions must be the decoder step (an int) or a tensor of steps, got "
+                f"{positions!r} ({type(positions).__name__})"
+            )
         elif positions.device.type == "cpu" and bool((positions < 0).any()):
             raise ValueError("local-m needs decoder steps >= 0, got a negative position")
-        positions = positions.to(query.dtype).expand(query.size(0), query.size(1))
+        try:
+            positions = positions.to(query.dtype).expand(query.size(0), query.size(1))
+        except RuntimeError:
+            raise ValueError(
+                f"positions must be (B, T) = {tuple(query.shape[:2])} or (T,) decoder steps, "
+                f"got shape {tuple(positions.shape)}"
+            ) from None
         return torch.minimum(positions, last)
 
     def attend(self, query, keys, values, mask=None, projected_keys=None, positions=None):
@@ -559,10 +578,21 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
         if num_heads < 1 or embed_dim < 1:
             raise ValueError(
                 f"embed_dim and num_heads must be at least 1, got {embed_dim} and {num_heads}"
             )
+        for name, value in (("key_size", key_size), ("value_size", value_size)):
+            # `key_size or embed_dim` below would quietly turn a 0 into embed_dim
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+            ):
+                raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+        if not 0.0 <= dropout < 1.0:  # 1.5 failed only once training started
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")
         self.embed_dim, self.num_heads = embed_dim, num_heads

@@ -127,6 +127,10 @@ def load_checkpoint(
             raise TypeError(
                 f"{name} must be a {kind.__name__} (or None), got {type(value).__name__}"
             )
+    try:  # before reading a file of hundreds of MB, not after
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:<index>") from None
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:

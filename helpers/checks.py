@@ -20,6 +20,16 @@ def whole_number(name: str, value: object, least: int = 1, why: str = "") -> int
     return int(value)
 
 
+def require_tensor(name: str, value: object) -> None:
+    """``TypeError`` unless ``value`` is a tensor: a list or a NumPy array met a bare
+    "'list' object has no attribute 'dim'" deep inside the model or a search."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got a {type(value).__name__} "
+            "(torch.tensor(...) or torch.from_numpy(...) makes one)"
+        )
+
+
 def whole_number_lengths(source_lengths: torch.Tensor) -> None:
     """``ValueError`` unless the ``(B,)`` lengths hold whole numbers (not floats or bools)."""
     if source_lengths.is_floating_point() or source_lengths.dtype == torch.bool:

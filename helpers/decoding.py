@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .batching import collate_batch
-from .checks import whole_number_lengths
+from .checks import require_tensor, whole_number_lengths
 from .data import get_tokenizer
 from .models import Seq2Seq
 from .vocab import (
@@ -86,6 +86,7 @@ def sentence_max_lengths(
     """
     # Checked here, first thing in both searches: an empty batch or float lengths met a
     # bare "max(): Expected reduction dim" or "slice indices must be integers" later.
+    require_tensor("source_lengths", source_lengths)
     if source_lengths.dim() != 1 or source_lengths.numel() == 0:
         raise ValueError(
             f"source_lengths must be (B,) for a batch of at least one sentence, got shape "
@@ -275,6 +276,7 @@ def _beam_search(
     max_length: int | None,
     alpha: float,
 ) -> list[Hypothesis]:
+    require_tensor("source", source)  # read below before encode checks the rest
     device = model.device
     batch, source_length = source.shape
     limits = sentence_max_lengths(model, source_lengths, max_length)

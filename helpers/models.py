@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import ATTENTION_NAMES, LocalAttention, build_attention
-from .checks import whole_number, whole_number_lengths
+from .checks import require_tensor, whole_number, whole_number_lengths
 from .decoders import BahdanauDecoder, Decoder, LuongDecoder, PlainDecoder
 from .encoders import Encoder, EncoderOutput, SelfAttentionEncoder
 from .keys import KEY_ONLY_WHEN_SET, key_fields
@@ -251,6 +251,10 @@ class Seq2Seq(nn.Module):
         bad id found on the GPU would be an asynchronous device assert instead.
         """
         _check_source(source, source_lengths, self.config.source_vocab_size)
+        return self._encode_checked(source, source_lengths)
+
+    def _encode_checked(self, source: Tensor, source_lengths: Tensor) -> EncoderOutput:
+        """:meth:`encode` for a source that :func:`_check_source` has passed already."""
         source = source.to(self.device)
         return self.decoder.prepare(self.encoder(source, source_lengths))
 
@@ -274,6 +278,7 @@ class Seq2Seq(nn.Module):
             skips the padded positions with it.
         """
         _check_source(source, source_lengths, self.config.source_vocab_size)
+        require_tensor("decoder_input", decoder_input)
         if decoder_input.dim() != 2 or decoder_input.size(0) != source.size(0):
             raise ValueError(
                 f"decoder_input must be (batch, steps) with batch {source.size(0)}, got {tuple(decoder_input.shape)}"
@@ -284,9 +289,15 @@ class Seq2Seq(nn.Module):
             )
         if decoder_input.device.type == "cpu" and decoder_input.numel():
             _check_token_range("decoder_input", decoder_input, self.config.target_vocab_size)
-        if not 0.0 <= teacher_forcing_ratio <= 1.0:
-            raise ValueError("teacher_forcing_ratio must lie in [0, 1]")
-        memory = self.encode(source, source_lengths)
+        if (
+            isinstance(teacher_forcing_ratio, bool)
+            or not isinstance(teacher_forcing_ratio, numbers.Real)
+            or not 0.0 <= teacher_forcing_ratio <= 1.0
+        ):
+            raise ValueError(
+                f"teacher_forcing_ratio must lie in [0, 1], got {teacher_forcing_ratio!r}"
+            )
+        memory = self._encode_checked(source, source_lengths)  # checked above, once
         features, attention = self.decoder(decoder_input, memory, teacher_forcing_ratio)
         if output_positions is not None:
             if output_positions.dim() != 1 or output_positions.dtype != torch.long:
@@ -312,6 +323,8 @@ class Seq2Seq(nn.Module):
 
 
 def _check_source(source: Tensor, source_lengths: Tensor, vocab_size: int) -> None:
+    require_tensor("source", source)
+    require_tensor("source_lengths", source_lengths)
     if source.dim() != 2:
         raise ValueError(
             f"source must be (batch, src_len) token indices, got shape {tuple(source.shape)}"

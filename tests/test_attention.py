@@ -471,3 +471,48 @@ def test_multi_head_attention_names_a_dtype_mismatch_too():
     query, keys, mask = make_inputs()
     with pytest.raises(ValueError, match="share one dtype"):
         layer(query.double(), keys, keys, mask)
+
+
+def test_multi_head_and_local_m_arguments_of_the_wrong_kind_are_refused_clearly():
+    """``MultiHeadAttention(8, 2.0)`` was accepted and failed in ``view``; ``key_size=0``
+    quietly became ``embed_dim``; a dropout of 1.5 failed only in training; local-m's
+    positions as a NumPy int, a float or a list met an AttributeError, and a tensor of
+    the wrong length a bare expand error."""
+    import numpy as np
+
+    with pytest.raises(TypeError, match=r"num_heads must be an int, got 2.0"):
+        MultiHeadAttention(8, 2.0)
+    with pytest.raises(ValueError, match="key_size must be a whole number >= 1 or None, got 0"):
+        MultiHeadAttention(8, 2, key_size=0)
+    for dropout in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
+            MultiHeadAttention(8, 2, dropout=dropout)
+    layer = LAYERS["local-m"]()
+    query, keys, mask = make_inputs()
+    single = query[:, 0]
+    by_int = layer(single, keys, keys, mask, positions=2)
+    by_numpy = layer(single, keys, keys, mask, positions=np.int64(2))
+    assert torch.equal(by_int[1], by_numpy[1])
+    for positions in (2.0, [0, 1, 2, 3]):
+        with pytest.raises(TypeError, match="positions must be the decoder step"):
+            layer(query, keys, keys, mask, positions=positions)
+    with pytest.raises(ValueError, match=r"positions must be \(B, T\) = \(3, 4\) or \(T,\)"):
+        layer(query, keys, keys, mask, positions=torch.arange(5))
+
+
+def test_a_mask_with_fewer_axes_than_the_scores_is_refused_not_broadcast_wrongly():
+    """A (B, S) mask over (B, T, S) scores with B == T broadcast without a word: each
+    query step t got sentence t's mask. A 1-D mask (the same for every row) still
+    broadcasts, and attention_entropy wants a bool mask as masked_softmax does."""
+    scores = torch.randn(3, 3, 6)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 4, 2])[:, None]  # (B, S)
+    with pytest.raises(ValueError, match=r"mask \(3, 6\) has fewer axes than scores"):
+        masked_softmax(scores, mask)
+    weights = masked_softmax(scores, mask[:, None, :])
+    assert bool((weights[1, :, 4:] == 0).all()) and bool((weights[2, :, 2:] == 0).all())
+    row_mask = torch.tensor([True, True, False, True, False, True])
+    shared = masked_softmax(scores[0], row_mask)  # (T, S) scores, one (S,) mask for all rows
+    assert bool((shared[:, ~row_mask] == 0).all())
+    for dtype in (torch.float32, torch.long):
+        with pytest.raises(TypeError, match="mask must be bool"):
+            attention_entropy(weights, mask[:, None, :].to(dtype))

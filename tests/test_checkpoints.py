@@ -243,3 +243,14 @@ def test_checkpoints_live_in_the_repository_or_where_the_setting_says(tmp_path, 
     assert checkpoint_path("04_luong.pt") == repository / "checkpoints" / "04_luong.pt"
     monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path / "elsewhere"))
     assert checkpoint_path("04_luong.pt") == tmp_path / "elsewhere" / "04_luong.pt"
+
+
+def test_an_unknown_device_is_refused_before_the_file_is_read(tmp_path, monkeypatch):
+    """``device="gpu"`` gave torch's "Expected one of cpu, cuda, ..." after the whole
+    file (hundreds of MB for a large model) had been read."""
+    path = save_checkpoint(make_model(), tmp_path / "model.pt")
+    reads = []
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args))
+    with pytest.raises(ValueError, match="unknown device 'gpu': use cpu, cuda or cuda:<index>"):
+        load_checkpoint(path, device="gpu")
+    assert reads == []

@@ -438,3 +438,50 @@ def test_an_rnn_decoder_starts_from_the_mean_of_the_real_self_attention_states(r
         torch.testing.assert_close(memory.initial_hidden[1], encoder.bridge_cell(mean).unsqueeze(0))
     else:
         assert not hasattr(encoder, "bridge_cell")
+
+
+def test_lists_and_arrays_where_tensors_belong_get_a_type_error_naming_the_argument():
+    """A student's list or NumPy array met "'list' object has no attribute 'dim'" deep in
+    the model or a search; ``teacher_forcing_ratio=None`` a bare comparison error."""
+    from helpers.decoding import beam_search, greedy_decode
+
+    model = Seq2Seq(config()).eval()
+    batch = toy_batch()
+    source, lengths, decoder_input = batch.source, batch.source_lengths, batch.decoder_input
+    takers_of_a_source = (
+        lambda wrong: model(wrong, lengths, decoder_input),
+        lambda wrong: model.encode(wrong, lengths),
+        lambda wrong: greedy_decode(model, wrong, lengths),
+        lambda wrong: beam_search(model, wrong, lengths, beam_size=2),
+    )
+    for wrong_source in (source.tolist(), source.numpy()):
+        for run in takers_of_a_source:
+            with pytest.raises(TypeError, match="source must be a torch.Tensor, got a"):
+                run(wrong_source)
+    for run in (
+        lambda: model(source, lengths.tolist(), decoder_input),
+        lambda: greedy_decode(model, source, lengths.numpy()),
+        lambda: beam_search(model, source, lengths.tolist()),
+    ):
+        with pytest.raises(TypeError, match="source_lengths must be a torch.Tensor"):
+            run()
+    with pytest.raises(TypeError, match="decoder_input must be a torch.Tensor"):
+        model(source, lengths, decoder_input.tolist())
+    with pytest.raises(ValueError, match=r"teacher_forcing_ratio must lie in \[0, 1\], got None"):
+        model(source, lengths, decoder_input, None)
+
+
+def test_the_forward_pass_checks_its_source_once(monkeypatch):
+    """``forward`` checked the source, then ``encode`` checked it again: every training
+    batch compared its padding with its lengths twice."""
+    import helpers.models as models
+
+    calls = []
+    check = models._check_source
+    monkeypatch.setattr(models, "_check_source", lambda *args: calls.append(1) or check(*args))
+    model = Seq2Seq(config())
+    batch = toy_batch()
+    model(batch.source, batch.source_lengths, batch.decoder_input)
+    assert len(calls) == 1
+    model.encode(batch.source, batch.source_lengths)  # encode on its own still checks
+    assert len(calls) == 2
