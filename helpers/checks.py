@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import torch
 
 
@@ -18,6 +19,16 @@ def whole_number(name: str, value: object, least: int = 1, why: str = "") -> int
         reason = f" ({why})" if why else ""
         raise ValueError(f"{name} must be a whole number >= {least}{reason}, got {value!r}")
     return int(value)
+
+
+def numpy_scalars_to_python(settings: object) -> None:
+    """Replace every NumPy scalar attribute of ``settings`` (a dataclass) by its plain
+    Python value: a sweep over ``np.logspace`` or a pandas row hands in NumPy numbers,
+    which checkpoints store and a safe (``weights_only``) load cannot read back, and an
+    ``np.str_`` passes every name check."""
+    for name, value in vars(settings).items():
+        if isinstance(value, np.generic):
+            setattr(settings, name, value.item())
 
 
 def require_tensor(name: str, value: object) -> None:

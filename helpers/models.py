@@ -16,12 +16,11 @@ import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .attention import ATTENTION_NAMES, LocalAttention, build_attention
-from .checks import require_tensor, whole_number, whole_number_lengths
+from .checks import numpy_scalars_to_python, require_tensor, whole_number, whole_number_lengths
 from .decoders import BahdanauDecoder, Decoder, LuongDecoder, PlainDecoder
 from .encoders import Encoder, EncoderOutput, SelfAttentionEncoder
 from .keys import KEY_ONLY_WHEN_SET, key_fields
@@ -100,12 +99,7 @@ class ModelConfig:
     target_tokenizer: str = "de"
 
     def __post_init__(self) -> None:
-        # NumPy scalars (a sweep over np.arange, a pandas row) become plain Python, which
-        # a checkpoint stores and a safe load reads back (np.str_ passes every name check).
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, np.generic):
-                setattr(self, item.name, value.item())
+        numpy_scalars_to_python(self)
         self._check_sizes()
         if self.rnn_type not in ("gru", "lstm"):
             raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {self.rnn_type!r}")

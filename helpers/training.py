@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import Batch
+from .checks import numpy_scalars_to_python
 from .decoding import evaluation_mode
 from .keys import KEY_ONLY_WHEN_SET, key_fields
 from .vocab import PAD_INDEX
@@ -173,11 +174,7 @@ class TrainSettings:
     adam_beta2: float = field(default=0.999, metadata=KEY_ONLY_WHEN_SET)
 
     def __post_init__(self) -> None:
-        # A NumPy number (a sweep over np.logspace, a pandas row) becomes plain Python:
-        # checkpoints store these settings, and a safe load cannot read NumPy scalars.
-        for name, value in self.__dict__.items():
-            if isinstance(value, np.generic):
-                setattr(self, name, value.item())
+        numpy_scalars_to_python(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
