@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from helpers.checks import whole_number, whole_number_or_none
+
 __all__ = [
     "Attention",
     "DotAttention",
@@ -285,7 +287,7 @@ class DotAttention(Attention):
 
     def __init__(self, size: int | None = None) -> None:
         super().__init__()
-        self.query_size = self.key_size = size
+        self.query_size = self.key_size = whole_number_or_none("size", size)
 
     def score(self, query: Tensor, projected_keys: Tensor) -> Tensor:
         return torch.bmm(query, projected_keys.transpose(1, 2))
@@ -322,7 +324,8 @@ class GeneralAttention(Attention):
 
     def __init__(self, query_size: int, key_size: int | None = None) -> None:
         super().__init__()
-        self.query_size = query_size
+        self.query_size = whole_number("query_size", query_size)
+        key_size = whole_number_or_none("key_size", key_size)
         self.key_size = key_size if key_size is not None else query_size
         # nn.Linear(key_size → query_size) stores W_a (d_q × d_k) and is initialised
         # properly; the article built its weights from an uninitialised FloatTensor.
@@ -386,9 +389,10 @@ class ConcatAttention(Attention):
         self, query_size: int, key_size: int | None = None, attention_size: int | None = None
     ) -> None:
         super().__init__()
-        self.query_size = query_size
+        self.query_size = whole_number("query_size", query_size)
+        key_size = whole_number_or_none("key_size", key_size)
         self.key_size = key_size if key_size is not None else query_size
-        attention_size = attention_size or query_size
+        attention_size = whole_number_or_none("attention_size", attention_size) or query_size
         self.W_a = nn.Linear(self.query_size + self.key_size, attention_size, bias=False)
         self.v_a = nn.Linear(attention_size, 1, bias=False)
 
@@ -585,12 +589,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(
                 f"embed_dim and num_heads must be at least 1, got {embed_dim} and {num_heads}"
             )
-        for name, value in (("key_size", key_size), ("value_size", value_size)):
-            # `key_size or embed_dim` below would quietly turn a 0 into embed_dim
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
-            ):
-                raise ValueError(f"{name} must be a whole number >= 1 or None, got {value!r}")
+        key_size = whole_number_or_none("key_size", key_size)  # `or embed_dim` below
+        value_size = whole_number_or_none("value_size", value_size)
         if not 0.0 <= dropout < 1.0:  # 1.5 failed only once training started
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         if embed_dim % num_heads != 0:

@@ -21,6 +21,14 @@ def whole_number(name: str, value: object, least: int = 1, why: str = "") -> int
     return int(value)
 
 
+def whole_number_or_none(name: str, value: object, least: int = 1) -> int | None:
+    """:func:`whole_number`, with ``None`` (the caller's default) let through.
+
+    Sizes whose default is written ``size or other_size`` need it most: a 0 would
+    otherwise quietly become the default."""
+    return None if value is None else whole_number(name, value, least)
+
+
 def numpy_scalars_to_python(settings: object) -> None:
     """Replace every NumPy scalar attribute of ``settings`` (a dataclass) by its plain
     Python value: a sweep over ``np.logspace`` or a pandas row hands in NumPy numbers,

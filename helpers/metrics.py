@@ -91,14 +91,24 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
     )
 
 
-def _check_has_weights(attention: Tensor, index: int) -> None:
-    """A map with an output position of no weight at all (the plain decoder's stand-in
-    zeros) has no focus and no entropy: scored, it would read as perfectly sharp and
-    aligned with the first source token."""
-    if attention.shape[0] and (attention.shape[-1] == 0 or bool((attention.sum(-1) <= 0).any())):
+def _check_is_attention(attention: Tensor, index: int) -> None:
+    """Each row must be a distribution over the source, or part of one (local-p's rows
+    sum below 1). A map with an output position of no weight at all (the plain
+    decoder's stand-in zeros) has no focus and no entropy: scored, it would read as
+    perfectly sharp and aligned with the first source token. Scores or logits passed
+    by mistake (negative, or rows summing above 1) gave a negative "entropy"."""
+    if not attention.shape[0]:
+        return
+    if attention.shape[-1] == 0 or bool((attention.sum(-1) <= 0).any()):
         raise ValueError(
             f"attentions[{index}] has an output position with no attention weight (all "
             "zeros): a model without attention, such as the plain decoder?"
+        )
+    # 1% of slack: a bf16 map's rows sum to 1 only to within its rounding
+    if bool((attention < 0).any()) or bool((attention.float().sum(-1) > 1.01).any()):
+        raise ValueError(
+            f"attentions[{index}] is not attention weights: rows must be >= 0 and sum to "
+            "at most 1 (scores before the softmax?)"
         )
 
 
@@ -116,7 +126,7 @@ def alignment_accuracy(
     """
     hits = total = 0
     for index, (attention, spans) in enumerate(zip(attentions, gold_spans, strict=True)):
-        _check_has_weights(attention, index)
+        _check_is_attention(attention, index)
         focus = attention.argmax(dim=-1).tolist()
         for position, span in zip(focus, spans, strict=False):
             if span is None:
@@ -142,7 +152,7 @@ def attention_row_entropies(attentions: Sequence[Tensor], normalise: bool = Fals
                 f"attentions[{index}] has shape {tuple(attention.shape)}: give one (T, S) "
                 "matrix per sentence (a batched (B, T, S) tensor: list(tensor))"
             )
-        _check_has_weights(attention, index)
+        _check_is_attention(attention, index)
     rows = [
         attention_entropy(attention) / (math.log(attention.shape[1]) if normalise else 1.0)
         for attention in attentions

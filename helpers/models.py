@@ -277,6 +277,8 @@ class Seq2Seq(nn.Module):
             raise ValueError(
                 f"decoder_input must be (batch, steps) with batch {source.size(0)}, got {tuple(decoder_input.shape)}"
             )
+        if decoder_input.size(1) == 0:  # the RNN's "sequence length larger than 0" named neither
+            raise ValueError("decoder_input has no steps: each row starts with <sos>")
         if decoder_input.dtype != torch.long:
             raise ValueError(
                 f"decoder_input must hold int64 token indices, got {decoder_input.dtype}"

@@ -482,7 +482,7 @@ def test_multi_head_and_local_m_arguments_of_the_wrong_kind_are_refused_clearly(
 
     with pytest.raises(TypeError, match=r"num_heads must be an int, got 2.0"):
         MultiHeadAttention(8, 2.0)
-    with pytest.raises(ValueError, match="key_size must be a whole number >= 1 or None, got 0"):
+    with pytest.raises(ValueError, match="key_size must be a whole number >= 1, got 0"):
         MultiHeadAttention(8, 2, key_size=0)
     for dropout in (-0.1, 1.5):
         with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
@@ -516,3 +516,20 @@ def test_a_mask_with_fewer_axes_than_the_scores_is_refused_not_broadcast_wrongly
     for dtype in (torch.float32, torch.long):
         with pytest.raises(TypeError, match="mask must be bool"):
             attention_entropy(weights, mask[:, None, :].to(dtype))
+
+
+def test_layer_sizes_that_cannot_be_are_refused():
+    """GeneralAttention(0) built empty weights and DotAttention(-3) kept its size;
+    ConcatAttention's ``attention_size or query_size`` turned a 0 into the query size."""
+    for build, name in (
+        (lambda: GeneralAttention(0), "query_size"),
+        (lambda: GeneralAttention(D, 0), "key_size"),
+        (lambda: GeneralAttention(2.5), "query_size"),
+        (lambda: ConcatAttention(D, attention_size=0), "attention_size"),
+        (lambda: ConcatAttention("8"), "query_size"),
+        (lambda: DotAttention(-3), "size"),
+    ):
+        with pytest.raises(ValueError, match=f"^{name} must be a whole number >= 1"):
+            build()
+    assert DotAttention().query_size is None  # no size: it is checked against the inputs
+    assert ConcatAttention(D, 6, 5).W_a.weight.shape == (5, D + 6)

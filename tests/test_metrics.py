@@ -209,3 +209,21 @@ def test_maps_without_any_attention_weight_are_not_scored():
     assert mean_attention_entropy([real, torch.zeros(0, 2)]) == pytest.approx(
         mean_attention_entropy([real])
     )
+
+
+def test_scores_passed_for_attention_weights_are_refused():
+    """Rows with negative entries, or summing above 1 (scores before the softmax), gave a
+    negative "entropy" and an argmax that meant nothing; rows summing below 1 (local-p)
+    and a bf16 map's rounding stay fine."""
+    from helpers.metrics import alignment_accuracy, mean_attention_entropy
+
+    real = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    for scores in (torch.tensor([[2.0, -1.0], [0.5, 0.5]]), torch.tensor([[0.9, 0.9], [0.2, 0.8]])):
+        with pytest.raises(ValueError, match=r"attentions\[1\] is not attention weights"):
+            mean_attention_entropy([real, scores])
+        with pytest.raises(ValueError, match=r"attentions\[1\] is not attention weights"):
+            alignment_accuracy([real, scores], [[(0, 1), (1, 2)], [(0, 1), (1, 2)]])
+    partial = torch.tensor([[0.5, 0.3], [0.1, 0.6]])  # local-p: a Gaussian times the weights
+    assert mean_attention_entropy([partial]) > 0
+    rounded = torch.softmax(torch.randn(4, 7, generator=torch.Generator().manual_seed(0)), -1)
+    assert mean_attention_entropy([rounded.bfloat16()]) > 0

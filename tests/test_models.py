@@ -243,6 +243,14 @@ def test_decoder_input_and_output_positions_are_checked_like_the_source():
         model(batch.source, batch.source_lengths.float(), batch.decoder_input)
     with pytest.raises(ValueError, match="the batch holds no sentences"):
         model(batch.source[:0], batch.source_lengths[:0], batch.decoder_input[:0])
+    # an RNN's "expected sequence length to be larger than 0", which named neither
+    for decoder in ("luong", "bahdanau", "transformer"):
+        with pytest.raises(ValueError, match="decoder_input has no steps"):
+            Seq2Seq(
+                config(
+                    decoder=decoder, encoder="self_attention" if decoder == "transformer" else "rnn"
+                )
+            )(batch.source, batch.source_lengths, batch.decoder_input[:, :0])
     every = torch.arange(positions)
     assert model(
         batch.source, batch.source_lengths, batch.decoder_input, 1.0, every
