@@ -179,11 +179,13 @@ def paired_bootstrap(
     ``baseline`` on the same test sentences.
 
     A thin wrapper around :class:`sacrebleu.significance.PairedTest` (never hand-rolled):
-    it resamples the test set ``samples`` times with replacement and counts how often a
-    system's BLEU advantage over the baseline disappears. Returns one row per system:
-    ``system``, ``bleu``, ``baseline_bleu``, ``difference`` and ``p_value`` (the
-    probability of a difference at least this large by chance; below 0.05 is the usual
-    bar for "significant"). sacreBLEU's p-value is at least ``1 / (samples + 1)``.
+    it resamples the test set ``samples`` times with replacement, computes the absolute
+    BLEU difference on each resample, shifts those to average zero, and counts how many
+    exceed the observed absolute difference, as the Moses significance script does:
+    ``p = (count + 1) / (samples + 1)``, so never below ``1 / (samples + 1)``.
+    Returns one row per system: ``system``, ``bleu``, ``baseline_bleu``, ``difference``
+    and ``p_value`` (the probability of a difference at least this large by chance; below
+    0.05 is the usual bar for "significant").
 
     A system whose output is the baseline's, sentence for sentence, gets ``p_value``
     1.0, whatever the resampling gave: there is no difference to test. (sacreBLEU counts only
