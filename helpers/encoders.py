@@ -273,10 +273,19 @@ class SelfAttentionEncoder(nn.Module):
         states = self.final_norm(states).masked_fill(~mask.unsqueeze(-1), 0.0)
         if self.bridge is None:
             return EncoderOutput(states, mask, None)
-        pooled = states.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(states.dtype)
+        pooled = self.summarise(states, mask)
         layers = self.config.num_layers
         hidden = torch.tanh(self.bridge(pooled)).unsqueeze(0).expand(layers, -1, -1).contiguous()
         if self.config.rnn_type == "lstm":
             cell = self.bridge_cell(pooled).unsqueeze(0).expand(layers, -1, -1).contiguous()
             return EncoderOutput(states, mask, (hidden, cell))
         return EncoderOutput(states, mask, hidden)
+
+    def summarise(self, states: Tensor, mask: Tensor) -> Tensor:
+        """The sentence summary the RNN decoder starts from: the mean of the real states,
+        ``(B, S, d), (B, S) → (B, d)``. Padded states are zero here, so the sum skips them.
+
+        Mean pooling, the simplest choice; notebook 06's exercise 6 replaces it with
+        attention pooling, a weighted average with learned weights.
+        """
+        return states.sum(dim=1) / mask.sum(dim=1, keepdim=True).to(states.dtype)

@@ -446,6 +446,31 @@ def test_an_rnn_decoder_starts_from_the_mean_of_the_real_self_attention_states(r
         torch.testing.assert_close(memory.initial_hidden[1], encoder.bridge_cell(mean).unsqueeze(0))
     else:
         assert not hasattr(encoder, "bridge_cell")
+    torch.testing.assert_close(encoder.summarise(memory.states, batch.source_mask), mean)
+
+
+def test_the_self_attention_summary_is_one_method_a_subclass_can_replace():
+    """Notebook 06's exercise 6 swaps mean pooling for attention pooling by overriding
+    ``summarise``: the decoder's first state must come from it, not from a copy inline."""
+    from helpers.encoders import SelfAttentionEncoder
+
+    class FirstTokenEncoder(SelfAttentionEncoder):
+        def summarise(self, states, mask):
+            return states[:, 0]
+
+    torch.manual_seed(0)
+    settings = config(decoder="luong", attention="dot", encoder="self_attention", encoder_heads=2)
+    model = Seq2Seq(settings).eval()
+    replaced = FirstTokenEncoder(settings).eval()
+    replaced.load_state_dict(model.encoder.state_dict())
+    batch = toy_batch()
+    with torch.no_grad():
+        memory = replaced(batch.source, batch.source_lengths)
+        expected = torch.tanh(replaced.bridge(memory.states[:, 0])).unsqueeze(0)
+    torch.testing.assert_close(memory.initial_hidden, expected)
+    assert not torch.allclose(
+        memory.initial_hidden, model.encoder(batch.source, batch.source_lengths).initial_hidden
+    )
 
 
 def test_lists_and_arrays_where_tensors_belong_get_a_type_error_naming_the_argument():
