@@ -181,8 +181,9 @@ def paired_bootstrap(
     A thin wrapper around :class:`sacrebleu.significance.PairedTest` (never hand-rolled):
     it resamples the test set ``samples`` times with replacement, computes the absolute
     BLEU difference on each resample, shifts those to average zero, and counts how many
-    exceed the observed absolute difference, as the Moses significance script does:
-    ``p = (count + 1) / (samples + 1)``, so never below ``1 / (samples + 1)``.
+    exceed the observed absolute difference, as the Moses significance script does, with
+    the +1 that sacreBLEU takes from MultEval: ``p = (count + 1) / (samples + 1)``, so
+    never below ``1 / (samples + 1)``.
     Returns one row per system: ``system``, ``bleu``, ``baseline_bleu``, ``difference``
     and ``p_value`` (the probability of a difference at least this large by chance; below
     0.05 is the usual bar for "significant").
