@@ -654,7 +654,9 @@ def translate(
 
 
 def unknown_source_tokens(model: Seq2Seq, source_tokens: Sequence[str]) -> list[str]:
-    """The source tokens the model never saw in training (read as ``<unk>``), in order.
+    """The source tokens outside the model's vocabulary (read as ``<unk>``), in order:
+    words never seen in training, and words seen too rarely to get an entry (fewer
+    times than the vocabulary's ``min_freq``).
 
     A word counts once per occurrence, so ``len(...)`` is how many ``<unk>`` the encoder
     reads. Raises ``ValueError`` for a model without vocabularies.

@@ -84,7 +84,8 @@ class ExplorerView:
             ``(len(output_tokens), len(source_tokens))``. ``None`` when there is a problem.
         translation: ``model_output`` after ``<unk>`` replacement (the same when nothing
             was replaced); this is the text the reader sees.
-        unknown_words: source tokens the model never saw, once per occurrence.
+        unknown_words: source tokens outside the model's vocabulary (never seen in
+            training, or too rarely), once per occurrence.
         replaced: ``(output row, source word)`` for every ``<unk>`` that was replaced.
         problem: a one-line reason there is no translation, or ``None``.
     """
