@@ -99,13 +99,14 @@ def _check_is_attention(attention: Tensor, index: int) -> None:
     by mistake (negative, or rows summing above 1) gave a negative "entropy"."""
     if not attention.shape[0]:
         return
-    if attention.shape[-1] == 0 or bool((attention.sum(-1) <= 0).any()):
+    row_sums = attention.float().sum(-1)  # float: a bf16 map's sums round coarsely
+    if attention.shape[-1] == 0 or bool((row_sums <= 0).any()):
         raise ValueError(
             f"attentions[{index}] has an output position with no attention weight (all "
             "zeros): a model without attention, such as the plain decoder?"
         )
     # 1% of slack: a bf16 map's rows sum to 1 only to within its rounding
-    if bool((attention < 0).any()) or bool((attention.float().sum(-1) > 1.01).any()):
+    if bool((attention < 0).any()) or bool((row_sums > 1.01).any()):
         raise ValueError(
             f"attentions[{index}] is not attention weights: rows must be >= 0 and sum to "
             "at most 1 (scores before the softmax?)"
