@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -27,6 +28,12 @@ def whole_number_or_none(name: str, value: object, least: int = 1) -> int | None
     Sizes whose default is written ``size or other_size`` need it most: a 0 would
     otherwise quietly become the default."""
     return None if value is None else whole_number(name, value, least)
+
+
+def is_finite_number(value: object) -> bool:
+    """Whether ``value`` is a finite real number: an ``int``, a ``float`` or a NumPy number
+    (``np.float32`` included, which is no ``float``), but not a bool, NaN or ±inf."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def numpy_scalars_to_python(settings: object) -> None:

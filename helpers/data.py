@@ -364,7 +364,7 @@ class Tokenizer:
     """
 
     def __init__(self, language: str) -> None:
-        self.language = language
+        self.language = check_tokenizer_name("language", language)
         self._spacy_tokenizer = _blank_spacy_tokenizer(language)
 
     def __call__(self, text: str) -> list[str]:
@@ -417,9 +417,39 @@ class CharTokenizer:
         return "CharTokenizer()"
 
 
+def check_tokenizer_name(field_name: str, name: object) -> str:
+    """``name`` if :func:`get_tokenizer` can make a tokenizer of it, else a ``ValueError``
+    naming ``field_name``.
+
+    ``"chars"``, or a language code that spaCy has (``"en"``, ``"de"``, ``"xx"`` …; lower
+    case, as spaCy spells them). A model's config is checked when it is made: a name like
+    ``"EN"`` or ``"english"`` once passed, trained a model, and failed only when that model
+    first translated, with spaCy's ``ImportError``. Asking spaCy imports it (a second or
+    two, once per process) unless the name is ``"chars"``.
+    """
+    if not isinstance(name, str):
+        raise ValueError(
+            f"{field_name} must be a str ('chars' or a spaCy language code such as 'en'), "
+            f"got {name!r} ({type(name).__name__})"
+        )
+    if name == "chars":
+        return name
+    from spacy.util import get_lang_class  # here: "chars" models never need spaCy
+
+    try:
+        get_lang_class(name)
+    except ImportError:
+        raise ValueError(
+            f"{field_name} must be 'chars' or a language code that spaCy has, in lower case "
+            f"('en', 'de', 'fr', …), got {name!r}"
+        ) from None
+    return name
+
+
 def get_tokenizer(name: str) -> Tokenizer | CharTokenizer:
-    """``"en"``/``"de"`` (any spaCy language code) or ``"chars"``."""
-    return CharTokenizer() if name == "chars" else Tokenizer(name)
+    """``"en"``/``"de"`` (any spaCy language code) or ``"chars"``; a ``ValueError`` for any
+    other name (:func:`check_tokenizer_name`)."""
+    return CharTokenizer() if check_tokenizer_name("name", name) == "chars" else Tokenizer(name)
 
 
 # ------------------------------------------------------------------------ splitting

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .batching import collate_batch
-from .checks import require_tensor, whole_number_lengths
+from .checks import is_finite_number, require_tensor, whole_number_lengths
 from .data import get_tokenizer
 from .models import Seq2Seq
 from .vocab import (
@@ -114,9 +114,10 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def _check_alpha(alpha: object) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    # numbers.Real: a NumPy float (a sweep over np.linspace(..., dtype=np.float32)) counts.
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a number, got {alpha!r} ({type(alpha).__name__})")
-    if not math.isfinite(alpha) or alpha < 0:
+    if not is_finite_number(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .attention import ATTENTION_NAMES, LocalAttention, build_attention
 from .checks import numpy_scalars_to_python, require_tensor, whole_number, whole_number_lengths
+from .data import check_tokenizer_name
 from .decoders import BahdanauDecoder, Decoder, LuongDecoder, PlainDecoder
 from .encoders import Encoder, EncoderOutput, SelfAttentionEncoder
 from .keys import KEY_ONLY_WHEN_SET, key_fields
@@ -67,7 +68,8 @@ class ModelConfig:
             blocks (default ``2H``).
         max_source_length: longest source (tokens) ``translate`` accepts.
         max_target_length: default cap on decoded length.
-        source_tokenizer, target_tokenizer: ``"en"``/``"de"`` (spaCy) or ``"chars"``.
+        source_tokenizer, target_tokenizer: ``"en"``/``"de"`` (any spaCy language code) or
+            ``"chars"``; checked here (:func:`~helpers.data.check_tokenizer_name`).
     """
 
     source_vocab_size: int
@@ -127,6 +129,8 @@ class ModelConfig:
             raise ValueError(f"encoder must be 'rnn' or 'self_attention', got {self.encoder!r}")
         if self.bidirectional and self.hidden_size % 2:
             raise ValueError("a bidirectional encoder needs an even hidden_size")
+        for name in ("source_tokenizer", "target_tokenizer"):
+            check_tokenizer_name(name, getattr(self, name))
 
     def _check_sizes(self) -> None:
         """Sizes are whole numbers in range, and flags are flags: a size of 0, or "8",

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import Batch
-from .checks import numpy_scalars_to_python
+from .checks import is_finite_number, numpy_scalars_to_python
 from .decoding import evaluation_mode
 from .keys import KEY_ONLY_WHEN_SET, key_fields
 from .vocab import PAD_INDEX
@@ -355,24 +355,19 @@ def _check_optimisation_numbers(
     """Refuse numbers that train without complaint but make no sense: a clip of -1 turns
     descent into ascent, 0 freezes the weights, and NaN or inf anywhere poisons them."""
 
-    def finite(value: object) -> bool:
-        return (
-            isinstance(value, (int, float, np.number))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        )
-
-    if not (finite(learning_rate) and learning_rate >= 0):  # 0: frozen weights, as in a test
+    if not (
+        is_finite_number(learning_rate) and learning_rate >= 0
+    ):  # 0: frozen weights, as in a test
         raise ValueError(f"learning_rate must be a finite number >= 0, got {learning_rate!r}")
-    if not (finite(clip) and clip > 0):
+    if not (is_finite_number(clip) and clip > 0):
         raise ValueError(
             f"clip (the gradient-norm limit) must be a finite number > 0, got {clip!r}"
         )
-    if lr_decay is not None and not (finite(lr_decay) and 0 < lr_decay <= 1):
+    if lr_decay is not None and not (is_finite_number(lr_decay) and 0 < lr_decay <= 1):
         raise ValueError(
             f"lr_decay (the factor per epoch) must lie in (0, 1], or be None, got {lr_decay!r}"
         )
-    if not (finite(min_delta) and 0 <= min_delta < 1):
+    if not (is_finite_number(min_delta) and 0 <= min_delta < 1):
         raise ValueError(
             f"early_stopping_min_delta (a relative gain) must lie in [0, 1), got {min_delta!r}"
         )

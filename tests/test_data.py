@@ -17,6 +17,7 @@ from helpers.data import (
     detokenize,
     download_tatoeba,
     fetch_into_cache,
+    get_tokenizer,
     normalize_text,
     read_pairs,
     resolve_data_path,
@@ -272,6 +273,17 @@ def test_tokeniser_keeps_case_and_splits_punctuation():
     assert Tokenizer("de")("Sie küsste IHN!") == ["Sie", "küsste", "IHN", "!"]
     with pytest.raises(TypeError):
         Tokenizer("en")(None)
+
+
+def test_an_unknown_tokenizer_name_is_a_value_error_not_spacys_import_error():
+    with pytest.raises(ValueError, match="name must be 'chars' or a language code .*got 'English'"):
+        get_tokenizer("English")
+    with pytest.raises(ValueError, match="language must be 'chars' or a language code .*got 'qq'"):
+        Tokenizer("qq")
+    with pytest.raises(ValueError, match=r"name must be a str .*\(list\)"):
+        get_tokenizer(["en"])
+    assert get_tokenizer("chars")("ab") == ["a", "b"]
+    assert get_tokenizer("de")("Sie küsste ihn.") == ["Sie", "küsste", "ihn", "."]
 
 
 def test_tokenize_many_wants_a_list_of_texts_not_one_text():

@@ -586,6 +586,18 @@ def test_a_numpy_integer_is_an_integer():
     assert given.output_tokens == expected.output_tokens and given.score == expected.score
 
 
+def test_a_numpy_float_is_a_length_penalty_too():
+    """np.float32 is no float: it was refused with "alpha must be a number"."""
+    import numpy as np
+
+    model = tiny_model()
+    [expected] = translate_batch(model, ["the cat"], beam_size=3, alpha=0.5)
+    [given] = translate_batch(model, ["the cat"], beam_size=3, alpha=np.float32(0.5))
+    assert given.output_tokens == expected.output_tokens and given.score == expected.score
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0"):
+        translate_batch(model, ["the cat"], beam_size=3, alpha=np.float32("nan"))
+
+
 @pytest.mark.parametrize("decoder,attention,settings", EVERY_MODEL_FAMILY)
 @pytest.mark.parametrize("search", ["greedy", "beam"])
 def test_decoding_copies_nothing_from_the_host_per_step(

@@ -210,6 +210,28 @@ def test_a_config_with_impossible_sizes_is_refused_when_it_is_made(settings, mes
         config(**settings)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"source_tokenizer": "EN"}, "source_tokenizer must be 'chars' or a language code that spaCy has, in lower case .*got 'EN'"),
+        ({"target_tokenizer": "german"}, "target_tokenizer must be 'chars' or a language code .*got 'german'"),
+        ({"target_tokenizer": ""}, "target_tokenizer must be 'chars' or a language code"),
+        ({"source_tokenizer": None}, r"source_tokenizer must be a str .*got None \(NoneType\)"),
+    ],
+)  # fmt: skip
+def test_a_config_with_an_unknown_tokenizer_is_refused_when_it_is_made(settings, message):
+    """Such a model trained without complaint (training tokenises with the task's own
+    tokenizers) and failed only when it first translated, with spaCy's ImportError."""
+    with pytest.raises(ValueError, match=message):
+        config(**settings)
+
+
+def test_every_tokenizer_the_series_uses_and_any_spacy_language_is_accepted():
+    for source, target in [("en", "de"), ("chars", "chars"), ("fr", "xx")]:
+        made = config(source_tokenizer=source, target_tokenizer=target)
+        assert (made.source_tokenizer, made.target_tokenizer) == (source, target)
+
+
 def test_numpy_sizes_become_plain_ints_and_optional_sizes_stay_optional():
     import numpy as np
 
