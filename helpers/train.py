@@ -143,12 +143,54 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     f"({path}, {other})"
                 )
     output = Path(arguments.output)
-    if not arguments.resume and output.is_file() and not _is_torch_checkpoint(output):
+    if not arguments.resume and output.is_file():
+        if not _is_torch_checkpoint(output):
+            parser.error(
+                f"--output {output} exists and is not a checkpoint: it would be overwritten. "
+                "Give another path, or move that file"
+            )
+        done = _epochs_of_interrupted_run(output)
+        if done is not None:  # a fresh run would overwrite it at its first epoch's end
+            parser.error(
+                f"--output {output} holds an interrupted run ({done} epoch(s) done): add "
+                "--resume to continue it, or give another path (or move that file) to start "
+                "afresh"
+            )
+    summary = Path(arguments.summary) if arguments.summary else None
+    if summary is not None and summary.is_file() and not _is_summary(summary):
         parser.error(
-            f"--output {output} exists and is not a checkpoint: it would be overwritten. "
-            "Give another path, or move that file"
+            f"--summary {summary} exists and is not a summary this command wrote: it would "
+            "be overwritten. Give another path, or move that file"
         )
     return arguments
+
+
+def _epochs_of_interrupted_run(path: Path) -> int | None:
+    """How many epochs the interrupted run whose end-of-epoch checkpoint is at ``path``
+    has done, or ``None`` if ``path`` holds no such run (a finished model, say).
+
+    Read with ``mmap``: the weights stay on disk, only the small dictionary around them is
+    read."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable or foreign: no run of ours to lose (load says more)
+        return None
+    extra = payload.get("extra") if isinstance(payload, dict) else None
+    if not isinstance(extra, dict) or "resume" not in extra:
+        return None
+    history = extra.get("history")
+    epochs = history.get("epochs") if isinstance(history, dict) else None
+    return len(epochs) if isinstance(epochs, list) else 0
+
+
+def _is_summary(path: Path) -> bool:
+    """Whether ``path`` holds a summary that ``--summary`` wrote (a JSON object that
+    names its task), which a new run may replace."""
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(written, dict) and "task" in written
 
 
 def _same_file(path: Path, other: Path) -> bool:
@@ -271,6 +313,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except (FileNotFoundError, CheckpointMismatchError) as error:
             return _fail(f"error: cannot resume: {error}", distributed)
+        if len(previous.epochs) >= settings.epochs:
+            # Nothing to train: it would end the run as a finished model that has lost
+            # its resume state, which no later --resume could then continue.
+            return _fail(
+                f"error: cannot resume: {output} has {len(previous.epochs)} epoch(s) done "
+                f"already, and --epochs {settings.epochs} asks for no more. Give --epochs "
+                f"greater than {len(previous.epochs)}",
+                distributed,
+            )
     if len(saved_random_states) == world_size:
         # Every rank continues its own random stream (its dropout masks) where it was.
         _set_random_state(saved_random_states[rank], device)

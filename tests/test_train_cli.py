@@ -79,6 +79,17 @@ def test_the_checkpoint_the_summary_and_the_data_never_overwrite_one_another(
     assert parse_arguments(
         ["--output", str(data), "--data", str(tmp_path / "other.tsv"), "--resume"]
     )
+    # --summary replaced any file, a model or notes; an earlier summary may be replaced.
+    notes, summary = tmp_path / "notes.md", tmp_path / "s.json"
+    notes.write_text("# my notes\n")
+    for not_a_summary in (notes, checkpoint):
+        with pytest.raises(SystemExit):
+            parse_arguments(["--output", str(tmp_path / "n.pt"), "--summary", str(not_a_summary)])
+        assert f"--summary {not_a_summary} exists and is not a summary this command wrote" in (
+            capsys.readouterr().err
+        )
+    summary.write_text(json.dumps({"task": "dates", "test_bleu": 1.0}))
+    assert parse_arguments(["--output", str(tmp_path / "n.pt"), "--summary", str(summary)])
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path):
@@ -366,6 +377,18 @@ def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
     error = capsys.readouterr().err
     assert "cannot resume" in error and "was trained with other settings" in error
     assert "'learning_rate': (0.003, 0.5)" in error
+    # Forgetting --resume overwrote the interrupted run at the new run's first epoch; asking
+    # for no more epochs than were done turned it into a finished model nothing resumes.
+    written = partial.read_bytes()
+    with pytest.raises(SystemExit) as refused:
+        train_cli.main([*flags, "--epochs", "2"])
+    assert refused.value.code == 2
+    assert f"--output {partial} holds an interrupted run (1 epoch(s) done): add --resume" in (
+        capsys.readouterr().err
+    )
+    assert train_cli.main([*flags, "--epochs", "1", "--resume"]) == 2
+    assert "1 epoch(s) done already, and --epochs 1 asks for no more" in capsys.readouterr().err
+    assert partial.read_bytes() == written
     assert train_cli.main([*flags, "--epochs", "2", "--resume"]) == 0
     assert "resuming after epoch 1 of 2" in capsys.readouterr().out
     _, extra = load_checkpoint(partial)
