@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from .checks import whole_number
 from .files import atomic_destination, atomic_write_bytes
 from .vocab import reject_text
 
@@ -488,9 +489,14 @@ def group_by_source(pairs: Iterable[Pair]) -> OrderedDict[str, list[str]]:
     non-breaking space) form one group, keyed by the first spelling seen: they can never
     fall into different splits.
     """
+    reject_text(pairs, "pairs")
     groups: OrderedDict[str, list[str]] = OrderedDict()
     first_spelling: dict[str, str] = {}
-    for source, target in pairs:
+    for index, pair in enumerate(pairs):
+        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
+            # a 2-letter str would unpack into a "pair" of letters without complaint
+            raise TypeError(f"pairs[{index}] must be a (source, target) pair, got {pair!r}")
+        source, target = pair
         key = first_spelling.setdefault(normalize_text(source), source)
         groups.setdefault(key, []).append(target)
     return groups
@@ -511,6 +517,9 @@ def split_by_source(
     *distinct* English sentences are shuffled with ``seed`` and cut into three groups;
     each test sentence keeps all of its German translations as references.
     """
+    # seed=None drew a new split on every call, behind one cache key (the fingerprint
+    # holds the seed): a cached model could then be scored on its own training sentences.
+    seed = whole_number("seed", seed, least=0, why="the split must be the same every time")
     if not 0 <= valid_fraction < 1 or not 0 <= test_fraction < 1:
         raise ValueError("valid_fraction and test_fraction must lie in [0, 1)")
     if valid_fraction + test_fraction >= 1:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Iterable, Sequence
+
+from .checks import whole_number
 
 PAD_TOKEN, SOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "<sos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = (PAD_TOKEN, SOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
@@ -56,8 +59,8 @@ class Vocabulary:
         Ties in frequency are broken alphabetically, so the same corpus always gives
         the same indices.
         """
-        if min_freq < 1:
-            raise ValueError("min_freq must be at least 1")
+        # NaN once dropped every word ("nan >= count" is never true), "2" failed on a <
+        whole_number("min_freq", min_freq)
         reject_text(tokenised, "tokenised")
         sentences = list(tokenised)
         for index, sentence in enumerate(sentences):
@@ -110,9 +113,19 @@ class Vocabulary:
                 f"decode takes one sentence's indices (1-D), got shape "
                 f"{tuple(indices.shape)}: decode each row of a batch on its own"
             )
+        if isinstance(indices, str):  # "45" read as the indices 4 and 5
+            raise TypeError(
+                f"decode takes token indices, got a str ({indices[:30]!r}): encode maps tokens "
+                "to indices"
+            )
         tokens: list[str] = []
         for index in indices:
-            index = int(index)
+            try:  # int() would round 4.7 down to a token: a float is no index
+                index = operator.index(index)
+            except TypeError:
+                raise TypeError(
+                    f"decode takes whole-number indices, got {index!r} ({type(index).__name__})"
+                ) from None
             if not 0 <= index < len(self.itos):  # -1 would silently read the last token
                 raise ValueError(f"index {index} is outside this vocabulary of {len(self)} tokens")
             if strip_special:

@@ -360,6 +360,29 @@ def test_split_rejects_impossible_fractions():
         split_by_source(corpus(), 0.6, 0.5)
 
 
+def test_a_split_without_a_whole_number_seed_is_refused_not_drawn_anew(tmp_path):
+    """``seed=None`` drew a new split on every call behind one fingerprint (cache key), so
+    a cached model could be scored on its own training sentences."""
+    for seed in (None, 1.5, -1, "5"):
+        with pytest.raises(ValueError, match=f"seed must be a whole number >= 0 .*got {seed!r}"):
+            split_by_source(corpus(), seed=seed)
+    from helpers.tasks import tatoeba_task
+
+    data = write(tmp_path / "pairs.tsv", "".join(f"{a}\t{b}\n" for a, b in corpus()))
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        tatoeba_task(data, seed=None)
+    import numpy as np
+
+    assert split_by_source(corpus(), seed=np.int64(5)) == split_by_source(corpus(), seed=5)
+
+
+def test_pairs_must_be_pairs_not_two_letter_strings():
+    with pytest.raises(TypeError, match=r"pairs\[0\] must be a \(source, target\) pair, got 'ab'"):
+        split_by_source(["ab", "cd"] * 20)
+    with pytest.raises(TypeError, match="pairs is a str"):
+        split_by_source("ab\tcd")
+
+
 # ------------------------------------------------------------- bad input, poisoned cache
 
 

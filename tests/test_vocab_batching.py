@@ -196,6 +196,23 @@ def test_decoding_an_index_outside_the_vocabulary_is_an_error_not_a_wrapped_toke
             vocab.decode([4, index])
 
 
+def test_decode_takes_whole_number_indices_and_min_freq_a_whole_number():
+    """``decode("45")`` gave the tokens 4 and 5 and ``decode([4.7])`` token 4; a NaN
+    ``min_freq`` kept no word at all, and ``"2"`` failed on a bare comparison."""
+    vocab = Vocabulary.build([["a", "b"]])
+    with pytest.raises(TypeError, match=r"decode takes token indices, got a str \('45'\)"):
+        vocab.decode("45")
+    for indices in ([4.7], torch.tensor([4.0, 5.0])):
+        with pytest.raises(TypeError, match="decode takes whole-number indices"):
+            vocab.decode(indices)
+    import numpy as np
+
+    assert vocab.decode(np.array([5, 4])) == vocab.decode(torch.tensor([5, 4])) == ["b", "a"]
+    for min_freq in (float("nan"), 1.5, True, "2", 0):
+        with pytest.raises(ValueError, match="min_freq must be a whole number >= 1"):
+            Vocabulary.build([["a"]], min_freq=min_freq)
+
+
 def test_tokens_must_be_strings_and_decode_takes_one_sentence():
     """Indices where tokens belong (already encoded?) used to become all ``<unk>``, or
     the tokens of a vocabulary of tensors; a whole batch given to decode failed with
