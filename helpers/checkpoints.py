@@ -127,10 +127,11 @@ def load_checkpoint(
             raise TypeError(
                 f"{name} must be a {kind.__name__} (or None), got {type(value).__name__}"
             )
-    try:  # before reading a file of hundreds of MB, not after
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:<index>") from None
+    from .training import select_device  # (training imports much more than a load needs)
+
+    # Before reading a file of hundreds of MB, not after: "gpu" is unknown, and "cuda"
+    # without a GPU gave torch's bare AssertionError once the whole file was read.
+    device = select_device(device)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:

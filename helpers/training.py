@@ -32,18 +32,29 @@ from .keys import KEY_ONLY_WHEN_SET, key_fields
 from .vocab import PAD_INDEX
 
 
-def select_device(preferred: str | None = None) -> torch.device:
+def select_device(preferred: str | torch.device | None = None) -> torch.device:
     """``cuda`` when a GPU is available (``torch.cuda.is_available()`` — *called*: the
     article tested the bare function object, which is always truthy), else ``cpu``.
     ``preferred`` (or ``$PAYING_ATTENTION_DEVICE``) overrides; a device that does not
-    exist here is a ``ValueError`` saying so, before anything is loaded or trained."""
+    exist here is a ``ValueError`` saying so, before anything is loaded or trained
+    (``"cuda"`` without a GPU, ``"mps"`` off a Mac, and ``"meta"``, whose tensors hold no
+    values to train or decode)."""
     preferred = preferred or os.environ.get("PAYING_ATTENTION_DEVICE")
     if not preferred:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(preferred)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {preferred!r}: use cpu, cuda or cuda:<index>") from None
+    if device.type == "meta":
+        raise ValueError(
+            f"device {preferred!r} holds no values to train or decode: use cpu or cuda"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {preferred!r} was asked for, but torch.backends.mps.is_available() is "
+            "False (Apple's GPUs only); use cpu"
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
@@ -471,7 +482,7 @@ def train(
         raise ValueError("valid_loader holds no batches (an empty validation split?)")
     if len(train_loader) == 0:
         raise ValueError("train_loader holds no batches (an empty training split?)")
-    device = torch.device(device) if device is not None else select_device()
+    device = select_device(device)  # "cuda" without a GPU: a ValueError, not an AssertionError
     if progress is None:
         progress = os.environ.get("PAYING_ATTENTION_PROGRESS", "1") != "0"
     model.to(device)
@@ -480,6 +491,16 @@ def train(
         raise ValueError(
             f"warmup_steps must be at least 1 and not combined with lr_decay, got {warmup_steps}"
         )
+    if optimizer is not None:
+        optimised = {
+            id(parameter) for group in optimizer.param_groups for parameter in group["params"]
+        }
+        if not any(id(parameter) in optimised for parameter in model.parameters()):
+            # It stepped other weights: the model trained nothing, and the history looked normal.
+            raise ValueError(
+                "optimizer holds none of the model's parameters (was it made for another "
+                "model?): make it with make_adam(model, ...) after the model is built"
+            )
     optimizer = optimizer or make_adam(model, learning_rate, adam_beta2)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, lr_decay) if lr_decay else None
     history = TrainingHistory(list(history.epochs)) if history is not None else TrainingHistory()

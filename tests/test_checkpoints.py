@@ -253,4 +253,7 @@ def test_an_unknown_device_is_refused_before_the_file_is_read(tmp_path, monkeypa
     monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args))
     with pytest.raises(ValueError, match="unknown device 'gpu': use cpu, cuda or cuda:<index>"):
         load_checkpoint(path, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # torch's AssertionError
+    with pytest.raises(ValueError, match="'cuda' was asked for, but torch.cuda.is_available"):
+        load_checkpoint(path, device="cuda")
     assert reads == []

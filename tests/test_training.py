@@ -24,6 +24,7 @@ from helpers.tasks import copy_task, dates_task
 from helpers.training import (
     TrainSettings,
     batch_loss,
+    make_adam,
     select_device,
     sequence_loss,
     set_seed,
@@ -91,6 +92,13 @@ def test_device_is_chosen_by_calling_cuda_is_available(monkeypatch):
     assert select_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(ValueError, match="'cuda:1' was asked for, but only 1 GPU"):
         select_device("cuda:1")
+    assert select_device(torch.device("cpu")) == torch.device("cpu")
+    # Accepted before, then failed inside torch: "meta" has no values, "mps" no Mac here.
+    with pytest.raises(ValueError, match="device 'meta' holds no values to train or decode"):
+        select_device("meta")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'mps' was asked for, but torch.backends.mps"):
+        select_device("mps")
 
 
 def test_train_runs_where_it_is_told_and_otherwise_where_select_device_says(
@@ -107,6 +115,36 @@ def test_train_runs_where_it_is_told_and_otherwise_where_select_device_says(
     monkeypatch.setenv("PAYING_ATTENTION_DEVICE", "cpu")
     history = train(Seq2Seq(config), train_loader, **arguments)
     assert len(history.epochs) == 1
+    # An explicit device is checked like any other: it was torch's bare AssertionError.
+    with pytest.raises(ValueError, match="'cuda' was asked for, but torch.cuda.is_available"):
+        train(Seq2Seq(config), train_loader, device="cuda", **arguments)
+
+
+def test_an_optimizer_made_for_another_model_is_refused(small_dates):
+    """It stepped the other model's weights: this one trained nothing, and the history
+    looked like any other."""
+    config = small_dates.model_config(embedding_size=8, hidden_size=8)
+    train_loader, _ = small_dates.loaders(batch_size=200)
+    model, other = Seq2Seq(config), Seq2Seq(config)
+    with pytest.raises(ValueError, match="optimizer holds none of the model's parameters"):
+        train(
+            model,
+            train_loader,
+            epochs=1,
+            progress=False,
+            device="cpu",
+            optimizer=make_adam(other, 1e-2),
+        )
+    before = [parameter.detach().clone() for parameter in model.parameters()]
+    train(
+        model,
+        train_loader,
+        epochs=1,
+        progress=False,
+        device="cpu",
+        optimizer=make_adam(model, 1e-2),
+    )
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_validation_loss_is_the_mean_over_every_real_token_not_over_batches(small_copy):
