@@ -97,6 +97,11 @@ def attention_entropy(weights: Tensor, mask: Tensor | None = None) -> Tensor:
     if mask is not None:
         if mask.dtype != torch.bool:  # as in masked_softmax: not torch's error about ~
             raise TypeError(f"mask must be bool, True where a real token is; got {mask.dtype}")
+        if 2 <= mask.dim() < weights.dim():  # as in masked_softmax: B would meet T when B == T
+            raise ValueError(
+                f"mask {tuple(mask.shape)} has fewer axes than weights {tuple(weights.shape)}: "
+                "add the missing ones (a (B, S) mask over (B, T, S) weights: mask[:, None, :])"
+            )
         weights = weights.masked_fill(~mask, 0.0)
     return -(weights * torch.log(weights.clamp_min(1e-12))).sum(dim=-1)
 

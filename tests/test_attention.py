@@ -258,6 +258,19 @@ def test_entropy_ignores_whatever_the_mask_hides():
     assert attention_entropy(unpadded).item() == pytest.approx(expected[0].item())
 
 
+def test_entropy_refuses_a_mask_with_fewer_axes_than_the_weights():
+    """A (B, S) mask over (B, T, S) weights lined B up with T: a wrong entropy when
+    B == T (no error at all), torch's size error otherwise. As masked_softmax says."""
+    weights = torch.softmax(torch.randn(2, 2, 4), dim=-1)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    with pytest.raises(ValueError, match=r"mask \(2, 4\) has fewer axes than weights \(2, 2, 4\)"):
+        attention_entropy(weights, mask)
+    per_sentence = attention_entropy(weights, mask[:, None, :])
+    for sentence in range(2):
+        real = weights[sentence][:, mask[sentence]]
+        torch.testing.assert_close(per_sentence[sentence], attention_entropy(real))
+
+
 def test_normalised_row_entropies_lie_between_zero_and_one():
     from helpers.metrics import attention_row_entropies, mean_attention_entropy
 
