@@ -74,6 +74,7 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
         hypotheses: one detokenised output per sentence.
         references: for each sentence, every reference translation (any number ≥ 1).
     """
+    _check_hypotheses(hypotheses, "hypotheses")
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} reference lists")
     if not hypotheses:
@@ -91,15 +92,44 @@ def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
     )
 
 
+def _check_hypotheses(hypotheses: object, name: str) -> None:
+    """One detokenised str per sentence: a single str was scored letter by letter (BLEU
+    0.0, no error), as sacreBLEU iterates over whatever it is given."""
+    if isinstance(hypotheses, str):
+        raise TypeError(
+            f"{name} is a str ({hypotheses[:30]!r}): give a list, one detokenised output "
+            "per sentence"
+        )
+    for index, hypothesis in enumerate(hypotheses):  # type: ignore[arg-type]
+        if not isinstance(hypothesis, str):
+            raise TypeError(
+                f"{name}[{index}] is a {type(hypothesis).__name__}, not a str: score "
+                "detokenised text (a Translation's .text)"
+            )
+
+
 def _check_is_attention(attention: Tensor, index: int) -> None:
-    """Each row must be a distribution over the source, or part of one (local-p's rows
-    sum below 1). A map with an output position of no weight at all (the plain
-    decoder's stand-in zeros) has no focus and no entropy: scored, it would read as
+    """Each ``(T, S)`` row must be a distribution over the source, or part of one
+    (local-p's rows sum below 1). A map with an output position of no weight at all (the
+    plain decoder's stand-in zeros) has no focus and no entropy: scored, it would read as
     perfectly sharp and aligned with the first source token. Scores or logits passed
-    by mistake (negative, or rows summing above 1) gave a negative "entropy"."""
+    by mistake (negative, or rows summing above 1) gave a negative "entropy", and a NaN
+    map a perfect alignment."""
+    if not isinstance(attention, Tensor):  # a NumPy map met a bare AttributeError
+        raise ValueError(
+            f"attentions[{index}] is a {type(attention).__name__}, not a tensor: give one "
+            "(T, S) matrix per sentence (torch.as_tensor(...) makes one)"
+        )
+    if attention.dim() != 2:
+        raise ValueError(
+            f"attentions[{index}] has shape {tuple(attention.shape)}: give one (T, S) "
+            "matrix per sentence (a batched (B, T, S) tensor: list(tensor))"
+        )
     if not attention.shape[0]:
         return
     row_sums = attention.float().sum(-1)  # float: a bf16 map's sums round coarsely
+    if not bool(torch.isfinite(row_sums).all()):  # NaN passed every comparison below
+        raise ValueError(f"attentions[{index}] holds NaN or infinite weights")
     if attention.shape[-1] == 0 or bool((row_sums <= 0).any()):
         raise ValueError(
             f"attentions[{index}] has an output position with no attention weight (all "
@@ -132,6 +162,11 @@ def alignment_accuracy(
         for position, span in zip(focus, spans, strict=False):
             if span is None:
                 continue
+            if not (isinstance(span, (tuple, list)) and len(span) == 2):
+                raise ValueError(
+                    f"gold_spans[{index}] must hold one (start, end) span or None per output "
+                    f"position, got {span!r} at position {position}"
+                )
             total += 1
             hits += span[0] <= position < span[1]
     if total == 0:
@@ -148,11 +183,6 @@ def attention_row_entropies(attentions: Sequence[Tensor], normalise: bool = Fals
     """
     attentions = list(attentions)  # looked at twice below
     for index, attention in enumerate(attentions):
-        if attention.dim() != 2:
-            raise ValueError(
-                f"attentions[{index}] has shape {tuple(attention.shape)}: give one (T, S) "
-                "matrix per sentence (a batched (B, T, S) tensor: list(tensor))"
-            )
         _check_is_attention(attention, index)
     rows = [
         attention_entropy(attention) / (math.log(attention.shape[1]) if normalise else 1.0)
@@ -209,6 +239,7 @@ def paired_bootstrap(
         raise ValueError("nothing to compare the baseline with")
     samples = whole_number("samples", samples)  # sacreBLEU would quietly take 1,000 for 0
     for name, hypotheses in [baseline, *systems]:
+        _check_hypotheses(hypotheses, f"{name!r}'s hypotheses")
         if len(hypotheses) != len(references):
             raise ValueError(
                 f"{name!r} has {len(hypotheses)} hypotheses for {len(references)} sentences"

@@ -227,3 +227,44 @@ def test_scores_passed_for_attention_weights_are_refused():
     assert mean_attention_entropy([partial]) > 0
     rounded = torch.softmax(torch.randn(4, 7, generator=torch.Generator().manual_seed(0)), -1)
     assert mean_attention_entropy([rounded.bfloat16()]) > 0
+
+
+def test_a_str_is_no_list_of_hypotheses():
+    """sacreBLEU iterates over whatever it is given: one str was scored letter by letter,
+    BLEU 0.0 and no error, and so was a system's output in the bootstrap."""
+    from helpers.metrics import paired_bootstrap
+
+    letters = [["a"], ["b"], ["c"]]
+    with pytest.raises(TypeError, match=r"hypotheses is a str \('abc'\): give a list"):
+        corpus_scores("abc", letters)
+    with pytest.raises(TypeError, match=r"hypotheses\[1\] is a list, not a str"):
+        corpus_scores(["a", ["b"], "c"], letters)
+    with pytest.raises(TypeError, match=r"'b''s hypotheses is a str"):
+        paired_bootstrap(("a", ["a", "b", "c"]), [("b", "xyz")], letters, samples=5)
+
+
+def test_nan_maps_and_maps_of_the_wrong_kind_are_refused():
+    """A NaN map scored a perfect alignment (its argmax is 0) and a NaN entropy; a NumPy
+    map, a row, or one span per sentence met bare errors inside the loop."""
+    import numpy as np
+
+    from helpers.metrics import alignment_accuracy, mean_attention_entropy
+
+    real = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    spans = [[(0, 1), (1, 2)], [(0, 1), (1, 2)]]
+    for broken in (
+        torch.full((2, 2), float("nan")),
+        torch.tensor([[float("inf"), 0.0], [0.5, 0.5]]),
+    ):
+        with pytest.raises(ValueError, match=r"attentions\[1\] holds NaN or infinite weights"):
+            alignment_accuracy([real, broken], spans)
+        with pytest.raises(ValueError, match=r"attentions\[1\] holds NaN or infinite weights"):
+            mean_attention_entropy([real, broken])
+    with pytest.raises(ValueError, match=r"attentions\[1\] is a ndarray, not a tensor"):
+        alignment_accuracy([real, real.numpy()], spans)
+    with pytest.raises(ValueError, match=r"attentions\[0\] has shape \(2,\)"):
+        alignment_accuracy([real[0]], [[(0, 1)]])
+    with pytest.raises(ValueError, match=r"gold_spans\[0\] must hold one \(start, end\) span"):
+        alignment_accuracy([real], [(0, 1)])
+    assert alignment_accuracy([real, real], spans) == 1.0
+    assert np.isfinite(mean_attention_entropy([real]))
