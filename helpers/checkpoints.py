@@ -40,7 +40,8 @@ def save_checkpoint(
     ``state_dict()`` included), e.g. the training history: exactly what
     ``torch.load(..., weights_only=True)`` reads back. Anything else (a NumPy number, say)
     is refused *before* writing, so a good checkpoint at ``path`` is never replaced by one
-    that cannot be loaded. The file is flushed to disk (``fsync``) before the rename.
+    that cannot be loaded; so are weights that hold NaN or infinite values. The file is
+    flushed to disk (``fsync``) before the rename.
     """
     if model.source_vocab is None or model.target_vocab is None:
         raise ValueError("attach the vocabularies (model.attach_vocabularies) before saving")
@@ -48,6 +49,12 @@ def save_checkpoint(
         raise TypeError(f"extra must be a dict of plain data, got a {type(extra).__name__}")
     _check_plain(extra or {}, "extra")
     _check_plain(model.config.to_dict(), "model.config")  # ModelConfig converts; a guard
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):  # never replace a good file with these
+            raise ValueError(
+                f"model parameter {name} holds NaN or infinite values (did training "
+                f"diverge?): not saved, so {path} keeps what it held"
+            )
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,

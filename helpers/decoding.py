@@ -617,6 +617,12 @@ def translate_batch(
             model, batch.source, batch.source_lengths, beam_size, max_length, alpha, search
         )
         for index, hypothesis in zip(chunk, hypotheses, strict=True):
+            if not math.isfinite(hypothesis.score):  # a score is a float already: no sync
+                # NaN weights decoded as '' (greedy: <pad> after <pad>; beam: <eos>).
+                raise ValueError(
+                    f"sentence {index}'s translation scores {hypothesis.score}: the model's "
+                    "outputs are not finite (NaN or infinite weights: did training diverge?)"
+                )
             output_tokens = model.target_vocab.decode(hypothesis.token_ids, strip_special=False)
             words = model.target_vocab.decode(hypothesis.token_ids)
             results[index] = Translation(

@@ -257,3 +257,14 @@ def test_an_unknown_device_is_refused_before_the_file_is_read(tmp_path, monkeypa
     with pytest.raises(ValueError, match="'cuda' was asked for, but torch.cuda.is_available"):
         load_checkpoint(path, device="cuda")
     assert reads == []
+
+
+def test_nan_weights_are_not_saved_over_a_good_checkpoint(tmp_path):
+    model = make_model()
+    path = save_checkpoint(model, tmp_path / "model.pt")
+    good = path.read_bytes()
+    with torch.no_grad():
+        model.decoder.embedding.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"decoder.embedding.weight holds NaN or infinite .*keeps"):
+        save_checkpoint(model, path)
+    assert path.read_bytes() == good

@@ -651,3 +651,15 @@ def test_an_empty_batch_or_fractional_lengths_are_named_before_decoding(search):
     ):
         decode(batch.source, batch.source_lengths.float())
     assert len(decode(batch.source, batch.source_lengths.int())) == 3  # int32 is fine
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_a_model_with_nan_weights_is_an_error_not_an_empty_translation(beam_size):
+    """Greedy search emitted <pad> after <pad> and beam search <eos>: the text was '' with
+    a NaN or -inf score, and nothing said the model was broken."""
+    model = tiny_model()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    with pytest.raises(ValueError, match="translation scores .*the model's outputs are not finite"):
+        translate_batch(model, ["the cat"], beam_size=beam_size)
