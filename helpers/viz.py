@@ -269,7 +269,8 @@ def plot_attention_grid(
 
 
 def plot_loss_curves(histories: dict[str, TrainingHistory], ax: Axes | None = None) -> Axes:
-    """Training and validation loss per epoch, one colour per model."""
+    """Training and validation loss per epoch, one colour per model (the colour cycle's,
+    or evenly spread over a colour map when there are more models than it has colours)."""
     if not isinstance(histories, dict):
         raise TypeError(
             f"histories must be a dict {{name: TrainingHistory}}, got a "
@@ -280,9 +281,10 @@ def plot_loss_curves(histories: dict[str, TrainingHistory], ax: Axes | None = No
     for name, history in histories.items():
         if not history.epochs:
             raise ValueError(f"{name!r} has no epochs to plot")
-    for (name, history), color in zip(
-        histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False
-    ):
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(histories) > len(colors):  # zip() over the cycle dropped every model past the 10th
+        colors = list(plt.colormaps["turbo"](np.linspace(0.05, 0.95, len(histories))))
+    for (name, history), color in zip(histories.items(), colors, strict=False):
         frame = history.to_frame()
         ax.plot(frame.index, frame["train_loss"], "--", color=color, label=f"{name} train")
         ax.plot(frame.index, frame["valid_loss"], "-o", color=color, label=f"{name} validation")

@@ -444,6 +444,25 @@ def test_loss_curves_tick_whole_epochs_only():
     plt.close(ax.figure)
 
 
+@pytest.mark.parametrize("models", [3, 12])
+def test_loss_curves_draw_every_model_in_its_own_colour(models):
+    """zip() over the 10-colour cycle dropped every model past the 10th, silently."""
+    from helpers.training import EpochRecord, TrainingHistory
+
+    histories = {}
+    for index in range(models):
+        history = TrainingHistory()
+        history.epochs.append(EpochRecord(1, 3.0 + index, 2.5 + index, 12.0, 1.0, 1000.0))
+        history.epochs.append(EpochRecord(2, 2.0 + index, 2.0 + index, 12.0, 1.0, 1000.0))
+        histories[f"model {index}"] = history
+    ax = plot_loss_curves(histories)
+    assert len(ax.get_lines()) == 2 * models
+    assert ax.get_legend_handles_labels()[1][-1] == f"model {models - 1} validation"
+    colours = {tuple(matplotlib.colors.to_rgba(line.get_color())) for line in ax.get_lines()}
+    assert len(colours) == models
+    plt.close(ax.figure)
+
+
 def test_the_explorer_draws_a_long_sentence_readably(task):
     model = small_model(task, "luong", max_source_length=80)
     explorer = AttentionExplorer({"luong": model}, task.test_sources[:2], beam_size=1)
