@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .checks import whole_number
 from .vocab import PAD_INDEX, Vocabulary, reject_text
 
 
@@ -175,13 +176,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool_batches: int = 50,
         drop_last: bool = False,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
         self.lengths = list(lengths)
-        self.batch_size = batch_size
+        self.batch_size = whole_number("batch_size", batch_size)
         self.shuffle = shuffle
         self.seed = seed
-        self.pool_batches = pool_batches
+        # A pool of -1 batches made no batches at all, and 0 failed inside range().
+        self.pool_batches = whole_number("pool_batches", pool_batches)
         self.drop_last = drop_last
         self.epoch = 0
 

@@ -8,6 +8,7 @@ Written once here so every notebook trains the same way, for a set number of epo
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 import time
@@ -26,7 +27,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import Batch
-from .checks import is_finite_number, numpy_scalars_to_python
+from .checks import (
+    is_finite_number,
+    numpy_scalars_to_python,
+    whole_number,
+    whole_number_or_none,
+)
 from .decoding import evaluation_mode
 from .keys import KEY_ONLY_WHEN_SET, key_fields
 from .vocab import PAD_INDEX
@@ -186,6 +192,21 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         numpy_scalars_to_python(self)
+        # Checked when made, as ModelConfig is: batch_size="8" failed later on a bare
+        # comparison, and epochs=0 passed until train() was called.
+        self.batch_size = whole_number("batch_size", self.batch_size)
+        self.seed = whole_number("seed", self.seed, least=0)
+        _check_optimisation_numbers(
+            self.learning_rate, self.clip, self.lr_decay, self.early_stopping_min_delta
+        )
+        _check_loop_numbers(
+            self.epochs,
+            self.time_budget,
+            self.early_stopping_patience,
+            self.warmup_steps,
+            self.lr_decay,
+            self.teacher_forcing_ratio,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -360,6 +381,33 @@ def _total_batches(loader: DataLoader, epochs: int) -> int | None:
         return None
 
 
+def _check_loop_numbers(
+    epochs: int,
+    time_budget: float | None,
+    early_stopping_patience: int | None,
+    warmup_steps: int | None,
+    lr_decay: float | None,
+    teacher_forcing_ratio: float,
+) -> None:
+    """Refuse a training length or schedule that makes no sense: 1.5 epochs failed inside
+    range(), a NaN time budget was never spent, and a negative one stopped after a batch."""
+    whole_number("epochs", epochs)
+    whole_number_or_none("early_stopping_patience", early_stopping_patience)
+    if time_budget is not None and not (is_finite_number(time_budget) and time_budget > 0):
+        raise ValueError(f"time_budget must be a finite number of seconds > 0, got {time_budget!r}")
+    if warmup_steps is not None and (
+        isinstance(warmup_steps, bool)
+        or not isinstance(warmup_steps, numbers.Integral)
+        or warmup_steps < 1
+        or lr_decay
+    ):
+        raise ValueError(
+            f"warmup_steps must be at least 1 and not combined with lr_decay, got {warmup_steps!r}"
+        )
+    if not (is_finite_number(teacher_forcing_ratio) and 0 <= teacher_forcing_ratio <= 1):
+        raise ValueError(f"teacher_forcing_ratio must lie in [0, 1], got {teacher_forcing_ratio!r}")
+
+
 def _check_optimisation_numbers(
     learning_rate: float, clip: float, lr_decay: float | None, min_delta: float
 ) -> None:
@@ -470,14 +518,12 @@ def train(
     world size makes the step exactly the single-process step on the global batch
     (a mean of each rank's own mean would weight the tokens of short shards more).
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
     _check_optimisation_numbers(learning_rate, clip, lr_decay, early_stopping_min_delta)
-    if early_stopping_patience is not None:
-        if valid_loader is None:
-            raise ValueError("early stopping needs a valid_loader")
-        if early_stopping_patience < 1:
-            raise ValueError(f"early_stopping_patience must be >= 1, got {early_stopping_patience}")
+    _check_loop_numbers(
+        epochs, time_budget, early_stopping_patience, warmup_steps, lr_decay, teacher_forcing_ratio
+    )
+    if early_stopping_patience is not None and valid_loader is None:
+        raise ValueError("early stopping needs a valid_loader")
     if valid_loader is not None and len(valid_loader) == 0:  # said now, not after an epoch
         raise ValueError("valid_loader holds no batches (an empty validation split?)")
     if len(train_loader) == 0:
@@ -487,10 +533,6 @@ def train(
         progress = os.environ.get("PAYING_ATTENTION_PROGRESS", "1") != "0"
     model.to(device)
     amp = amp_by_default(device) if amp is None else amp
-    if warmup_steps is not None and (warmup_steps < 1 or lr_decay):
-        raise ValueError(
-            f"warmup_steps must be at least 1 and not combined with lr_decay, got {warmup_steps}"
-        )
     if optimizer is not None:
         optimised = {
             id(parameter) for group in optimizer.param_groups for parameter in group["params"]

@@ -977,3 +977,33 @@ def test_train_and_evaluate_loss_want_a_loader_of_batches_not_a_dataset(small_da
         train(model, small_dates.train, epochs=1, progress=False)
     with pytest.raises(TypeError, match="loader must yield Batch objects"):
         evaluate_loss(model, small_dates.valid)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"batch_size": "8"}, "batch_size must be a whole number >= 1, got '8'"),
+        ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),
+        ({"epochs": 1.5}, "epochs must be a whole number >= 1, got 1.5"),
+        ({"seed": None}, "seed must be a whole number >= 0"),
+        ({"time_budget": float("nan")}, "time_budget must be a finite number of seconds > 0"),
+        ({"time_budget": -5}, "time_budget must be a finite number of seconds > 0"),
+        ({"teacher_forcing_ratio": 1.5}, r"teacher_forcing_ratio must lie in \[0, 1\]"),
+        ({"early_stopping_patience": 0}, "early_stopping_patience must be a whole number >= 1"),
+        ({"warmup_steps": 2.5}, "warmup_steps must be at least 1"),
+        ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+    ],
+)  # fmt: skip
+def test_impossible_train_settings_are_refused_when_they_are_made(settings, message):
+    """TrainSettings checked nothing: batch_size="8" failed later on a bare comparison,
+    epochs=0 or a NaN learning rate waited for train(), and train() itself read a NaN
+    time budget as none and a negative one as spent after one batch."""
+    with pytest.raises(ValueError, match=message):
+        TrainSettings(**settings)
+    loop_only = {key: value for key, value in settings.items() if key not in ("batch_size", "seed")}
+    if loop_only:  # train() checks its own arguments the same way, before any batch
+        with pytest.raises(ValueError, match=message):
+            train(torch.nn.Linear(1, 1), [object()], **loop_only, device="cpu")
+    import numpy as np
+
+    assert TrainSettings(epochs=np.int64(3), time_budget=np.float32(2.0)).epochs == 3

@@ -150,8 +150,14 @@ def test_drop_last_keeps_only_full_batches_and_batch_size_one_is_allowed():
     assert sum(map(len, kept)) == 100 and any(len(batch) < 16 for batch in kept)
     singles = list(BucketBatchSampler(lengths, batch_size=1, seed=1))
     assert len(singles) == 100 and all(len(batch) == 1 for batch in singles)
-    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 0"):
         BucketBatchSampler(lengths, batch_size=0)
+    # 2.5 failed inside range(); a pool of -1 batches made no batches at all, 0 failed
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, got 2.5"):
+        BucketBatchSampler(lengths, batch_size=2.5)
+    for pool_batches in (-1, 0, 1.5):
+        with pytest.raises(ValueError, match="pool_batches must be a whole number >= 1"):
+            BucketBatchSampler(lengths, batch_size=16, pool_batches=pool_batches)
 
 
 def test_make_loader_uses_the_batch_sampler_it_is_given():
