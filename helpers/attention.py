@@ -457,10 +457,9 @@ class LocalAttention(Attention):
         renormalize: bool = True,
     ) -> None:
         super().__init__()
-        if window < 1:
-            raise ValueError("the window half-width D must be at least 1")
+        # NaN passed "window < 1" and gave all-NaN weights; True passed as 1
+        self.window = whole_number("window", window, why="the half-width D of the window")
         self.score_layer = score
-        self.window = window
         self.predictive = predictive
         self.renormalize = renormalize
         self.query_size = query_size if query_size is not None else score.query_size
@@ -757,6 +756,10 @@ def build_attention(
     if name == "additive":
         return AdditiveAttention(query_size, key_size, attention_size)
     if name in ("local-m", "local-p"):
+        if local_score not in ATTENTION_NAMES:  # None met a bare AttributeError
+            raise ValueError(
+                f"local_score must be one of {ATTENTION_NAMES[:5]}, got {local_score!r}"
+            )
         if local_score.startswith("local"):
             raise ValueError("local attention cannot wrap another local attention")
         inner = build_attention(local_score, query_size, key_size, attention_size)

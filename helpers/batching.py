@@ -246,4 +246,6 @@ def padding_fraction(loader: DataLoader) -> float:
     for batch in loader:
         padded += batch.source.numel()
         real += int(batch.source_lengths.sum())
+    if padded == 0:  # a bare ZeroDivisionError before
+        raise ValueError("the loader holds no batches (an empty split?)")
     return 1.0 - real / padded

@@ -56,6 +56,7 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .checks import whole_number
 from .data import get_tokenizer
 from .decoding import (
     Translation,
@@ -156,15 +157,20 @@ class AttentionExplorer:
         max_beam_size: int = 8,
         replace_unknown: bool = True,
     ) -> None:
+        if not isinstance(models, Mapping):
+            raise TypeError(f"models must be a dict {{name: model}}, got a {type(models).__name__}")
         if not models:
             raise ValueError("the explorer needs at least one model")
+        if isinstance(sentences, str):  # its letters became the dropdown's sentences
+            raise TypeError(f"sentences is a str ({sentences[:30]!r}): give a list of sentences")
         sentences = list(dict.fromkeys(sentences))
         if not sentences:
             raise ValueError("the explorer needs at least one sentence for its dropdown")
         model = model if model is not None else next(iter(models))
         if model not in models:
             raise ValueError(f"unknown model {model!r}; the models are {list(models)}")
-        if not 1 <= beam_size <= max_beam_size:
+        max_beam_size = whole_number("max_beam_size", max_beam_size)
+        if not 1 <= whole_number("beam_size", beam_size) <= max_beam_size:  # 2.5 became 2
             raise ValueError(f"beam_size must be between 1 and max_beam_size={max_beam_size}")
         self.models = dict(models)
         self.replace_unknown = replace_unknown

@@ -125,6 +125,12 @@ class ModelConfig:
             raise ValueError(
                 f"attention must be one of {sorted(ATTENTION_NAMES)}, got {self.attention!r}"
             )
+        if self.local_score not in ATTENTION_NAMES or self.local_score.startswith("local"):
+            # None was accepted here, and building the model met a bare AttributeError
+            raise ValueError(
+                "local_score (the score inside a local window) must be one of "
+                f"{sorted(set(ATTENTION_NAMES) - {'local-m', 'local-p'})}, got {self.local_score!r}"
+            )
         if self.encoder not in ("rnn", "self_attention"):
             raise ValueError(f"encoder must be 'rnn' or 'self_attention', got {self.encoder!r}")
         if self.bidirectional and self.hidden_size % 2:
@@ -222,6 +228,12 @@ class Seq2Seq(nn.Module):
         self.target_vocab: Vocabulary | None = None
 
     def attach_vocabularies(self, source_vocab: Vocabulary, target_vocab: Vocabulary) -> Seq2Seq:
+        for name, vocab in (("source_vocab", source_vocab), ("target_vocab", target_vocab)):
+            if not isinstance(vocab, Vocabulary):  # a list of tokens failed at the first encode
+                raise TypeError(
+                    f"{name} must be a Vocabulary, got a {type(vocab).__name__} "
+                    "(Vocabulary(tokens) makes one from a list of tokens)"
+                )
         if (
             len(source_vocab) != self.config.source_vocab_size
             or len(target_vocab) != self.config.target_vocab_size
@@ -341,8 +353,10 @@ def _check_source(source: Tensor, source_lengths: Tensor, vocab_size: int) -> No
     if source.device.type == "cpu" and source.numel():  # free on the CPU; a sync on a GPU
         _check_token_range("source", source, vocab_size)
     lengths = source_lengths.cpu()
-    if bool((lengths < 1).any()):
-        raise ValueError("every source sentence needs at least one token (found length 0)")
+    if bool((lengths < 1).any()):  # (the length found: -1 was reported as 0)
+        raise ValueError(
+            f"every source sentence needs at least one token (found length {int(lengths.min())})"
+        )
     if bool((lengths > source.size(1)).any()):
         raise ValueError(f"a source length exceeds the padded width {source.size(1)}")
     if source.device.type == "cpu":  # free on the CPU; a sync on a GPU

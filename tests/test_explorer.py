@@ -502,6 +502,14 @@ def test_the_explorer_refuses_bad_settings_early(models, task):
     for beam_size in (0, 9):
         with pytest.raises(ValueError, match="beam_size"):
             AttentionExplorer(models, task.test_sources[:2], beam_size=beam_size)
+    # 2.5 became a beam of 2; a str of sentences offered its letters; a list of models
+    # met a bare error on .keys()
+    with pytest.raises(ValueError, match="beam_size must be a whole number >= 1, got 2.5"):
+        AttentionExplorer(models, task.test_sources[:2], beam_size=2.5)
+    with pytest.raises(TypeError, match=r"sentences is a str \('abc'\)"):
+        AttentionExplorer(models, "abc")
+    with pytest.raises(TypeError, match="models must be a dict {name: model}, got a list"):
+        AttentionExplorer(list(models.values()), task.test_sources[:2])
     widest = AttentionExplorer(models, task.test_sources[:2], beam_size=8)  # the maximum
     assert widest.beam_slider.value == widest.beam_slider.max == widest.view.beam_size == 8
     assert math.isfinite(AttentionExplorer(models, ["1 May 1999"] * 3).view.model_output.score)

@@ -8,7 +8,7 @@ import torch
 
 from helpers.batching import collate_batch
 from helpers.models import ModelConfig, Seq2Seq, count_parameters
-from helpers.vocab import PAD_INDEX, SOS_INDEX
+from helpers.vocab import PAD_INDEX, SOS_INDEX, Vocabulary
 
 VOCAB = 30
 
@@ -224,6 +224,32 @@ def test_a_config_with_an_unknown_tokenizer_is_refused_when_it_is_made(settings,
     tokenizers) and failed only when it first translated, with spaCy's ImportError."""
     with pytest.raises(ValueError, match=message):
         config(**settings)
+
+
+def test_local_score_and_window_are_checked_when_made():
+    """``local_score=None`` passed the config and met a bare AttributeError when the model
+    was built; a NaN window passed "window < 1" and gave all-NaN weights."""
+    from helpers.attention import DotAttention, LocalAttention
+
+    with pytest.raises(ValueError, match="local_score .* must be one of .*got None"):
+        config(attention="local-p", local_score=None)
+    with pytest.raises(ValueError, match="local_score .* must be one of .*got 'local-m'"):
+        config(attention="local-p", local_score="local-m")
+    for window in (float("nan"), True, 0):
+        with pytest.raises(ValueError, match="window must be a whole number >= 1 .*half-width D"):
+            LocalAttention(DotAttention(4), window=window, predictive=False)
+
+
+def test_vocabularies_must_be_vocabularies_and_lengths_are_reported_as_found():
+    model = Seq2Seq(config())
+    vocab = Vocabulary(["<pad>", "<sos>", "<eos>", "<unk>", *(f"w{i}" for i in range(VOCAB - 4))])
+    with pytest.raises(TypeError, match="source_vocab must be a Vocabulary, got a list"):
+        model.attach_vocabularies(vocab.itos, vocab)
+    batch = toy_batch()
+    lengths = batch.source_lengths.clone()
+    lengths[0] = -1  # reported as "found length 0"
+    with pytest.raises(ValueError, match=r"at least one token \(found length -1\)"):
+        model(batch.source, lengths, batch.decoder_input)
 
 
 def test_every_tokenizer_the_series_uses_and_any_spacy_language_is_accepted():

@@ -174,6 +174,8 @@ def test_padding_fraction_is_the_padded_share_of_source_positions():
     # Batches [3 tokens, 1 token] -> 2 x 3 positions, 2 padded; [2, 4] -> 2 x 4, 2 padded.
     loader = make_loader(dataset, batch_size=2, batch_sampler=[[0, 3], [1, 2]])
     assert padding_fraction(loader) == pytest.approx(4 / 14)
+    with pytest.raises(ValueError, match="the loader holds no batches"):  # ZeroDivisionError
+        padding_fraction([])
 
 
 def test_a_str_where_tokens_are_wanted_is_refused_not_read_letter_by_letter():
