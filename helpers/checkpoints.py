@@ -208,5 +208,8 @@ def load_checkpoint(
         raise CheckpointMismatchError(
             f"{path}: its extra data is a {type(extra).__name__}, not a dict"
         )
-    model.attach_vocabularies(stored_source, stored_target)
+    try:
+        model.attach_vocabularies(stored_source, stored_target)
+    except ValueError as error:  # named no file, and --resume did not catch it
+        raise CheckpointMismatchError(f"{path}: {error}") from None
     return model.to(device).eval(), extra

@@ -311,6 +311,8 @@ def normalize_text(text: str) -> str:
     Tatoeba has a few stray non-breaking spaces and ``"word ."`` typos; normalising
     them once at load time keeps the tokeniser's round trip exact.
     """
+    if not isinstance(text, str):  # None met unicodedata's bare "argument 2 must be str"
+        raise TypeError(f"expected text as str, got {type(text).__name__}: {text!r}")
     text = unicodedata.normalize("NFC", text)
     text = re.sub(r"\s+", " ", text.replace("\u00a0", " ").replace("\u202f", " ")).strip()
     return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", text)
@@ -330,7 +332,9 @@ def detokenize(tokens: Sequence[str]) -> str:
     quote_is_open = False
     glue_next = False
     previous: str | None = None
-    for token in tokens:
+    for index, token in enumerate(tokens):
+        if not isinstance(token, str):  # None met "'NoneType' object has no attribute 'lower'"
+            raise TypeError(f"tokens[{index}] is a {type(token).__name__}, not a str: {token!r}")
         space = bool(pieces) and not glue_next
         glue_next = False
         lowered = token.lower()

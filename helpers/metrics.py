@@ -238,6 +238,8 @@ def paired_bootstrap(
     if not systems:
         raise ValueError("nothing to compare the baseline with")
     samples = whole_number("samples", samples)  # sacreBLEU would quietly take 1,000 for 0
+    # sacreBLEU reads the str "None" as no seed at all: p-values that never repeat
+    seed = whole_number("seed", seed, least=0)
     for name, hypotheses in [baseline, *systems]:
         _check_hypotheses(hypotheses, f"{name!r}'s hypotheses")
         if len(hypotheses) != len(references):

@@ -85,6 +85,7 @@ def set_seed(seed: int) -> None:
     the difference grows a little over training; ``results/reproducibility.json`` measures
     by how much.
     """
+    seed = whole_number("seed", seed, least=0)  # 1.5 met NumPy's bare TypeError
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

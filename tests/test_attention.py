@@ -497,7 +497,7 @@ def test_multi_head_and_local_m_arguments_of_the_wrong_kind_are_refused_clearly(
         MultiHeadAttention(8, 2.0)
     with pytest.raises(ValueError, match="key_size must be a whole number >= 1, got 0"):
         MultiHeadAttention(8, 2, key_size=0)
-    for dropout in (-0.1, 1.5):
+    for dropout in (-0.1, 1.5, "0.1", float("nan"), True):  # "0.1": a bare comparison
         with pytest.raises(ValueError, match=r"dropout must lie in \[0, 1\)"):
             MultiHeadAttention(8, 2, dropout=dropout)
     layer = LAYERS["local-m"]()

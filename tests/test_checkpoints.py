@@ -268,3 +268,14 @@ def test_nan_weights_are_not_saved_over_a_good_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"decoder.embedding.weight holds NaN or infinite .*keeps"):
         save_checkpoint(model, path)
     assert path.read_bytes() == good
+
+
+def test_vocabularies_that_disagree_with_the_config_name_the_file(tmp_path):
+    """A plain ValueError from attach_vocabularies named no file, and was no
+    CheckpointMismatchError, which the command line's --resume reports."""
+    path = save_checkpoint(make_model(), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["source_vocab"] = [*payload["source_vocab"], "extra"]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointMismatchError, match=f"{path}: vocabulary sizes 8/6 do not match"):
+        load_checkpoint(path)

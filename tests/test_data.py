@@ -540,3 +540,14 @@ def test_detokenize_refuses_a_str_which_it_would_spread_out_letter_by_letter():
     assert detokenize(["Hallo", "Welt", "."]) == "Hallo Welt."
     with pytest.raises(TypeError, match="tokens is a str"):
         detokenize("Hallo Welt .")  # was 'H a l l o   W e l t  .'
+
+
+def test_a_sentence_that_is_not_text_is_named_not_a_bare_error():
+    """None met unicodedata's "argument 2 must be str" or "'NoneType' object has no
+    attribute 'lower'"."""
+    with pytest.raises(TypeError, match="expected text as str, got NoneType"):
+        normalize_text(None)
+    with pytest.raises(TypeError, match="expected text as str, got NoneType"):
+        Tokenizer("en").tokenize_many(["Hi there.", None])
+    with pytest.raises(TypeError, match=r"tokens\[1\] is a NoneType, not a str"):
+        detokenize(["Hallo", None])

@@ -268,3 +268,12 @@ def test_nan_maps_and_maps_of_the_wrong_kind_are_refused():
         alignment_accuracy([real], [(0, 1)])
     assert alignment_accuracy([real, real], spans) == 1.0
     assert np.isfinite(mean_attention_entropy([real]))
+
+
+def test_the_bootstrap_wants_a_whole_number_seed():
+    """sacreBLEU reads the str "None" as no seed: p-values that never repeat."""
+    from helpers.metrics import paired_bootstrap
+
+    for seed in (None, 1.5, -1):
+        with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+            paired_bootstrap(("a", HYPOTHESES), [("b", HYPOTHESES[::-1])], REFERENCES, 5, seed)

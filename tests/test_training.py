@@ -1007,3 +1007,9 @@ def test_impossible_train_settings_are_refused_when_they_are_made(settings, mess
     import numpy as np
 
     assert TrainSettings(epochs=np.int64(3), time_budget=np.float32(2.0)).epochs == 3
+
+
+def test_set_seed_wants_a_whole_number():
+    for seed in (1.5, None, -1):  # NumPy's bare TypeError, or its range error
+        with pytest.raises(ValueError, match="seed must be a whole number >= 0"):
+            set_seed(seed)
