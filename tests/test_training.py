@@ -126,24 +126,11 @@ def test_an_optimizer_made_for_another_model_is_refused(small_dates):
     config = small_dates.model_config(embedding_size=8, hidden_size=8)
     train_loader, _ = small_dates.loaders(batch_size=200)
     model, other = Seq2Seq(config), Seq2Seq(config)
+    arguments = dict(epochs=1, progress=False, device="cpu")
     with pytest.raises(ValueError, match="optimizer holds none of the model's parameters"):
-        train(
-            model,
-            train_loader,
-            epochs=1,
-            progress=False,
-            device="cpu",
-            optimizer=make_adam(other, 1e-2),
-        )
+        train(model, train_loader, optimizer=make_adam(other, 1e-2), **arguments)
     before = [parameter.detach().clone() for parameter in model.parameters()]
-    train(
-        model,
-        train_loader,
-        epochs=1,
-        progress=False,
-        device="cpu",
-        optimizer=make_adam(model, 1e-2),
-    )
+    train(model, train_loader, optimizer=make_adam(model, 1e-2), **arguments)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
