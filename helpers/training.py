@@ -391,11 +391,14 @@ def _check_loop_numbers(
     teacher_forcing_ratio: float,
 ) -> None:
     """Refuse a training length or schedule that makes no sense: 1.5 epochs failed inside
-    range(), a NaN time budget was never spent, and a negative one stopped after a batch."""
+    range(), a NaN time budget was never spent, and a negative one read as spent."""
     whole_number("epochs", epochs)
     whole_number_or_none("early_stopping_patience", early_stopping_patience)
-    if time_budget is not None and not (is_finite_number(time_budget) and time_budget > 0):
-        raise ValueError(f"time_budget must be a finite number of seconds > 0, got {time_budget!r}")
+    if time_budget is not None and not (is_finite_number(time_budget) and time_budget >= 0):
+        # (0 is allowed: one batch, then stop, as a test of the stop itself)
+        raise ValueError(
+            f"time_budget must be a finite number of seconds >= 0, got {time_budget!r}"
+        )
     if warmup_steps is not None and (
         isinstance(warmup_steps, bool)
         or not isinstance(warmup_steps, numbers.Integral)

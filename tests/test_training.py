@@ -973,8 +973,8 @@ def test_train_and_evaluate_loss_want_a_loader_of_batches_not_a_dataset(small_da
         ({"epochs": 0}, "epochs must be a whole number >= 1, got 0"),
         ({"epochs": 1.5}, "epochs must be a whole number >= 1, got 1.5"),
         ({"seed": None}, "seed must be a whole number >= 0"),
-        ({"time_budget": float("nan")}, "time_budget must be a finite number of seconds > 0"),
-        ({"time_budget": -5}, "time_budget must be a finite number of seconds > 0"),
+        ({"time_budget": float("nan")}, "time_budget must be a finite number of seconds >= 0"),
+        ({"time_budget": -5}, "time_budget must be a finite number of seconds >= 0"),
         ({"teacher_forcing_ratio": 1.5}, r"teacher_forcing_ratio must lie in \[0, 1\]"),
         ({"early_stopping_patience": 0}, "early_stopping_patience must be a whole number >= 1"),
         ({"warmup_steps": 2.5}, "warmup_steps must be at least 1"),
@@ -984,7 +984,7 @@ def test_train_and_evaluate_loss_want_a_loader_of_batches_not_a_dataset(small_da
 def test_impossible_train_settings_are_refused_when_they_are_made(settings, message):
     """TrainSettings checked nothing: batch_size="8" failed later on a bare comparison,
     epochs=0 or a NaN learning rate waited for train(), and train() itself read a NaN
-    time budget as none and a negative one as spent after one batch."""
+    time budget as none and a negative one as spent."""
     with pytest.raises(ValueError, match=message):
         TrainSettings(**settings)
     loop_only = {key: value for key, value in settings.items() if key not in ("batch_size", "seed")}
