@@ -596,7 +596,7 @@ class MultiHeadAttention(nn.Module):
         key_size = whole_number_or_none("key_size", key_size)  # `or embed_dim` below
         value_size = whole_number_or_none("value_size", value_size)
         # 1.5 failed only once training started, "0.1" on a bare comparison
-        if isinstance(dropout, bool) or not (is_finite_number(dropout) and 0.0 <= dropout < 1.0):
+        if not (is_finite_number(dropout) and 0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         if embed_dim % num_heads != 0:
             raise ValueError(f"num_heads ({num_heads}) must divide embed_dim ({embed_dim})")

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .checks import whole_number
 from .files import atomic_destination, atomic_write_bytes
-from .vocab import reject_text
+from .vocab import _reject_non_strings, reject_text
 
 DOWNLOAD_URL = "https://www.manythings.org/anki/deu-eng.zip"
 #: Set this to download from a mirror instead of :data:`DOWNLOAD_URL`.
@@ -332,9 +332,9 @@ def detokenize(tokens: Sequence[str]) -> str:
     quote_is_open = False
     glue_next = False
     previous: str | None = None
-    for index, token in enumerate(tokens):
-        if not isinstance(token, str):  # None met "'NoneType' object has no attribute 'lower'"
-            raise TypeError(f"tokens[{index}] is a {type(token).__name__}, not a str: {token!r}")
+    tokens = list(tokens)
+    _reject_non_strings(tokens)  # None met "'NoneType' object has no attribute 'lower'"
+    for token in tokens:
         space = bool(pieces) and not glue_next
         glue_next = False
         lowered = token.lower()
@@ -429,8 +429,9 @@ def check_tokenizer_name(field_name: str, name: object) -> str:
     ``"chars"``, or a language code that spaCy has (``"en"``, ``"de"``, ``"xx"`` …; lower
     case, as spaCy spells them). A model's config is checked when it is made: a name like
     ``"EN"`` or ``"english"`` once passed, trained a model, and failed only when that model
-    first translated, with spaCy's ``ImportError``. Asking spaCy imports it (a second or
-    two, once per process) unless the name is ``"chars"``.
+    first translated, with spaCy's ``ImportError``. The check builds spaCy's blank tokenizer
+    (cached: a second or two once per process and language, then nothing), so a language
+    whose extra dependency is missing (``"ja"`` needs SudachiPy) is refused here too.
     """
     if not isinstance(name, str):
         raise ValueError(
@@ -439,14 +440,13 @@ def check_tokenizer_name(field_name: str, name: object) -> str:
         )
     if name == "chars":
         return name
-    from spacy.util import get_lang_class  # here: "chars" models never need spaCy
-
-    try:
-        get_lang_class(name)
-    except ImportError:
+    try:  # built once and cached: what Tokenizer(name) will use
+        _blank_spacy_tokenizer(name)
+    except Exception as error:  # ImportError, or AttributeError for "punctuation" and the like
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
             f"{field_name} must be 'chars' or a language code that spaCy has, in lower case "
-            f"('en', 'de', 'fr', …), got {name!r}"
+            f"('en', 'de', 'fr', …), got {name!r} (spaCy: {reason})"
         ) from None
     return name
 
@@ -493,7 +493,11 @@ def group_by_source(pairs: Iterable[Pair]) -> OrderedDict[str, list[str]]:
     non-breaking space) form one group, keyed by the first spelling seen: they can never
     fall into different splits.
     """
-    reject_text(pairs, "pairs")
+    if isinstance(pairs, str):
+        raise TypeError(
+            f"pairs is a str ({pairs[:30]!r}): give (source, target) pairs, as read_pairs "
+            "and load_pairs return them"
+        )
     groups: OrderedDict[str, list[str]] = OrderedDict()
     first_spelling: dict[str, str] = {}
     for index, pair in enumerate(pairs):

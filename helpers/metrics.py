@@ -11,7 +11,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from torch import Tensor
 
 from .attention import attention_entropy
-from .checks import whole_number
+from .checks import require_tensor, whole_number
 
 
 @dataclass
@@ -115,11 +115,7 @@ def _check_is_attention(attention: Tensor, index: int) -> None:
     perfectly sharp and aligned with the first source token. Scores or logits passed
     by mistake (negative, or rows summing above 1) gave a negative "entropy", and a NaN
     map a perfect alignment."""
-    if not isinstance(attention, Tensor):  # a NumPy map met a bare AttributeError
-        raise ValueError(
-            f"attentions[{index}] is a {type(attention).__name__}, not a tensor: give one "
-            "(T, S) matrix per sentence (torch.as_tensor(...) makes one)"
-        )
+    require_tensor(f"attentions[{index}]", attention)  # a NumPy map met an AttributeError
     if attention.dim() != 2:
         raise ValueError(
             f"attentions[{index}] has shape {tuple(attention.shape)}: give one (T, S) "

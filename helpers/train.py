@@ -313,13 +313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except (FileNotFoundError, CheckpointMismatchError) as error:
             return _fail(f"error: cannot resume: {error}", distributed)
-        if len(previous.epochs) >= settings.epochs:
-            # Nothing to train: it would end the run as a finished model that has lost
-            # its resume state, which no later --resume could then continue.
+        if len(previous.epochs) > settings.epochs:
+            # It would save the model as finished after more epochs than asked for, with
+            # its resume state gone. (As many as were done: the run is finished and scored,
+            # which is how a run whose final save failed is completed.)
             return _fail(
-                f"error: cannot resume: {output} has {len(previous.epochs)} epoch(s) done "
-                f"already, and --epochs {settings.epochs} asks for no more. Give --epochs "
-                f"greater than {len(previous.epochs)}",
+                f"error: cannot resume: {output} has {len(previous.epochs)} epochs done "
+                f"already, more than --epochs {settings.epochs} asks for. Give --epochs "
+                f"{len(previous.epochs)} or more",
                 distributed,
             )
     if len(saved_random_states) == world_size:
@@ -387,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             on_epoch_end=save_epoch,
             history=previous,
         )
+    except (FloatingPointError, ValueError) as error:  # diverged, or NaN weights at a save
+        done = len(history_so_far.epochs)
+        where = f"the checkpoint of epoch {done} is at {output}" if done else "no epoch was saved"
+        return _fail(f"error: training stopped: {error}\n{where}", distributed)
     except KeyboardInterrupt:
         done = len(history_so_far.epochs)
         if is_main:

@@ -8,7 +8,6 @@ Written once here so every notebook trains the same way, for a set number of epo
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import random
 import time
@@ -399,14 +398,10 @@ def _check_loop_numbers(
         raise ValueError(
             f"time_budget must be a finite number of seconds >= 0, got {time_budget!r}"
         )
-    if warmup_steps is not None and (
-        isinstance(warmup_steps, bool)
-        or not isinstance(warmup_steps, numbers.Integral)
-        or warmup_steps < 1
-        or lr_decay
-    ):
+    if whole_number_or_none("warmup_steps", warmup_steps) is not None and lr_decay:
         raise ValueError(
-            f"warmup_steps must be at least 1 and not combined with lr_decay, got {warmup_steps!r}"
+            f"warmup_steps ({warmup_steps}) and lr_decay ({lr_decay}) are two schedules of the "
+            "learning rate: give one or the other"
         )
     if not (is_finite_number(teacher_forcing_ratio) and 0 <= teacher_forcing_ratio <= 1):
         raise ValueError(f"teacher_forcing_ratio must lie in [0, 1], got {teacher_forcing_ratio!r}")

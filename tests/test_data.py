@@ -379,7 +379,7 @@ def test_a_split_without_a_whole_number_seed_is_refused_not_drawn_anew(tmp_path)
 def test_pairs_must_be_pairs_not_two_letter_strings():
     with pytest.raises(TypeError, match=r"pairs\[0\] must be a \(source, target\) pair, got 'ab'"):
         split_by_source(["ab", "cd"] * 20)
-    with pytest.raises(TypeError, match="pairs is a str"):
+    with pytest.raises(TypeError, match=r"pairs is a str .*give \(source, target\) pairs"):
         split_by_source("ab\tcd")
 
 
@@ -549,5 +549,5 @@ def test_a_sentence_that_is_not_text_is_named_not_a_bare_error():
         normalize_text(None)
     with pytest.raises(TypeError, match="expected text as str, got NoneType"):
         Tokenizer("en").tokenize_many(["Hi there.", None])
-    with pytest.raises(TypeError, match=r"tokens\[1\] is a NoneType, not a str"):
+    with pytest.raises(TypeError, match=r"tokens must be strings, got None \(NoneType\)"):
         detokenize(["Hallo", None])

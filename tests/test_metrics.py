@@ -260,7 +260,7 @@ def test_nan_maps_and_maps_of_the_wrong_kind_are_refused():
             alignment_accuracy([real, broken], spans)
         with pytest.raises(ValueError, match=r"attentions\[1\] holds NaN or infinite weights"):
             mean_attention_entropy([real, broken])
-    with pytest.raises(ValueError, match=r"attentions\[1\] is a ndarray, not a tensor"):
+    with pytest.raises(TypeError, match=r"attentions\[1\] must be a torch.Tensor, got a ndarray"):
         alignment_accuracy([real, real.numpy()], spans)
     with pytest.raises(ValueError, match=r"attentions\[0\] has shape \(2,\)"):
         alignment_accuracy([real[0]], [[(0, 1)]])

@@ -213,7 +213,8 @@ def test_a_config_with_impossible_sizes_is_refused_when_it_is_made(settings, mes
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"source_tokenizer": "EN"}, "source_tokenizer must be 'chars' or a language code that spaCy has, in lower case .*got 'EN'"),
+        ({"source_tokenizer": "EN"}, "source_tokenizer must be 'chars' or a language code that spaCy has, in lower case .*got 'EN' \\(spaCy: \\[E048\\]"),
+        ({"source_tokenizer": "punctuation"}, "source_tokenizer must be 'chars' or a language code"),
         ({"target_tokenizer": "german"}, "target_tokenizer must be 'chars' or a language code .*got 'german'"),
         ({"target_tokenizer": ""}, "target_tokenizer must be 'chars' or a language code"),
         ({"source_tokenizer": None}, r"source_tokenizer must be a str .*got None \(NoneType\)"),
@@ -235,6 +236,10 @@ def test_local_score_and_window_are_checked_when_made():
         config(attention="local-p", local_score=None)
     with pytest.raises(ValueError, match="local_score .* must be one of .*got 'local-m'"):
         config(attention="local-p", local_score="local-m")
+    from helpers.attention import build_attention
+
+    with pytest.raises(ValueError, match="local_score must be one of .*got None"):
+        build_attention("local-p", 8, 8, local_score=None)
     for window in (float("nan"), True, 0):
         with pytest.raises(ValueError, match="window must be a whole number >= 1 .*half-width D"):
             LocalAttention(DotAttention(4), window=window, predictive=False)

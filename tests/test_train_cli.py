@@ -386,14 +386,59 @@ def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
     assert f"--output {partial} holds an interrupted run (1 epoch(s) done): add --resume" in (
         capsys.readouterr().err
     )
-    assert train_cli.main([*flags, "--epochs", "1", "--resume"]) == 2
-    assert "1 epoch(s) done already, and --epochs 1 asks for no more" in capsys.readouterr().err
     assert partial.read_bytes() == written
     assert train_cli.main([*flags, "--epochs", "2", "--resume"]) == 0
     assert "resuming after epoch 1 of 2" in capsys.readouterr().out
     _, extra = load_checkpoint(partial)
     assert len(extra["history"]["epochs"]) == 2 and extra["settings"]["epochs"] == 2
     assert "resume" not in extra
+
+
+def test_resume_refuses_fewer_epochs_than_were_done_and_finishes_with_as_many(
+    tmp_path, monkeypatch, capsys
+):
+    """Fewer: it saved a "finished" model of more epochs than asked, its resume state gone.
+    As many: the run is finished (saved and scored), as when its final save failed."""
+    import helpers.train as train_cli
+
+    partial = tmp_path / "partial.pt"
+    flags = [*DATES[2:], "--output", str(partial)]
+    real_save = train_cli.save_checkpoint
+    saves = []
+
+    def save_twice_then_interrupt(model, path, extra):  # Ctrl-C after epoch 2's checkpoint
+        real_save(model, path, extra=extra)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cli, "save_checkpoint", save_twice_then_interrupt)
+    assert train_cli.main([*flags, "--epochs", "3"]) == 130
+    monkeypatch.setattr(train_cli, "save_checkpoint", real_save)
+    capsys.readouterr()
+    written = partial.read_bytes()
+    assert train_cli.main([*flags, "--epochs", "1", "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "2 epochs done already, more than --epochs 1 asks for. Give --epochs 2 or more" in error
+    assert partial.read_bytes() == written
+    assert train_cli.main([*flags, "--epochs", "2", "--resume"]) == 0
+    _, extra = load_checkpoint(partial)
+    assert len(extra["history"]["epochs"]) == 2 and "resume" not in extra
+    assert "test_bleu" in extra["summary"]
+
+
+def test_a_run_that_diverges_stops_with_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import helpers.train as train_cli
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("the training loss became nan in epoch 1")
+
+    monkeypatch.setattr(train_cli, "train", diverge)
+    output = tmp_path / "model.pt"
+    assert train_cli.main([*DATES[2:], "--epochs", "1", "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert "error: training stopped: the training loss became nan" in error
+    assert "no epoch was saved" in error and not output.exists()
 
 
 @pytest.mark.parametrize(("valid_size", "test_size"), [(0, 20), (20, 0)])

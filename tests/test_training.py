@@ -817,8 +817,10 @@ def test_the_warmup_needs_at_least_one_step(small_dates):
     train_loader, _ = small_dates.loaders(batch_size=300)
     arguments = dict(epochs=1, device="cpu", progress=False)
     train(Seq2Seq(config), train_loader, warmup_steps=1, **arguments)  # full rate at step 1
-    with pytest.raises(ValueError, match="warmup_steps must be at least 1"):
+    with pytest.raises(ValueError, match="warmup_steps must be a whole number >= 1, got 0"):
         train(Seq2Seq(config), train_loader, warmup_steps=0, **arguments)
+    with pytest.raises(ValueError, match=r"warmup_steps \(10\) and lr_decay \(0.8\) are two"):
+        train(Seq2Seq(config), train_loader, warmup_steps=10, lr_decay=0.8, **arguments)
 
 
 def test_a_history_round_trips_and_older_ones_load_without_the_later_fields():
@@ -977,7 +979,7 @@ def test_train_and_evaluate_loss_want_a_loader_of_batches_not_a_dataset(small_da
         ({"time_budget": -5}, "time_budget must be a finite number of seconds >= 0"),
         ({"teacher_forcing_ratio": 1.5}, r"teacher_forcing_ratio must lie in \[0, 1\]"),
         ({"early_stopping_patience": 0}, "early_stopping_patience must be a whole number >= 1"),
-        ({"warmup_steps": 2.5}, "warmup_steps must be at least 1"),
+        ({"warmup_steps": 2.5}, "warmup_steps must be a whole number >= 1, got 2.5"),
         ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
     ],
 )  # fmt: skip

@@ -232,7 +232,9 @@ def test_training_applies_the_warmup_and_the_betas():
           device="cpu", progress=False)  # fmt: skip
     expected = [0.01 * warmup_inverse_sqrt(step, 4) for step in range(1, 7)]
     assert rates == pytest.approx(expected)
-    with pytest.raises(ValueError, match="not combined with lr_decay"):
+    with pytest.raises(
+        ValueError, match="are two schedules of the learning rate: give one or the other"
+    ):
         train(model, loader, epochs=1, warmup_steps=4, lr_decay=0.5, progress=False)
     fresh = transformer()
     train(fresh, loader, epochs=1, adam_beta2=0.98, progress=False, device="cpu")
