@@ -501,8 +501,9 @@ def group_by_source(pairs: Iterable[Pair]) -> OrderedDict[str, list[str]]:
     groups: OrderedDict[str, list[str]] = OrderedDict()
     first_spelling: dict[str, str] = {}
     for index, pair in enumerate(pairs):
-        if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != 2:
-            # a 2-letter str would unpack into a "pair" of letters without complaint
+        # A 2-letter str would unpack into a "pair" of letters without complaint. (Any
+        # other 2-long row will do: a tuple, a list, a NumPy row of a DataFrame's .values.)
+        if isinstance(pair, str) or not hasattr(pair, "__len__") or len(pair) != 2:
             raise TypeError(f"pairs[{index}] must be a (source, target) pair, got {pair!r}")
         source, target = pair
         key = first_spelling.setdefault(normalize_text(source), source)

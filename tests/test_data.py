@@ -381,6 +381,10 @@ def test_pairs_must_be_pairs_not_two_letter_strings():
         split_by_source(["ab", "cd"] * 20)
     with pytest.raises(TypeError, match=r"pairs is a str .*give \(source, target\) pairs"):
         split_by_source("ab\tcd")
+    import numpy as np
+
+    rows = np.array(corpus(), dtype=object)  # a DataFrame's .values: rows, not tuples
+    assert split_by_source(rows, seed=5) == split_by_source(corpus(), seed=5)
 
 
 # ------------------------------------------------------------- bad input, poisoned cache
