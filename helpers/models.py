@@ -301,6 +301,7 @@ class Seq2Seq(nn.Module):
             )
         if decoder_input.device.type == "cpu" and decoder_input.numel():
             _check_token_range("decoder_input", decoder_input, self.config.target_vocab_size)
+            _check_starts_with_sos(decoder_input)
         if (
             isinstance(teacher_forcing_ratio, bool)
             or not isinstance(teacher_forcing_ratio, numbers.Real)
@@ -369,6 +370,20 @@ def _check_source(source: Tensor, source_lengths: Tensor, vocab_size: int) -> No
                 f"source row {row} disagrees with its length {int(lengths[row])}: every real "
                 f"token must come first and be non-<pad> (id {PAD_INDEX}), then only <pad>"
             )
+
+
+def _check_starts_with_sos(decoder_input: Tensor) -> None:
+    """A clear error for the classic slip of passing the target itself (``y_1 … <eos>``)
+    as the decoder's input: it trains without complaint, to copy its input one step late,
+    and translates nothing. Each row must be the target shifted right, ``<sos> y_1 …``."""
+    first = decoder_input[:, 0]
+    if bool((first != SOS_INDEX).any()):
+        row = int((first != SOS_INDEX).nonzero()[0])
+        raise ValueError(
+            f"decoder_input row {row} starts with token id {int(first[row])}, not <sos> "
+            f"(id {SOS_INDEX}): each row is the target shifted right by one, "
+            "<sos> y_1 … y_{T-1} (batch.decoder_input), not the target itself"
+        )
 
 
 def _check_token_range(name: str, tokens: Tensor, vocab_size: int) -> None:

@@ -363,6 +363,30 @@ def test_out_of_range_token_ids_are_a_clear_error():
         model(batch.source, batch.source_lengths, negative)
 
 
+@pytest.mark.parametrize("decoder", ["luong", "bahdanau", "transformer"])
+def test_the_target_itself_as_decoder_input_is_a_clear_error(decoder):
+    """Passing the target (``y_1 … <eos>``) instead of the target shifted right
+    (``<sos> y_1 …``) trains without complaint, to copy one step late: refuse it."""
+    model = Seq2Seq(
+        config(decoder=decoder, encoder="self_attention" if decoder == "transformer" else "rnn")
+    )
+    batch = toy_batch()
+    assert bool((batch.decoder_input[:, 0] == SOS_INDEX).all())
+    model(batch.source, batch.source_lengths, batch.decoder_input)  # the right input is fine
+    unshifted = batch.decoder_input[:, 1:].clone()
+    first = int(unshifted[0, 0])
+    assert first != SOS_INDEX
+    with pytest.raises(
+        ValueError,
+        match=rf"decoder_input row 0 starts with token id {first}, not <sos> \(id {SOS_INDEX}\)",
+    ):
+        model(batch.source, batch.source_lengths, unshifted)
+    one_row_wrong = batch.decoder_input.clone()
+    one_row_wrong[2, 0] = PAD_INDEX
+    with pytest.raises(ValueError, match=f"row 2 starts with token id {PAD_INDEX}, not <sos>"):
+        model(batch.source, batch.source_lengths, one_row_wrong)
+
+
 @pytest.mark.parametrize("beam_size", [1, 3])
 def test_decoding_checks_the_source_before_it_moves_to_the_models_device(beam_size):
     """On a GPU the ids cannot be read without a wait, so the check is skipped there; the
