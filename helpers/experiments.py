@@ -613,10 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _write_speed(arguments, argv, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     provenance_file = out_dir / "provenance.json"
-    # --summarise-only trains nothing: keep the wall time of the invocation that trained.
+    # An invocation that trains nothing (--summarise-only, or every run already done)
+    # keeps the wall time of the invocation that trained.
     wall_before = 0.0
     if provenance_file.is_file():
         wall_before = json.loads(provenance_file.read_text()).get("wall seconds", 0.0)
+    trained = False
     if not arguments.summarise_only:
         code = code_state()  # now, before any edits made while the runs train
         jobs = [
@@ -625,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not _done(variant, seed, out_dir)
         ]
         print(f"{len(jobs)} run(s) to do, {arguments.workers} at a time", flush=True)
+        trained = bool(jobs)
         context = get_context("spawn")  # a clean interpreter per worker: no forked torch state
         with ProcessPoolExecutor(arguments.workers, mp_context=context) as pool:
             futures = {
@@ -646,7 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     summary = summarise(out_dir)
     wall = time.perf_counter() - started
-    if arguments.summarise_only:
+    if not trained:
         wall = wall_before
     provenance = _provenance(arguments, wall, argv, out_dir)
     atomic_write_bytes(provenance_file, json.dumps(provenance, indent=1).encode())

@@ -562,7 +562,8 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     task: each run's JSON records the run's code, machine and threads beside its metrics,
     its translations are kept (and are the ones it scored), the tables and the
     significance test cover what is on disk, a second invocation trains nothing, and
-    ``--summarise-only`` keeps the wall time of the invocation before it."""
+    an invocation that trains nothing (``--summarise-only``, or every run done) keeps
+    the wall time of the invocation that trained."""
     from concurrent.futures import ThreadPoolExecutor
 
     from helpers.checkpoints import load_checkpoint
@@ -635,9 +636,10 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     assert experiments.main(arguments) == 0
     assert "0 run(s) to do" in capsys.readouterr().out
     assert threads == [3, 3]  # nothing trained
-    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 7.0
+    # (its own 7 s would replace the training's wall time with a summary's)
+    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 5.0
     assert experiments.main([*arguments, "--summarise-only"]) == 0
-    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 7.0
+    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 5.0
     # With a GPU the runs default to it, one at a time.
     monkeypatch.setattr(experiments.torch.cuda, "is_available", lambda: True)
     assert experiments.main([*arguments, "--summarise-only"]) == 0
@@ -650,6 +652,12 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     general = output / "runs" / "luong-general_seed0.json"
     general.write_text(json.dumps({**json.loads(general.read_text()), "cache key": "old"}))
     assert not experiments._done("Luong general", 0, output)
+    # An invocation that trains again records its own wall time.
+    monkeypatch.setattr(experiments.torch.cuda, "is_available", lambda: False)
+    fake_clock(experiments, 400.0, 412.0)
+    assert experiments.main(arguments) == 0
+    assert "2 run(s) to do" in capsys.readouterr().out
+    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 12.0
 
 
 def test_last_epoch_improvement_is_the_best_loss_relative_gain_of_the_last_epoch():
