@@ -42,6 +42,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -69,7 +70,7 @@ from .models import ModelConfig, Seq2Seq, count_parameters
 from .recipes import cache_key, dates_recipe, train_or_load
 from .reproducibility import cpu_model_name
 from .tasks import TranslationTask, dates_task, tatoeba_task
-from .training import TrainSettings
+from .training import TrainSettings, select_device
 
 RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
 RESULTS_DIR = RESULTS_ROOT / "comparison"
@@ -365,16 +366,19 @@ def _done(variant: str, seed: int, out_dir: Path) -> bool:
 
 
 def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
-    """Aggregate the runs on disk: ``runs.csv``, ``summary.csv``, ``significance.csv``."""
-    rows = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob("*.json"))]
-    if not rows:
-        raise FileNotFoundError(f"no runs under {out_dir / 'runs'}: run the experiments first")
+    """Aggregate the runs on disk: ``runs.csv``, ``summary.csv``, ``significance.csv``.
+
+    Every run file is read and checked before any table is written, and the three are
+    written together: a bad run file (named in the ``ValueError``) changes none of them.
+    Without the translations to test, an earlier ``significance.csv`` is removed rather
+    than left beside a summary it no longer matches.
+    """
+    rows = read_runs(out_dir)
     order = {name: index for index, name in enumerate(ALL_VARIANTS)}
     runs = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows])
     runs = runs.sort_values(
         ["seed", "variant"], key=lambda c: c.map(order) if c.name == "variant" else c
     )
-    runs.to_csv(out_dir / "runs.csv", index=False, float_format="%.6g")
     metrics = [c for c in runs.columns if runs[c].dtype.kind in "fi" and c != "seed"]
     grouped = runs.groupby("variant", sort=False)[metrics]
     summary = (
@@ -383,11 +387,46 @@ def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
         .join(runs.groupby("variant", sort=False)["seed"].count().rename("seeds"))
     )
     summary = summary.loc[sorted(summary.index, key=order.get)]
-    summary.to_csv(out_dir / "summary.csv", float_format="%.6g")
     significance = _pairwise_significance(runs, out_dir, samples)
+    tables = {
+        "runs.csv": runs.to_csv(index=False, float_format="%.6g"),
+        "summary.csv": summary.to_csv(float_format="%.6g"),
+    }
     if significance is not None:
-        significance.to_csv(out_dir / "significance.csv", index=False, float_format="%.6g")
+        tables["significance.csv"] = significance.to_csv(index=False, float_format="%.6g")
+    for name, text in tables.items():
+        atomic_write_bytes(out_dir / name, text.encode())
+    if significance is None:
+        (out_dir / "significance.csv").unlink(missing_ok=True)  # it tested other runs
     return summary
+
+
+#: What :func:`summarise` needs from every run file.
+RUN_FIELDS = ("variant", "seed", "train seconds")
+
+
+def read_runs(out_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
+    """Every run file under ``out_dir/runs``, read and checked: a ``ValueError`` names
+    the file that is not a run (cut short, not UTF-8, another shape, an unknown variant),
+    and a ``FileNotFoundError`` says when there are none."""
+    paths = sorted((out_dir / "runs").glob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no runs under {out_dir / 'runs'}: run the experiments first")
+    rows = []
+    for path in paths:
+        try:
+            row = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a run file: {error}") from None
+        if not isinstance(row, dict) or any(field not in row for field in RUN_FIELDS):
+            raise ValueError(f"{path} is not a run file: it needs the fields {list(RUN_FIELDS)}")
+        if row["variant"] not in ALL_VARIANTS:
+            raise ValueError(
+                f"{path} holds a run of an unknown variant {row['variant']!r}; "
+                f"known: {list(ALL_VARIANTS)}"
+            )
+        rows.append(row)
+    return rows
 
 
 def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> pd.DataFrame | None:
@@ -469,10 +508,14 @@ def measure_speed(
 def _full_checkpoint(variant: str, seed: int) -> Path:
     path = checkpoint_path(f"full_{slug(variant)}_seed{seed}.pt")
     if not path.is_file():
+        experiment = next(name for name, (names, _) in EXPERIMENTS.items() if variant in names)
+        command = shlex.join(
+            ["python", "-m", "helpers.experiments", "--experiment", experiment, "--variants"]
+            + [variant, "--seeds", str(seed)]
+        )
         raise FileNotFoundError(
-            f"no full-budget checkpoint of {variant!r}, seed {seed}, at {path}: run "
-            f"`python -m helpers.experiments --variants {variant!r} --seeds {seed}` "
-            "(or the transformer experiment) on this machine first"
+            f"no full-budget checkpoint of {variant!r}, seed {seed}, at {path}: "
+            f"run `{command}` on this machine first"
         )
     return path
 
@@ -515,17 +558,38 @@ def hardware() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine()}
 
 
+#: What provenance says about the invocation that trained, kept by one that trains nothing.
+INVOCATION_FIELDS = (
+    "command",
+    "finished",
+    "wall seconds",
+    "hardware",
+    "device",
+    "workers",
+    "torch threads per worker",
+)
+
+
 def _provenance(
-    arguments: argparse.Namespace, wall_seconds: float, argv: Sequence[str], out_dir: Path
+    arguments: argparse.Namespace,
+    wall_seconds: float,
+    argv: Sequence[str],
+    out_dir: Path,
+    previous: dict[str, Any] | None = None,
 ) -> dict:
+    """The provenance record of the runs on disk. ``previous``: the record of the last
+    invocation that trained, when this one trained nothing; its :data:`INVOCATION_FIELDS`
+    are kept, as a summary written elsewhere says nothing about how the runs were made."""
     import sacrebleu
 
     # Each run records the code it was trained with (runs can come from several
     # resumed invocations); list them all, not just the commit checked out now.
-    runs = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob("*.json"))]
+    runs = read_runs(out_dir)
     codes = sorted({json.dumps(r.get("code", {"commit": "unknown"}), sort_keys=True) for r in runs})
-    return {
-        "command": "python -m helpers.experiments " + " ".join(argv),
+    # What the summary covers: the runs on disk, whatever this invocation was asked for.
+    variants = [name for name in ALL_VARIANTS if any(r["variant"] == name for r in runs)]
+    record = {
+        "command": shlex.join(["python", "-m", "helpers.experiments", *argv]),
         "code of the runs": [json.loads(c) for c in codes],
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall seconds": round(wall_seconds, 1),
@@ -544,8 +608,8 @@ def _provenance(
         "python": platform.python_version(),
         "torch": torch.__version__,
         "sacrebleu": sacrebleu.__version__,
-        "seeds": arguments.seeds,
-        "variants": arguments.variants,
+        "seeds": sorted({r["seed"] for r in runs}),
+        "variants": variants,
         "budget": {
             "max epochs": FULL_EPOCHS,
             "lr decay per epoch": FULL_LR_DECAY,
@@ -553,12 +617,13 @@ def _provenance(
             "early stopping min relative improvement": FULL_MIN_DELTA,
             "shared model": SHARED_MODEL,
             "training overrides": {
-                name: TRAINING_OVERRIDES[name]
-                for name in arguments.variants
-                if name in TRAINING_OVERRIDES
+                name: TRAINING_OVERRIDES[name] for name in variants if name in TRAINING_OVERRIDES
             },
         },
     }
+    if previous is not None:
+        record.update({key: previous[key] for key in INVOCATION_FIELDS if key in previous})
+    return record
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -573,7 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comparison: notebook 07's variants; transformer: notebook 08's Transformer",
     )
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="default: the experiment's")
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--seeds", nargs="+", type=_seed_argument, default=list(SEEDS))
     parser.add_argument(
         "--device", help="cpu or cuda[:k] (default: the GPU when there is one, else the CPU)"
     )
@@ -593,7 +658,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     arguments = parser.parse_args(argv)
     experiment_variants, default_output = EXPERIMENTS[arguments.experiment]
-    arguments.variants = arguments.variants or list(experiment_variants)
+    # Each run once: two workers on one run would write the same files at once.
+    arguments.variants = list(dict.fromkeys(arguments.variants or experiment_variants))
+    arguments.seeds = list(dict.fromkeys(arguments.seeds))
     arguments.output = arguments.output or default_output
     unknown = [v for v in arguments.variants if v not in experiment_variants]
     if unknown:
@@ -603,21 +670,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if arguments.device is None:
         arguments.device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        try:  # here, not in each worker after it has loaded the data
+            select_device(arguments.device)
+        except ValueError as error:
+            parser.error(f"--device: {error}")
     if arguments.workers is None:
         arguments.workers = 1 if arguments.device.startswith("cuda") else 2
     if arguments.workers < 1 or arguments.threads < 1:
         parser.error("--workers and --threads must be at least 1")
     started = time.perf_counter()
     out_dir: Path = arguments.output
-    if arguments.measure_speed:
-        return _write_speed(arguments, argv, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if arguments.summarise_only:
+        if not out_dir.is_dir():
+            parser.error(f"--summarise-only: {out_dir} is not a folder of runs")
+    else:  # before anything is trained or measured
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--output {out_dir}: {error.strerror or error}")
+    try:
+        if arguments.measure_speed:
+            return _write_speed(arguments, argv, out_dir)
+        return _run_and_summarise(arguments, argv, out_dir, started)
+    except (FileNotFoundError, ValueError) as error:  # a missing or bad run or checkpoint
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _seed_argument(text: str) -> int:
+    """``--seeds``: whole numbers that NumPy's and PyTorch's generators accept."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed must lie in 0 to 2**32 - 1, got {seed}")
+    return seed
+
+
+def _run_and_summarise(
+    arguments: argparse.Namespace, argv: Sequence[str], out_dir: Path, started: float
+) -> int:
+    """Train the runs that are missing, then write the tables and the provenance."""
     provenance_file = out_dir / "provenance.json"
     # An invocation that trains nothing (--summarise-only, or every run already done)
-    # keeps the wall time of the invocation that trained.
-    wall_before = 0.0
+    # keeps what the record says of the invocation that trained, its wall time included.
+    previous = None
     if provenance_file.is_file():
-        wall_before = json.loads(provenance_file.read_text()).get("wall seconds", 0.0)
+        try:
+            previous = json.loads(provenance_file.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{provenance_file} is not a provenance record: {error}") from None
+        if not isinstance(previous, dict):
+            raise ValueError(f"{provenance_file} is not a provenance record (not an object)")
     trained = False
     if not arguments.summarise_only:
         code = code_state()  # now, before any edits made while the runs train
@@ -639,19 +745,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 for variant, seed in jobs
             }
-            for future in as_completed(futures):
-                variant, seed = futures[future]
-                row = json.loads(Path(future.result()).read_text())
-                print(
-                    f"{variant:>30} seed {seed}: BLEU {row['test BLEU (greedy)']:.1f} greedy, "
-                    f"{row['epochs run']} epochs, {row['train seconds']:.0f} s",
-                    flush=True,
-                )
+            try:
+                for future in as_completed(futures):
+                    variant, seed = futures[future]
+                    row = json.loads(Path(future.result()).read_text())
+                    print(
+                        f"{variant:>30} seed {seed}: BLEU {row['test BLEU (greedy)']:.1f} "
+                        f"greedy, {row['epochs run']} epochs, {row['train seconds']:.0f} s",
+                        flush=True,
+                    )
+            except BaseException:
+                # A run failed (or Ctrl-C): start no queued run; the running ones finish
+                # and keep their files, so nothing trained is lost.
+                pool.shutdown(cancel_futures=True)
+                raise
     summary = summarise(out_dir)
     wall = time.perf_counter() - started
-    if not trained:
-        wall = wall_before
-    provenance = _provenance(arguments, wall, argv, out_dir)
+    provenance = _provenance(arguments, wall, argv, out_dir, previous=None if trained else previous)
     atomic_write_bytes(provenance_file, json.dumps(provenance, indent=1).encode())
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary.round(3))
@@ -669,7 +779,7 @@ def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Pa
     training_batches, sentences = TRAIN_BATCHES, 500  # recorded below exactly as measured
     speed = measure_speed(models, task, arguments.device, training_batches, sentences)
     record = {
-        "command": "python -m helpers.experiments " + " ".join(argv),
+        "command": shlex.join(["python", "-m", "helpers.experiments", *argv]),
         "code": code_state(),
         "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hardware": hardware(),

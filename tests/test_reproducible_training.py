@@ -3,7 +3,9 @@ progress bar, the full-budget experiment runner and its significance test."""
 
 import json
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -342,12 +344,18 @@ def test_measure_speed_times_training_and_both_decoders(small_dates, monkeypatch
         assert row[column] > 0, column
 
 
-def test_speed_needs_the_full_budget_checkpoint(tmp_path, monkeypatch):
+def test_speed_needs_the_full_budget_checkpoint(tmp_path, monkeypatch, capsys):
     from helpers.experiments import main
 
     monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no full-budget checkpoint of 'Luong general'"):
-        main(["--experiment", "transformer", "--measure-speed", "--output", str(tmp_path)])
+    assert main(["--experiment", "transformer", "--measure-speed", "--output", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: no full-budget checkpoint of 'Luong general'")
+    # The command it suggests runs: Luong general belongs to the comparison experiment.
+    assert (
+        "python -m helpers.experiments --experiment comparison --variants 'Luong general' "
+        "--seeds 0" in error
+    )
     assert not (tmp_path / "speed.json").exists()
 
 
@@ -538,21 +546,19 @@ def test_summarising_the_committed_runs_rewrites_the_committed_tables(
         assert (output / table).read_bytes() == (committed / table).read_bytes(), table
     written = json.loads((output / "provenance.json").read_text())
     before = json.loads((committed / "provenance.json").read_text())
+    # A summary trains nothing: what the record says of the invocation that trained stays.
     for field in (
         "code of the runs",
-        "wall seconds",
         "train seconds, all runs",
         "hardware of the runs",
-        # the defaults on a CPU, as the committed runs were trained
-        "device",
-        "workers",
-        "torch threads per worker",
+        "seeds",
+        "variants",
+        *experiments.INVOCATION_FIELDS,
     ):
         assert written[field] == before[field], field
     # The comparison's record predates the "experiment" field and the training overrides.
     assert {key: written["budget"][key] for key in before["budget"]} == before["budget"]
     assert written["experiment"] == experiment
-    assert written["command"] == "python -m helpers.experiments " + " ".join(arguments)
 
 
 def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
@@ -590,7 +596,11 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     fake_clock(experiments, 0.0, 5.04, 100.0, 107.0, 200.0, 220.0, 300.0, 301.0)
     output = tmp_path / "results" / "comparison"  # folders made on the way
     variants = ["Luong dot", "Luong general"]
-    arguments = ["--variants", *variants, "--seeds", "0", "--threads", "3", "--output", str(output)]
+    # Each run once, however often it is named: two workers on one run would collide.
+    arguments = [
+        *("--variants", *variants, variants[0]),
+        *("--seeds", "0", "0", "--threads", "3", "--output", str(output)),
+    ]
 
     assert experiments.main(arguments) == 0
     assert "2 run(s) to do, 2 at a time" in capsys.readouterr().out
@@ -632,15 +642,25 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     assert provenance["train seconds, all runs"] == round(runs["train seconds"].sum(), 1)
     assert provenance["variants"] == variants and provenance["seeds"] == [0]
     assert provenance["torch threads per worker"] == 3 and provenance["workers"] == 2
+    # A command that can be run again as it is written (the variants' names hold spaces).
+    assert provenance["command"] == (
+        "python -m helpers.experiments --variants 'Luong dot' 'Luong general' 'Luong dot' "
+        f"--seeds 0 0 --threads 3 --output {output}"
+    )
+    trained_record = provenance
 
     assert experiments.main(arguments) == 0
     assert "0 run(s) to do" in capsys.readouterr().out
     assert threads == [3, 3]  # nothing trained
-    # (its own 7 s would replace the training's wall time with a summary's)
-    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 5.0
-    assert experiments.main([*arguments, "--summarise-only"]) == 0
-    assert json.loads((output / "provenance.json").read_text())["wall seconds"] == 5.0
-    # With a GPU the runs default to it, one at a time.
+    # An invocation that trains nothing keeps the record of the one that trained (its own
+    # 7 s would replace the training's wall time), and the seeds and variants are those of
+    # the runs the summary covers, not those it was asked for.
+    assert json.loads((output / "provenance.json").read_text()) == trained_record
+    summary_only = ["--summarise-only", "--seeds", "7", "--variants", "Luong dot"]
+    assert experiments.main([*summary_only, "--threads", "9", "--output", str(output)]) == 0
+    assert json.loads((output / "provenance.json").read_text()) == trained_record
+    # With a GPU the runs default to it, one at a time (a first record says so).
+    (output / "provenance.json").unlink()
     monkeypatch.setattr(experiments.torch.cuda, "is_available", lambda: True)
     assert experiments.main([*arguments, "--summarise-only"]) == 0
     provenance = json.loads((output / "provenance.json").read_text())
@@ -689,11 +709,127 @@ def test_the_runner_refuses_no_workers_or_no_threads(flags, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_one_worker_and_one_thread_are_enough(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no runs under"):  # past the check
-        experiments.main(
-            ["--workers", "1", "--threads", "1", "--summarise-only", "--output", str(tmp_path)]
-        )
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--device", "banana"], "--device: unknown device 'banana'"),
+        (["--device", "meta"], "--device: device 'meta' holds no values"),
+        (["--seeds", "0", "-1"], "a seed must lie in 0 to 2**32 - 1, got -1"),
+        (["--seeds", str(2**32)], f"a seed must lie in 0 to 2**32 - 1, got {2**32}"),
+        (["--seeds", "1.5"], "'1.5' is not a whole number"),
+    ],
+)
+def test_the_runners_flags_are_checked_before_anything_runs(flags, message, tmp_path, capsys):
+    """Not in each worker, after it has loaded the data (or, for a seed, never: a
+    summary accepted any)."""
+    with pytest.raises(SystemExit) as stopped:
+        experiments.main([*flags, "--output", str(tmp_path / "out")])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cuda_device_without_a_gpu_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(experiments.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        experiments.main(["--device", "cuda", "--output", str(tmp_path / "out")])
+    assert stopped.value.code == 2
+    assert "--device: device 'cuda' was asked for, but torch.cuda.is_available() is False" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+@pytest.mark.parametrize("mode", [[], ["--measure-speed"]])
+def test_an_output_that_cannot_be_a_folder_is_refused_before_anything_runs(
+    where, mode, tmp_path, capsys
+):
+    """A measurement took minutes before its folder was made, and lost them there."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    output = blocker if where == "a file" else blocker / "results"
+    with pytest.raises(SystemExit) as stopped:
+        experiments.main([*mode, "--output", str(output)])
+    assert stopped.value.code == 2 and f"--output {output}:" in capsys.readouterr().err
+    assert blocker.read_text() == "keep me"
+
+
+def test_summarising_a_missing_folder_is_refused_and_makes_no_folder(tmp_path, capsys):
+    missing = tmp_path / "nothing here"
+    with pytest.raises(SystemExit) as stopped:
+        experiments.main(["--summarise-only", "--output", str(missing)])
+    assert stopped.value.code == 2
+    assert f"--summarise-only: {missing} is not a folder of runs" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def _committed_runs_copy(tmp_path: Path, seeds=(0,)) -> Path:
+    """Two committed comparison runs and stand-in tables, without their translations."""
+    import shutil
+
+    _, committed = experiments.EXPERIMENTS["comparison"]
+    output = tmp_path / "comparison"
+    (output / "runs").mkdir(parents=True)
+    for name in ("luong-dot", "luong-general"):
+        for seed in seeds:
+            shutil.copy(committed / "runs" / f"{name}_seed{seed}.json", output / "runs")
+    for table in ("runs.csv", "summary.csv", "significance.csv"):
+        (output / table).write_text(f"the earlier {table}\n")
+    return output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"variant": "Luong dot", "seed"', "is not a run file: Expecting"),
+        (b"[1, 2]", "is not a run file: it needs the fields"),
+        ('{"variant": "Luong d\u00f6t"}'.encode("latin-1"), "is not a run file: 'utf-8'"),
+        (
+            b'{"variant": "Foo", "seed": 0, "train seconds": 1.0}',
+            "holds a run of an unknown variant 'Foo'",
+        ),
+    ],
+)
+def test_a_bad_run_file_is_named_and_changes_no_table(
+    content, message, tmp_path, capsys, monkeypatch
+):
+    """Cut short, not UTF-8, another shape or an unknown variant: the file is named, and
+    no table is half rewritten (runs.csv was written before the summary failed)."""
+    monkeypatch.setattr(experiments, "_tasks", lambda: (None, None))
+    output = _committed_runs_copy(tmp_path)
+    bad = output / "runs" / "luong-dot_seed0.json"
+    bad.write_bytes(content)
+    assert experiments.main(["--summarise-only", "--output", str(output)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {bad} {message}")
+    for table in ("runs.csv", "summary.csv", "significance.csv"):
+        assert (output / table).read_text() == f"the earlier {table}\n", table
+    assert not (output / "provenance.json").exists()
+
+
+def test_a_corrupt_provenance_record_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(experiments, "_tasks", lambda: (None, None))
+    output = _committed_runs_copy(tmp_path)
+    (output / "provenance.json").write_text('{"wall seconds": ')
+    assert experiments.main(["--summarise-only", "--output", str(output)]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: {output / 'provenance.json'} is not a provenance record"
+    )
+
+
+def test_without_translations_an_earlier_significance_table_is_removed(tmp_path, monkeypatch):
+    """Kept, it would test other runs than the summary beside it describes."""
+    monkeypatch.setattr(experiments, "_tasks", lambda: (None, None))
+    output = _committed_runs_copy(tmp_path, seeds=(0, 1))
+    assert experiments.main(["--summarise-only", "--output", str(output)]) == 0
+    assert not (output / "significance.csv").exists()
+    summary = pd.read_csv(output / "summary.csv", index_col="variant")
+    assert list(summary.index) == ["Luong dot", "Luong general"]
+    assert list(summary["seeds"]) == [2, 2]
+
+
+def test_one_worker_and_one_thread_are_enough(tmp_path, capsys):
+    arguments = ["--workers", "1", "--threads", "1", "--summarise-only", "--output", str(tmp_path)]
+    assert experiments.main(arguments) == 1
+    assert capsys.readouterr().err.startswith("error: no runs under")  # past the check
 
 
 def test_the_committed_results_load_with_every_table_and_history():
