@@ -77,6 +77,27 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
         os.fsync(stream.fileno())
 
 
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, or ``None``: checked before hours of training."""
+    if path.is_dir():
+        return "is a directory; give a file name, e.g. checkpoints/model.pt"
+    folder = path.parent
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, so no folder can be made under it"
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass  # created and removed: the folder takes new files
+    except OSError as error:
+        return f"cannot write in {folder} ({error.strerror or error})"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "exists and is read-only"
+    return None
+
+
 def checkpoint_path(name: str) -> Path:
     """Where the series keeps a trained model: ``$PAYING_ATTENTION_CHECKPOINTS/name``, or
     ``checkpoints/name`` at the top of the repository (ignored by git).

@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue as queue_module
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, unwritable
 
 RESULT = Path(__file__).resolve().parent.parent / "results" / "reproducibility.json"
 #: Written by ``tools/execute_notebooks.py``: where and how each committed notebook ran.
@@ -149,13 +150,30 @@ def run(decoder: str, epochs: int | None, threads: int | None, load: bool) -> di
     try:
         worker = context.Process(target=_train_once, args=(decoder, epochs, threads, queue))
         worker.start()
-        result = queue.get()
+        result = _result_of(worker, queue)
         worker.join()
     finally:
         if hog is not None:
             hog.terminate()
             hog.join()
     return result
+
+
+def _result_of(worker, queue, poll_seconds: float = 1.0) -> dict:
+    """The run's result, or a ``RuntimeError`` as soon as its process has ended without
+    one (it printed its own traceback): waiting on the queue alone would wait forever."""
+    while True:
+        try:
+            return queue.get(timeout=poll_seconds)
+        except queue_module.Empty:
+            if not worker.is_alive():
+                try:  # it may have put its result just before it ended
+                    return queue.get(timeout=poll_seconds)
+                except queue_module.Empty:
+                    raise RuntimeError(
+                        f"the training run's process ended (exit code {worker.exitcode}) "
+                        "without a result; its error is printed above"
+                    ) from None
 
 
 def compare(reference: dict, other: dict) -> dict:
@@ -184,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     if arguments.epochs is not None and arguments.epochs < 1:
         parser.error("--epochs must be at least 1")
+    problem = unwritable(arguments.output)  # before three trainings, not after them
+    if problem is not None:
+        parser.error(f"--output {arguments.output}: {problem}")
     runs = {}
     for name, threads, load in [
         ("unloaded", None, False),
@@ -191,7 +212,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("1 thread", 1, False),
     ]:
         print(f"training: {name} ...", flush=True)
-        runs[name] = run(arguments.decoder, arguments.epochs, threads, load)
+        try:
+            runs[name] = run(arguments.decoder, arguments.epochs, threads, load)
+        except RuntimeError as error:
+            print(f"error: {name}: {error}", file=sys.stderr)
+            return 1
         print(
             f"  {runs[name]['threads']} thread(s), {runs[name]['train seconds']:.0f} s, "
             f"test BLEU {runs[name]['test BLEU (greedy)']:.2f}",

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -46,7 +45,7 @@ from .attention import ATTENTION_NAMES
 from .batching import BucketBatchSampler, collate_batch, make_loader
 from .checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from .decoding import translate_batch
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, unwritable
 from .metrics import alignment_accuracy, corpus_scores
 from .models import Seq2Seq
 from .recipes import dates_recipe, tatoeba_recipe
@@ -209,27 +208,6 @@ def _is_torch_checkpoint(path: Path) -> bool:
             return any(name.endswith("data.pkl") for name in archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False
-
-
-def unwritable(path: Path) -> str | None:
-    """Why ``path`` cannot be written, or ``None``: checked before hours of training."""
-    if path.is_dir():
-        return "is a directory; give a file name, e.g. checkpoints/model.pt"
-    folder = path.parent
-    for parent in [folder, *folder.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is a file, so no folder can be made under it"
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
-            pass  # created and removed: the folder takes new files
-    except OSError as error:
-        return f"cannot write in {folder} ({error.strerror or error})"
-    if path.exists() and not os.access(path, os.W_OK):
-        return "exists and is read-only"
-    return None
 
 
 def _settings_for(arguments: argparse.Namespace, device: torch.device):

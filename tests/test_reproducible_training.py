@@ -3,6 +3,7 @@ progress bar, the full-budget experiment runner and its significance test."""
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -499,6 +500,58 @@ def test_reproducibility_report_names_its_machine_and_fails_when_runs_differ(tmp
         with pytest.raises(SystemExit) as stopped:
             reproducibility.main(["--epochs", bad, "--output", str(output)])
         assert stopped.value.code == 2
+
+
+@pytest.mark.parametrize("where", ["a folder", "under a file"])
+def test_the_reproducibility_check_refuses_an_output_it_cannot_write_before_training(
+    where, tmp_path, monkeypatch, capsys
+):
+    """It found out only when it wrote the report, after three trainings."""
+    import helpers.reproducibility as reproducibility
+
+    def no_training(*arguments):
+        raise AssertionError("trained before the output was checked")
+
+    monkeypatch.setattr(reproducibility, "run", no_training)
+    (tmp_path / "a file").write_text("keep me")
+    output = tmp_path if where == "a folder" else tmp_path / "a file" / "report.json"
+    with pytest.raises(SystemExit) as stopped:
+        reproducibility.main(["--epochs", "1", "--output", str(output)])
+    assert stopped.value.code == 2 and f"--output {output}:" in capsys.readouterr().err
+    assert (tmp_path / "a file").read_text() == "keep me"
+
+
+def test_the_reproducibility_check_stops_when_a_training_process_dies(
+    tmp_path, monkeypatch, capsys
+):
+    """The child printed its error and ended; the parent waited on the queue forever."""
+    import queue
+
+    import helpers.reproducibility as reproducibility
+
+    class EndedProcess:
+        exitcode = 1
+
+        def is_alive(self):
+            return False
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"ended \(exit code 1\) without a result"):
+        reproducibility._result_of(EndedProcess(), queue.Queue(), poll_seconds=0.01)
+    assert time.monotonic() - started < 5
+    # A result put just before the process ended is still read.
+    ready = queue.Queue()
+    ready.put({"threads": 2})
+    assert reproducibility._result_of(EndedProcess(), ready, poll_seconds=0.01) == {"threads": 2}
+
+    def failing_run(decoder, epochs, threads, load):
+        raise RuntimeError("the training run's process ended (exit code 1) without a result")
+
+    monkeypatch.setattr(reproducibility, "run", failing_run)
+    output = tmp_path / "report.json"
+    assert reproducibility.main(["--epochs", "1", "--output", str(output)]) == 1
+    assert capsys.readouterr().err.startswith("error: unloaded: the training run's process")
+    assert not output.exists()
 
 
 def test_every_committed_full_budget_run_still_counts_as_done(recorded_data):
