@@ -26,6 +26,7 @@ shared machines are noisy.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import random
 import time
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-pairs", type=int, default=50_001)
     parser.add_argument("--skip-extras", action="store_true", help="only the training comparison")
     arguments = parser.parse_args(argv)
-    if not arguments.duration > 0:  # also rejects NaN
+    if not math.isfinite(arguments.duration) or arguments.duration <= 0:  # NaN and inf too
         parser.error(f"--duration must be a positive number of seconds, got {arguments.duration}")
     if arguments.hidden_size < 2 or arguments.max_pairs < 1:
         parser.error("--hidden-size must be at least 2 and --max-pairs at least 1")
@@ -272,7 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(task.test_sources)} test sentences: give more pairs (decoding is timed "
             "on the test sentences; --skip-extras times training only)"
         )
-    config = benchmark_config(task, arguments.hidden_size)
+    try:
+        config = benchmark_config(task, arguments.hidden_size)
+    except ValueError as error:  # too few pairs for a vocabulary, say
+        parser.error(f"--max-pairs {arguments.max_pairs}: {error}")
     print(
         f"model: LSTM, hidden {arguments.hidden_size}, Luong concat attention; {len(task.train):,} training pairs"
     )

@@ -86,6 +86,8 @@ def test_benchmark_refuses_meaningless_settings(flags):
         (["--hidden-size", "1"], "--hidden-size must be at least 2"),
         (["--max-pairs", "0"], "--max-pairs at least 1"),
         (["--duration", "-1"], "--duration must be a positive number"),
+        # inf ran the article's loop through the whole training set, ignoring the time
+        (["--duration", "inf"], "--duration must be a positive number of seconds, got inf"),
         (["--train-batches", "-3"], "--train-batches must be at least 1"),
     ],
 )
@@ -131,6 +133,20 @@ def test_too_few_pairs_for_a_test_sentence_are_refused_before_anything_trains(
         benchmark.main(flags)
     assert exit_info.value.code == 2
     assert "--max-pairs 70 leaves 60 training pairs and 0 test sentences" in capsys.readouterr().err
+
+
+def test_too_few_pairs_for_a_vocabulary_are_refused_before_anything_trains(
+    tmp_path, monkeypatch, capsys, stop_at
+):
+    """Pairs with no word seen twice leave no vocabulary: its own ValueError, a traceback."""
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(f"w{i}.\tv{i}.\n" for i in range(6)), encoding="utf-8")
+    monkeypatch.setenv("PAYING_ATTENTION_DATA", str(data))
+    stop_at(benchmark, "article_loop_tokens_per_second")
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--device", "cpu", "--max-pairs", "6", "--skip-extras"])
+    assert exit_info.value.code == 2
+    assert re.search(r"--max-pairs 6: (source|target)_vocab_size must be", capsys.readouterr().err)
 
 
 def test_the_benchmarks_model_is_trained_on_fixed_batches_so_every_run_decodes_the_same():
