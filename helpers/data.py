@@ -191,8 +191,9 @@ def download_tatoeba(
     """
     url = url or download_url()
     target = Path(data_dir) if data_dir is not None else default_data_dir()
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
+        # (inside: a URL that is not one, "unknown url type", is a ValueError here)
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
         with urllib.request.urlopen(request, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
             payload = response.read()
@@ -251,6 +252,10 @@ def resolve_data_path(
     cached = cache_dir / CACHE_FILENAME
     if cached.is_file():
         return cached
+    if cached.is_dir():
+        raise DataNotFoundError(
+            f"{cached} is a directory, where the cached data file belongs: move it away"
+        )
     if download:
         try:
             return download_tatoeba(url, cache_dir)
@@ -284,7 +289,16 @@ def fetch_into_cache(data_dir: str | os.PathLike | None = None) -> Path:
             with atomic_destination(cached) as temporary:
                 shutil.copyfile(source, temporary)
         return source
-    return resolve_data_path(data_dir=cache_dir)
+    already_cached = cached.is_file()
+    path = resolve_data_path(data_dir=cache_dir)
+    if already_cached:  # a download is checked before it is cached; a file found there not
+        try:
+            read_pairs(path)
+        except DataFormatError as error:
+            raise DataFormatError(
+                f"{error}\nThe cached file is damaged: delete {path} and fetch again."
+            ) from None
+    return path
 
 
 def load_pairs(
@@ -565,11 +579,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "fetch", help="fill the data cache (copy $PAYING_ATTENTION_DATA or download)"
     )
-    commands.add_parser("where", help="print the data file the notebooks will use")
+    commands.add_parser(
+        "where", help="print the data file the notebooks will use (downloads nothing)"
+    )
     arguments = parser.parse_args(argv)
     try:
-        path = fetch_into_cache() if arguments.command == "fetch" else resolve_data_path()
-    except (DataNotFoundError, DataFormatError) as error:
+        if arguments.command == "fetch":
+            path = fetch_into_cache()
+        else:  # says where, and fetches nothing: that is `fetch`'s job
+            path = resolve_data_path(download=False)
+    except DataNotFoundError as error:
+        nothing_cached = not (default_data_dir() / CACHE_FILENAME).exists()
+        if arguments.command == "where" and not os.environ.get(DATA_ENV_VAR) and nothing_cached:
+            error = f"{error}\nOr run `python -m helpers fetch`, which downloads it."
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (DataFormatError, OSError) as error:  # OSError: a cache folder that is a file, say
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(path)

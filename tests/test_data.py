@@ -521,6 +521,63 @@ def test_the_command_line_fetches_and_says_where_with_exit_codes(tmp_path, monke
         data.main([])  # a command is required
 
 
+def test_where_downloads_nothing_and_says_how_to_fetch(tmp_path, monkeypatch, capsys):
+    """``where`` only says; with nothing cached it started a download into the cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(data.DATA_DIR_ENV_VAR, str(cache))
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+
+    def no_download(*arguments, **settings):
+        raise AssertionError("where downloaded")
+
+    monkeypatch.setattr(data, "download_tatoeba", no_download)
+    assert data.main(["where"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: No English–German data found")
+    assert error.rstrip().endswith("Or run `python -m helpers fetch`, which downloads it.")
+    assert not cache.exists()
+
+
+def test_fetch_checks_a_file_already_in_the_cache(tmp_path, monkeypatch, capsys):
+    """A damaged cache was served with exit code 0, and every notebook then failed on it."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(data.DATA_DIR_ENV_VAR, str(cache))
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    cache.mkdir()
+    cached = write(cache / "deu-eng.tsv", "Go.\tGeh.\ngarbage\n")
+    assert data.main(["fetch"]) == 1
+    error = capsys.readouterr().err
+    assert f"{cached}:2" in error and f"delete {cached} and fetch again" in error
+    assert cached.read_text() == "Go.\tGeh.\ngarbage\n"  # nothing removed behind your back
+    write(cached, "Go.\tGeh.\n")
+    assert data.main(["fetch"]) == 0
+    assert capsys.readouterr().out.strip() == str(cached)
+
+
+def test_a_directory_where_the_cache_file_belongs_is_named(tmp_path, monkeypatch, capsys):
+    (tmp_path / "deu-eng.tsv").mkdir()
+    monkeypatch.delenv(data.DATA_ENV_VAR, raising=False)
+    with pytest.raises(DataNotFoundError, match="deu-eng.tsv is a directory, where the cached"):
+        resolve_data_path(data_dir=tmp_path, download=True, url="http://127.0.0.1:9/x.zip")
+
+
+def test_a_cache_folder_that_is_a_file_is_one_error_line(tmp_path, monkeypatch, capsys):
+    offline = write(tmp_path / "offline.tsv", "Go.\tGeh.\n")
+    blocker = write(tmp_path / "blocker", "keep me")
+    monkeypatch.setenv(data.DATA_ENV_VAR, str(offline))
+    monkeypatch.setenv(data.DATA_DIR_ENV_VAR, str(blocker))
+    assert data.main(["fetch"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "Traceback" not in error
+    assert blocker.read_text() == "keep me"
+
+
+def test_a_url_that_is_not_one_is_a_download_error(tmp_path):
+    with pytest.raises(data.DownloadError, match="could not download notaurl"):
+        data.download_tatoeba("notaurl", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("valid", "test"), [(0.0, 0.1), (0.1, 0.0), (0.0, 0.0), (0.5, 0.49)])
 def test_fractions_whose_sum_is_below_one_are_accepted(valid, test):
     split = split_by_source(corpus(), valid, test, seed=0)
