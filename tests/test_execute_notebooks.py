@@ -134,3 +134,64 @@ def test_a_notebook_edited_while_it_runs_is_not_overwritten(tool, tmp_path, caps
     assert tool.main([str(notebook), "--resources", str(tmp_path / "r.csv")]) == 1
     assert "changed on disk" in capsys.readouterr().err
     assert notebook.read_text().endswith("}\n ")  # the edit is still there
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"print('a script')\n", "NotJSONError"),
+        (b"{}", "is not a notebook: "),
+        (b'{"cells": [', "NotJSONError"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
+def test_every_notebook_is_read_before_any_runs(tool, tmp_path, capsys, content, problem):
+    """A bad second file was found only after the first notebook had run (an hour, for
+    some) and been rewritten."""
+    good = small_notebook(tmp_path / "good.ipynb", "6 * 7")
+    before = good.read_bytes()
+    bad = tmp_path / "bad.ipynb"
+    bad.write_bytes(content)
+    resources = tmp_path / "resources.csv"
+    with pytest.raises(SystemExit) as stopped:
+        tool.main([str(good), str(bad), "--resources", str(resources)])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{bad} is not a notebook" in error and problem in error
+    assert good.read_bytes() == before and not resources.exists()
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1"])
+def test_a_timeout_that_turns_the_limit_off_is_refused(tool, tmp_path, capsys, timeout):
+    good = small_notebook(tmp_path / "good.ipynb", "6 * 7")
+    with pytest.raises(SystemExit) as stopped:
+        tool.main([str(good), "--timeout", timeout, "--resources", str(tmp_path / "r.csv")])
+    assert stopped.value.code == 2
+    assert f"--timeout must be at least 1 second, got {timeout}" in capsys.readouterr().err
+
+
+def test_a_resources_file_that_cannot_be_written_is_refused_before_running(tool, tmp_path, capsys):
+    good = small_notebook(tmp_path / "good.ipynb", "6 * 7")
+    before = good.read_bytes()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("keep me")
+    resources = blocker / "resources.csv"
+    with pytest.raises(SystemExit) as stopped:
+        tool.main([str(good), "--resources", str(resources)])
+    assert stopped.value.code == 2
+    assert f"--resources {resources}: {blocker} is a file" in capsys.readouterr().err
+    assert good.read_bytes() == before and blocker.read_text() == "keep me"
+
+
+def test_a_notebook_named_twice_runs_once(tool, tmp_path, monkeypatch):
+    good = small_notebook(tmp_path / "good.ipynb", "6 * 7")
+    ran = []
+
+    def record(path, timeout):
+        ran.append(path)
+        return tool.RunRecord(path.name, 1.0, None, "a CPU", "AVX2", "2", "2026-01-01")
+
+    monkeypatch.setattr(tool, "execute_notebook", record)
+    same = tmp_path / "." / "good.ipynb"
+    assert tool.main([str(good), str(same), "--resources", str(tmp_path / "r.csv")]) == 0
+    assert ran == [good]

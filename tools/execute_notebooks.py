@@ -38,6 +38,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from helpers.files import unwritable
 from helpers.reproducibility import NOTEBOOK_RESOURCES, cpu_capability, cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,6 +242,19 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT) -> RunRecord:
     )
 
 
+def not_a_notebook(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a notebook, or ``None``."""
+    try:
+        notebook = nbformat.reads(path.read_bytes().decode("utf-8"), as_version=4)
+        nbformat.validate(notebook)
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 ({error.reason} at byte {error.start})"
+    except Exception as error:  # nbformat's NotJSONError, ValidationError, a missing key, …
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"{type(error).__name__}: {first_line}"[:300]
+    return None
+
+
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", type=Path, help="the .ipynb files to execute")
@@ -254,9 +268,21 @@ def main(arguments: list[str] | None = None) -> int:
         "--timeout", type=int, default=CELL_TIMEOUT, help="seconds allowed per cell"
     )
     options = parser.parse_args(arguments)
+    if options.timeout < 1:  # nbclient reads 0 or less as "no limit": a hung cell hangs it
+        parser.error(f"--timeout must be at least 1 second, got {options.timeout}")
     missing = [str(path) for path in options.notebooks if not path.is_file()]
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
+    # Each once, and each read now: a bad file found after an hour-long notebook has run
+    # (and been rewritten) stops the run too late.
+    options.notebooks = list({path.resolve(): path for path in options.notebooks}.values())
+    for path in options.notebooks:
+        problem = not_a_notebook(path)
+        if problem is not None:
+            parser.error(f"{path} is not a notebook: {problem}")
+    problem = unwritable(options.resources)
+    if problem is not None:
+        parser.error(f"--resources {options.resources}: {problem}")
     records: list[RunRecord] = []
     try:
         for path in options.notebooks:
