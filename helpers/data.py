@@ -262,7 +262,7 @@ def resolve_data_path(
         except DownloadError as error:
             reason = f"the download failed ({error})"
     else:
-        reason = "downloading was switched off"
+        reason = "this call downloads nothing (download=False)"
     raise DataNotFoundError(
         f"No English–German data found and {reason}.\n"
         f"Get it by hand: download {url}, unzip it and save deu.txt as "

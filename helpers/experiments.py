@@ -355,14 +355,39 @@ def load_translations(
     return json.loads(gzip.decompress(path.read_bytes())) if path.is_file() else None
 
 
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``, or a ``ValueError`` naming the file (cut short, not
+    UTF-8, not an object)."""
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not {what}: {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not {what}: it holds a {type(record).__name__}, not an object")
+    return record
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    """One run file, checked: a ``ValueError`` names the file that is not a run."""
+    row = _read_json_object(path, "a run file")
+    if any(field not in row for field in RUN_FIELDS):
+        raise ValueError(f"{path} is not a run file: it needs the fields {list(RUN_FIELDS)}")
+    if row["variant"] not in ALL_VARIANTS:
+        raise ValueError(
+            f"{path} holds a run of an unknown variant {row['variant']!r}; "
+            f"known: {list(ALL_VARIANTS)}"
+        )
+    return row
+
+
 def _done(variant: str, seed: int, out_dir: Path) -> bool:
     path = out_dir / "runs" / f"{slug(variant)}_seed{seed}.json"
     if not path.is_file() or not _translations_path(out_dir, variant, seed).is_file():
         return False
+    recorded = _read_run(path)["cache key"]  # a bad file is named before the data loads
     task, _ = _tasks()
     config = variant_config(variant, task)
-    key = cache_key(config, full_settings(seed, variant), task)
-    return json.loads(path.read_text())["cache key"] == key
+    return recorded == cache_key(config, full_settings(seed, variant), task)
 
 
 def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
@@ -401,8 +426,8 @@ def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
     return summary
 
 
-#: What :func:`summarise` needs from every run file.
-RUN_FIELDS = ("variant", "seed", "train seconds")
+#: What :func:`summarise` and the runner need from every run file.
+RUN_FIELDS = ("variant", "seed", "train seconds", "cache key")
 
 
 def read_runs(out_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
@@ -412,21 +437,7 @@ def read_runs(out_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     paths = sorted((out_dir / "runs").glob("*.json"))
     if not paths:
         raise FileNotFoundError(f"no runs under {out_dir / 'runs'}: run the experiments first")
-    rows = []
-    for path in paths:
-        try:
-            row = json.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path} is not a run file: {error}") from None
-        if not isinstance(row, dict) or any(field not in row for field in RUN_FIELDS):
-            raise ValueError(f"{path} is not a run file: it needs the fields {list(RUN_FIELDS)}")
-        if row["variant"] not in ALL_VARIANTS:
-            raise ValueError(
-                f"{path} holds a run of an unknown variant {row['variant']!r}; "
-                f"known: {list(ALL_VARIANTS)}"
-            )
-        rows.append(row)
-    return rows
+    return [_read_run(path) for path in paths]
 
 
 def _pairwise_significance(runs: pd.DataFrame, out_dir: Path, samples: int) -> pd.DataFrame | None:
@@ -505,17 +516,23 @@ def measure_speed(
     return pd.DataFrame(rows).set_index("variant")
 
 
+def _command(argv: Sequence[str]) -> str:
+    """This command line, quoted so that it runs again as written (names hold spaces)."""
+    return shlex.join(["python", "-m", "helpers.experiments", *argv])
+
+
 def _full_checkpoint(variant: str, seed: int) -> Path:
     path = checkpoint_path(f"full_{slug(variant)}_seed{seed}.pt")
     if not path.is_file():
         experiment = next(name for name, (names, _) in EXPERIMENTS.items() if variant in names)
-        command = shlex.join(
-            ["python", "-m", "helpers.experiments", "--experiment", experiment, "--variants"]
-            + [variant, "--seeds", str(seed)]
+        command = _command(
+            ["--experiment", experiment, "--variants", variant, "--seeds", str(seed)]
+            + ["--output", "FOLDER"]
         )
         raise FileNotFoundError(
-            f"no full-budget checkpoint of {variant!r}, seed {seed}, at {path}: "
-            f"run `{command}` on this machine first"
+            f"no full-budget checkpoint of {variant!r}, seed {seed}, at {path}: train it on "
+            f"this machine with `{command}`, FOLDER a new one (in a folder that holds the "
+            "run's results already, results/ among them, it counts as done and is skipped)"
         )
     return path
 
@@ -567,6 +584,9 @@ INVOCATION_FIELDS = (
     "device",
     "workers",
     "torch threads per worker",
+    "python",
+    "torch",
+    "sacrebleu",
 )
 
 
@@ -589,7 +609,7 @@ def _provenance(
     # What the summary covers: the runs on disk, whatever this invocation was asked for.
     variants = [name for name in ALL_VARIANTS if any(r["variant"] == name for r in runs)]
     record = {
-        "command": shlex.join(["python", "-m", "helpers.experiments", *argv]),
+        "command": _command(argv),
         "code of the runs": [json.loads(c) for c in codes],
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "wall seconds": round(wall_seconds, 1),
@@ -718,12 +738,7 @@ def _run_and_summarise(
     # keeps what the record says of the invocation that trained, its wall time included.
     previous = None
     if provenance_file.is_file():
-        try:
-            previous = json.loads(provenance_file.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{provenance_file} is not a provenance record: {error}") from None
-        if not isinstance(previous, dict):
-            raise ValueError(f"{provenance_file} is not a provenance record (not an object)")
+        previous = _read_json_object(provenance_file, "a provenance record")
     trained = False
     if not arguments.summarise_only:
         code = code_state()  # now, before any edits made while the runs train
@@ -754,9 +769,17 @@ def _run_and_summarise(
                         f"greedy, {row['epochs run']} epochs, {row['train seconds']:.0f} s",
                         flush=True,
                     )
-            except BaseException:
-                # A run failed (or Ctrl-C): start no queued run; the running ones finish
-                # and keep their files, so nothing trained is lost.
+            except Exception:
+                # A run failed: start no queued run, and let the running ones finish and
+                # keep their files, so that nothing trained is lost. (Ctrl-C in a terminal
+                # reaches the workers too: they stop, and their finished runs stay.)
+                variant, seed = futures[future]
+                print(
+                    f"{variant} seed {seed} failed: no further run starts, and the runs in "
+                    "progress finish first (then its error follows)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 pool.shutdown(cancel_futures=True)
                 raise
     summary = summarise(out_dir)
@@ -779,7 +802,7 @@ def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Pa
     training_batches, sentences = TRAIN_BATCHES, 500  # recorded below exactly as measured
     speed = measure_speed(models, task, arguments.device, training_batches, sentences)
     record = {
-        "command": shlex.join(["python", "-m", "helpers.experiments", *argv]),
+        "command": _command(argv),
         "code": code_state(),
         "measured": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hardware": hardware(),
@@ -810,7 +833,7 @@ def load_results(out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
     speed_file = out_dir / "speed.json"
     histories = {}
     for path in sorted((out_dir / "runs").glob("*.json")):
-        row = json.loads(path.read_text())
+        row = _read_run(path)
         histories[row["variant"], row["seed"]] = pd.DataFrame(row["history"]["epochs"])
     return {
         "runs": runs,

@@ -80,7 +80,7 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
 def unwritable(path: Path) -> str | None:
     """Why ``path`` cannot be written, or ``None``: checked before hours of training."""
     if path.is_dir():
-        return "is a directory; give a file name, e.g. checkpoints/model.pt"
+        return "is a directory; give a file name"
     folder = path.parent
     for parent in [folder, *folder.parents]:
         if parent.exists():

@@ -170,10 +170,13 @@ def _result_of(worker, queue, poll_seconds: float = 1.0) -> dict:
                 try:  # it may have put its result just before it ended
                     return queue.get(timeout=poll_seconds)
                 except queue_module.Empty:
-                    raise RuntimeError(
-                        f"the training run's process ended (exit code {worker.exitcode}) "
-                        "without a result; its error is printed above"
-                    ) from None
+                    how = (
+                        f"was killed by signal {-worker.exitcode} (out of memory?)"
+                        if worker.exitcode is not None and worker.exitcode < 0
+                        else f"ended (exit code {worker.exitcode}) without a result; its "
+                        "error is printed above"
+                    )
+                    raise RuntimeError(f"the training run's process {how}") from None
 
 
 def compare(reference: dict, other: dict) -> dict:

@@ -215,7 +215,7 @@ def test_resolution_order_argument_then_environment_then_cache(tmp_path, monkeyp
     monkeypatch.delenv(data.DATA_ENV_VAR)
     assert resolve_data_path(data_dir=cache_dir, download=False) == cached
     cached.unlink()
-    with pytest.raises(DataNotFoundError, match="switched off"):
+    with pytest.raises(DataNotFoundError, match=r"this call downloads nothing \(download=False\)"):
         resolve_data_path(data_dir=cache_dir, download=False)
     monkeypatch.setenv(data.DATA_ENV_VAR, str(tmp_path / "missing.tsv"))
     with pytest.raises(DataNotFoundError, match="does not exist"):

@@ -553,6 +553,21 @@ def test_the_reproducibility_check_stops_when_a_training_process_dies(
     assert capsys.readouterr().err.startswith("error: unloaded: the training run's process")
     assert not output.exists()
 
+    class KilledProcess(EndedProcess):
+        exitcode = -9
+
+    with pytest.raises(RuntimeError, match="was killed by signal 9"):
+        reproducibility._result_of(KilledProcess(), queue.Queue(), poll_seconds=0.01)
+
+
+def test_the_reproducibility_run_returns_when_its_process_fails(tmp_path, monkeypatch):
+    """The real process, failing at once on a missing data file (a few seconds)."""
+    import helpers.reproducibility as reproducibility
+
+    monkeypatch.setenv("PAYING_ATTENTION_DATA", str(tmp_path / "missing.tsv"))
+    with pytest.raises(RuntimeError, match=r"ended \(exit code 1\) without a result"):
+        reproducibility.run("luong", 1, None, False)
+
 
 def test_every_committed_full_budget_run_still_counts_as_done(recorded_data):
     """``python -m helpers.experiments`` skips a run whose committed JSON holds the cache
@@ -834,10 +849,11 @@ def _committed_runs_copy(tmp_path: Path, seeds=(0,)) -> Path:
     ("content", "message"),
     [
         (b'{"variant": "Luong dot", "seed"', "is not a run file: Expecting"),
-        (b"[1, 2]", "is not a run file: it needs the fields"),
+        (b"[1, 2]", "is not a run file: it holds a list, not an object"),
+        (b'{"variant": "Luong dot"}', "is not a run file: it needs the fields"),
         ('{"variant": "Luong d\u00f6t"}'.encode("latin-1"), "is not a run file: 'utf-8'"),
         (
-            b'{"variant": "Foo", "seed": 0, "train seconds": 1.0}',
+            b'{"variant": "Foo", "seed": 0, "train seconds": 1.0, "cache key": "k"}',
             "holds a run of an unknown variant 'Foo'",
         ),
     ],
@@ -856,6 +872,53 @@ def test_a_bad_run_file_is_named_and_changes_no_table(
     for table in ("runs.csv", "summary.csv", "significance.csv"):
         assert (output / table).read_text() == f"the earlier {table}\n", table
     assert not (output / "provenance.json").exists()
+
+
+def test_a_bad_run_file_is_named_when_the_runner_checks_what_is_done(tmp_path, capsys, monkeypatch):
+    """Training, not summarising: the file was not named (a bare JSON error), and a run
+    without its cache key was a KeyError traceback."""
+    monkeypatch.setattr(experiments, "_tasks", lambda: (None, None))
+    output = _committed_runs_copy(tmp_path)
+    bad = output / "runs" / "luong-dot_seed0.json"
+    experiments._translations_path(output, "Luong dot", 0).parent.mkdir()
+    experiments._translations_path(output, "Luong dot", 0).write_bytes(b"")
+    flags = ["--variants", "Luong dot", "--seeds", "0", "--output", str(output)]
+    for content, message in (
+        (b'{"variant": "Luong dot", "seed"', "is not a run file: Expecting"),
+        (
+            b'{"variant": "Luong dot", "seed": 0, "train seconds": 1.0}',
+            "is not a run file: it needs the fields",
+        ),
+    ):
+        bad.write_bytes(content)
+        assert experiments.main(flags) == 1
+        assert capsys.readouterr().err.startswith(f"error: {bad} {message}")
+
+
+def test_when_a_run_fails_no_queued_run_starts(tmp_path, monkeypatch, capsys):
+    """The pool used to run every queued job (hours of training) before it reported the
+    failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = []
+
+    def job(variant, seed, *rest):
+        started.append((variant, seed))
+        raise ValueError(f"{variant} {seed} went wrong")
+
+    monkeypatch.setattr(experiments, "_job", job)
+    monkeypatch.setattr(experiments, "_done", lambda variant, seed, out_dir: False)
+    monkeypatch.setattr(
+        experiments, "ProcessPoolExecutor", lambda workers, mp_context: ThreadPoolExecutor(workers)
+    )
+    seeds = ["--seeds", "0", "1", "2", "3", "4", "5"]
+    flags = ["--variants", "Luong dot", *seeds, "--workers", "1", "--device", "cpu"]
+    assert experiments.main([*flags, "--output", str(tmp_path)]) == 1
+    # The first fails; at most the one the worker took meanwhile runs after it.
+    assert 1 <= len(started) <= 2, started
+    error = capsys.readouterr().err
+    assert "Luong dot seed 0 failed: no further run starts" in error
+    assert "error: Luong dot 0 went wrong" in error
 
 
 def test_a_corrupt_provenance_record_is_named(tmp_path, capsys, monkeypatch):

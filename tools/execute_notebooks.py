@@ -275,7 +275,10 @@ def main(arguments: list[str] | None = None) -> int:
         parser.error(f"no such notebook: {', '.join(missing)}")
     # Each once, and each read now: a bad file found after an hour-long notebook has run
     # (and been rewritten) stops the run too late.
-    options.notebooks = list({path.resolve(): path for path in options.notebooks}.values())
+    first_spelling: dict[Path, Path] = {}
+    for path in options.notebooks:
+        first_spelling.setdefault(path.resolve(), path)
+    options.notebooks = list(first_spelling.values())
     for path in options.notebooks:
         problem = not_a_notebook(path)
         if problem is not None:
