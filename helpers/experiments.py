@@ -763,7 +763,7 @@ def _run_and_summarise(
             try:
                 for future in as_completed(futures):
                     variant, seed = futures[future]
-                    row = json.loads(Path(future.result()).read_text())
+                    row = _read_run(Path(future.result()))
                     print(
                         f"{variant:>30} seed {seed}: BLEU {row['test BLEU (greedy)']:.1f} "
                         f"greedy, {row['epochs run']} epochs, {row['train seconds']:.0f} s",
@@ -840,8 +840,8 @@ def load_results(out_dir: Path = RESULTS_DIR) -> dict[str, Any]:
         "summary": summary,
         "significance": pd.read_csv(significance_file) if significance_file.is_file() else None,
         "histories": histories,
-        "provenance": json.loads((out_dir / "provenance.json").read_text()),
-        "speed": json.loads(speed_file.read_text()) if speed_file.is_file() else None,
+        "provenance": _read_json_object(out_dir / "provenance.json", "a provenance record"),
+        "speed": _read_json_object(speed_file, "a speed record") if speed_file.is_file() else None,
     }
 
 
