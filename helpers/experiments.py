@@ -390,15 +390,18 @@ def _done(variant: str, seed: int, out_dir: Path) -> bool:
     return recorded == cache_key(config, full_settings(seed, variant), task)
 
 
-def summarise(out_dir: Path = RESULTS_DIR, samples: int = 1000) -> pd.DataFrame:
+def summarise(
+    out_dir: Path = RESULTS_DIR, samples: int = 1000, rows: list[dict[str, Any]] | None = None
+) -> pd.DataFrame:
     """Aggregate the runs on disk: ``runs.csv``, ``summary.csv``, ``significance.csv``.
 
     Every run file is read and checked before any table is written, and the three are
     written together: a bad run file (named in the ``ValueError``) changes none of them.
     Without the translations to test, an earlier ``significance.csv`` is removed rather
-    than left beside a summary it no longer matches.
+    than left beside a summary it no longer matches. ``rows``: the runs as
+    :func:`read_runs` returns them, when the caller has read them already.
     """
-    rows = read_runs(out_dir)
+    rows = read_runs(out_dir) if rows is None else rows
     order = {name: index for index, name in enumerate(ALL_VARIANTS)}
     runs = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows])
     runs = runs.sort_values(
@@ -594,17 +597,16 @@ def _provenance(
     arguments: argparse.Namespace,
     wall_seconds: float,
     argv: Sequence[str],
-    out_dir: Path,
+    runs: list[dict[str, Any]],
     previous: dict[str, Any] | None = None,
 ) -> dict:
-    """The provenance record of the runs on disk. ``previous``: the record of the last
+    """The provenance record of ``runs``, the runs on disk (:func:`read_runs`). ``previous``: the record of the last
     invocation that trained, when this one trained nothing; its :data:`INVOCATION_FIELDS`
     are kept, as a summary written elsewhere says nothing about how the runs were made."""
     import sacrebleu
 
     # Each run records the code it was trained with (runs can come from several
     # resumed invocations); list them all, not just the commit checked out now.
-    runs = read_runs(out_dir)
     codes = sorted({json.dumps(r.get("code", {"commit": "unknown"}), sort_keys=True) for r in runs})
     # What the summary covers: the runs on disk, whatever this invocation was asked for.
     variants = [name for name in ALL_VARIANTS if any(r["variant"] == name for r in runs)]
@@ -782,9 +784,10 @@ def _run_and_summarise(
                 )
                 pool.shutdown(cancel_futures=True)
                 raise
-    summary = summarise(out_dir)
+    runs = read_runs(out_dir)  # once, for the tables and the record
+    summary = summarise(out_dir, rows=runs)
     wall = time.perf_counter() - started
-    provenance = _provenance(arguments, wall, argv, out_dir, previous=None if trained else previous)
+    provenance = _provenance(arguments, wall, argv, runs, previous=None if trained else previous)
     atomic_write_bytes(provenance_file, json.dumps(provenance, indent=1).encode())
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary.round(3))

@@ -377,8 +377,9 @@ def _check_starts_with_sos(decoder_input: Tensor) -> None:
     as the decoder's input: it trains without complaint, to copy its input one step late,
     and translates nothing. Each row must be the target shifted right, ``<sos> y_1 …``."""
     first = decoder_input[:, 0]
-    if bool((first != SOS_INDEX).any()):
-        row = int((first != SOS_INDEX).nonzero()[0])
+    wrong = (first != SOS_INDEX).nonzero()
+    if len(wrong):
+        row = int(wrong[0])
         raise ValueError(
             f"decoder_input row {row} starts with token id {int(first[row])}, not <sos> "
             f"(id {SOS_INDEX}): each row is the target shifted right by one, "
