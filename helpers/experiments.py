@@ -11,6 +11,8 @@ notebook reads (and replicates in small, live)::
     make results                                  # the comparison, through the Makefile
 
 On a machine with a GPU the runs use it (one at a time), unless ``--device cpu``.
+Ctrl-C starts no further run and lets those in progress finish and keep their files (a
+second Ctrl-C stops them too); the same command then trains the runs that are missing.
 
 What it writes under ``results/comparison/`` (``results/transformer/`` for the Transformer):
 
@@ -39,6 +41,7 @@ import functools
 import gzip
 import itertools
 import json
+import multiprocessing
 import os
 import platform
 import re
@@ -47,7 +50,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -67,6 +70,7 @@ from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
 from .models import ModelConfig, Seq2Seq, count_parameters
+from .processes import children_ignore_ctrl_c, unwind_on_sigterm
 from .recipes import cache_key, dates_recipe, train_or_load
 from .reproducibility import cpu_model_name
 from .tasks import TranslationTask, dates_task, tatoeba_task
@@ -718,6 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:  # a missing or bad run or checkpoint
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before or after the runs (during them: _train_runs)
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _seed_argument(text: str) -> int:
@@ -751,39 +758,13 @@ def _run_and_summarise(
         ]
         print(f"{len(jobs)} run(s) to do, {arguments.workers} at a time", flush=True)
         trained = bool(jobs)
-        context = get_context("spawn")  # a clean interpreter per worker: no forked torch state
-        with ProcessPoolExecutor(arguments.workers, mp_context=context) as pool:
-            futures = {
-                pool.submit(
-                    _job, variant, seed, arguments.threads, str(out_dir), code, arguments.device
-                ): (
-                    variant,
-                    seed,
-                )
-                for variant, seed in jobs
-            }
-            try:
-                for future in as_completed(futures):
-                    variant, seed = futures[future]
-                    row = _read_run(Path(future.result()))
-                    print(
-                        f"{variant:>30} seed {seed}: BLEU {row['test BLEU (greedy)']:.1f} "
-                        f"greedy, {row['epochs run']} epochs, {row['train seconds']:.0f} s",
-                        flush=True,
-                    )
-            except Exception:
-                # A run failed: start no queued run, and let the running ones finish and
-                # keep their files, so that nothing trained is lost. (Ctrl-C in a terminal
-                # reaches the workers too: they stop, and their finished runs stay.)
-                variant, seed = futures[future]
-                print(
-                    f"{variant} seed {seed} failed: no further run starts, and the runs in "
-                    "progress finish first (then its error follows)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                pool.shutdown(cancel_futures=True)
-                raise
+        if _train_runs(jobs, arguments, out_dir, code):
+            print(
+                f"interrupted: the finished runs are in {out_dir}; the same command trains "
+                "the rest (tables not written)",
+                file=sys.stderr,
+            )
+            return 130
     runs = read_runs(out_dir)  # once, for the tables and the record
     summary = summarise(out_dir, rows=runs)
     wall = time.perf_counter() - started
@@ -792,6 +773,92 @@ def _run_and_summarise(
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(summary.round(3))
     return 0
+
+
+def _train_runs(
+    jobs: list[tuple[str, int]], arguments: argparse.Namespace, out_dir: Path, code: dict
+) -> bool:
+    """Train ``jobs``, ``arguments.workers`` at a time, each in its own process; ``True``
+    if Ctrl-C stopped them.
+
+    A job is handed to the pool only when a worker is free, so that nothing waits in the
+    pool's queue: after a failed run or a first Ctrl-C no further run starts, and the
+    runs in progress finish and keep their files (a run has no checkpoint to resume from,
+    so stopping it loses its training). A second Ctrl-C stops those too. A failed run's
+    error is raised once the runs in progress have finished.
+    """
+    waiting = list(jobs)
+    in_flight: dict[Future, tuple[str, int]] = {}
+    failure: BaseException | None = None
+    interrupted = False
+    context = get_context("spawn")  # a clean interpreter per worker: no forked torch state
+    with ProcessPoolExecutor(
+        arguments.workers, mp_context=context, initializer=unwind_on_sigterm
+    ) as pool:
+        while True:
+            try:
+                while waiting and len(in_flight) < arguments.workers:
+                    if failure is not None or interrupted:
+                        waiting.clear()
+                        break
+                    variant, seed = waiting.pop(0)
+                    job = (variant, seed, arguments.threads, str(out_dir), code, arguments.device)
+                    with children_ignore_ctrl_c():  # a submit may start a worker
+                        in_flight[pool.submit(_job, *job)] = (variant, seed)
+                if not in_flight:
+                    break
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    variant, seed = in_flight.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        try:
+                            row = _read_run(Path(future.result()))
+                        except ValueError as bad_file:
+                            error = bad_file
+                    if error is None:
+                        print(
+                            f"{variant:>30} seed {seed}: BLEU {row['test BLEU (greedy)']:.1f} "
+                            f"greedy, {row['epochs run']} epochs, {row['train seconds']:.0f} s",
+                            flush=True,
+                        )
+                        continue
+                    print(
+                        f"{variant} seed {seed} failed: no further run starts"
+                        + (
+                            f", and the {len(in_flight)} run(s) in progress finish first "
+                            "(then its error follows)"
+                            if in_flight and failure is None
+                            else ""
+                        ),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    failure = failure or error
+            except KeyboardInterrupt:
+                if interrupted or not in_flight:  # the second Ctrl-C, or nothing to wait for
+                    for worker in multiprocessing.active_children():  # the pool's: no other
+                        worker.terminate()  # it unwinds (unwind_on_sigterm)
+                    if in_flight:
+                        print(
+                            f"stopped: {len(in_flight)} run(s) in progress stopped, their "
+                            "training lost",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    in_flight.clear()
+                    return True
+                interrupted = True
+                print(
+                    f"interrupted: no further run starts; the {len(in_flight)} run(s) in "
+                    "progress finish and are kept (Ctrl-C again stops them, and loses their "
+                    "training)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    if failure is not None:
+        raise failure
+    return interrupted
 
 
 def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Path) -> int:

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_write_bytes, unwritable
+from .processes import children_ignore_ctrl_c, unwind_on_sigterm
 
 RESULT = Path(__file__).resolve().parent.parent / "results" / "reproducibility.json"
 #: Written by ``tools/execute_notebooks.py``: where and how each committed notebook ran.
@@ -110,6 +111,7 @@ def _busy_loop(core: int) -> None:  # pragma: no cover - runs in a child process
 
 def _train_once(decoder: str, epochs: int | None, threads: int | None, queue) -> None:
     """Child process: train the recipe from scratch and report its numbers."""
+    unwind_on_sigterm()  # stopped by the parent (see run())
     os.environ["PAYING_ATTENTION_PROGRESS"] = "0"
     if threads is not None:
         torch.set_num_threads(threads)
@@ -141,21 +143,27 @@ def _train_once(decoder: str, epochs: int | None, threads: int | None, queue) ->
 
 
 def run(decoder: str, epochs: int | None, threads: int | None, load: bool) -> dict:
-    """One training run in a fresh process, optionally beside a busy loop on core 0."""
+    """One training run in a fresh process, optionally beside a busy loop on core 0.
+
+    Ctrl-C in a terminal signals every process of its group; the children ignore it, and
+    the parent stops them both on its way out (a training cut short has nothing to keep).
+    """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     hog = context.Process(target=_busy_loop, args=(0,), daemon=True) if load else None
-    if hog is not None:
-        hog.start()
+    worker = context.Process(target=_train_once, args=(decoder, epochs, threads, queue))
     try:
-        worker = context.Process(target=_train_once, args=(decoder, epochs, threads, queue))
-        worker.start()
+        with children_ignore_ctrl_c():
+            if hog is not None:
+                hog.start()
+            worker.start()
         result = _result_of(worker, queue)
         worker.join()
     finally:
-        if hog is not None:
-            hog.terminate()
-            hog.join()
+        for process in (worker, hog):
+            if process is not None and process.pid is not None and process.is_alive():
+                process.terminate()
+                process.join()
     return result
 
 
@@ -220,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RuntimeError as error:
             print(f"error: {name}: {error}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print(f"interrupted during the {name} run: no report written", file=sys.stderr)
+            return 130
         print(
             f"  {runs[name]['threads']} thread(s), {runs[name]['train seconds']:.0f} s, "
             f"test BLEU {runs[name]['test BLEU (greedy)']:.2f}",

@@ -1,8 +1,13 @@
 """Training is defined by epochs, never by the clock: recipes, early stopping, the
 progress bar, the full-budget experiment runner and its significance test."""
 
+import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -569,6 +574,41 @@ def test_the_reproducibility_run_returns_when_its_process_fails(tmp_path, monkey
         reproducibility.run("luong", 1, None, False)
 
 
+def test_ctrl_c_in_the_reproducibility_check_stops_its_processes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C stopped the parent, which stopped the busy loop but left the training process
+    to run on (it would have printed its own traceback, had the terminal's signal reached
+    it; the children now ignore it)."""
+    import multiprocessing.context
+
+    import helpers.reproducibility as reproducibility
+
+    started = []
+    real_start = multiprocessing.context.SpawnProcess.start
+
+    def start(process):
+        started.append(process)
+        real_start(process)
+
+    def interrupted(worker, queue):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start)
+    monkeypatch.setattr(reproducibility, "_result_of", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reproducibility.run("luong", 1, None, load=True)
+    assert len(started) == 2  # the busy loop and the training
+    assert not any(process.is_alive() for process in started)
+
+    def interrupted_run(*arguments):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproducibility, "run", interrupted_run)
+    output = tmp_path / "report.json"
+    assert reproducibility.main(["--epochs", "1", "--output", str(output)]) == 130
+    assert capsys.readouterr().err == "interrupted during the unloaded run: no report written\n"
+    assert not output.exists()
+
+
 def test_every_committed_full_budget_run_still_counts_as_done(recorded_data):
     """``python -m helpers.experiments`` skips a run whose committed JSON holds the cache
     key the current code computes for it. A change to the fingerprint, ``CACHE_VERSION``,
@@ -656,7 +696,7 @@ def test_the_runner_trains_what_is_missing_records_it_and_skips_what_is_done(
     )
     # Worker threads instead of spawned processes, so the stand-ins above reach the runs.
     monkeypatch.setattr(
-        experiments, "ProcessPoolExecutor", lambda workers, mp_context: ThreadPoolExecutor(workers)
+        experiments, "ProcessPoolExecutor", lambda workers, **options: ThreadPoolExecutor(workers)
     )
     threads = []
     monkeypatch.setattr(experiments.torch, "set_num_threads", threads.append)
@@ -897,28 +937,164 @@ def test_a_bad_run_file_is_named_when_the_runner_checks_what_is_done(tmp_path, c
 
 def test_when_a_run_fails_no_queued_run_starts(tmp_path, monkeypatch, capsys):
     """The pool used to run every queued job (hours of training) before it reported the
-    failure."""
+    failure; then the one job waiting in its queue still started after the failure."""
     from concurrent.futures import ThreadPoolExecutor
 
     started = []
 
-    def job(variant, seed, *rest):
-        started.append((variant, seed))
-        raise ValueError(f"{variant} {seed} went wrong")
+    def job(variant, seed, threads, out_dir, *rest):
+        started.append(seed)
+        if seed == 0:
+            raise ValueError(f"{variant} {seed} went wrong")
+        time.sleep(0.3)  # still running when the first fails
+        return _fake_run(Path(out_dir), variant, seed)
 
     monkeypatch.setattr(experiments, "_job", job)
     monkeypatch.setattr(experiments, "_done", lambda variant, seed, out_dir: False)
     monkeypatch.setattr(
-        experiments, "ProcessPoolExecutor", lambda workers, mp_context: ThreadPoolExecutor(workers)
+        experiments, "ProcessPoolExecutor", lambda workers, **options: ThreadPoolExecutor(workers)
     )
     seeds = ["--seeds", "0", "1", "2", "3", "4", "5"]
-    flags = ["--variants", "Luong dot", *seeds, "--workers", "1", "--device", "cpu"]
+    flags = ["--variants", "Luong dot", *seeds, "--workers", "2", "--device", "cpu"]
     assert experiments.main([*flags, "--output", str(tmp_path)]) == 1
-    # The first fails; at most the one the worker took meanwhile runs after it.
-    assert 1 <= len(started) <= 2, started
+    assert sorted(started) == [0, 1]  # the two workers' first runs; none after the failure
     error = capsys.readouterr().err
     assert "Luong dot seed 0 failed: no further run starts" in error
     assert "error: Luong dot 0 went wrong" in error
+    assert (tmp_path / "runs" / "luong-dot_seed1.json").is_file()  # finished, and kept
+
+
+def _fake_run(out_dir: Path, variant: str, seed: int) -> str:
+    """A run file as ``_job`` writes one, without the training."""
+    path = out_dir / "runs" / f"{slug(variant)}_seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {"variant": variant, "seed": seed, "train seconds": 1.0, "cache key": "x"}
+    path.write_text(json.dumps({**row, "test BLEU (greedy)": 1.0, "epochs run": 1}))
+    return str(path)
+
+
+_SLOW_JOB = """
+import json, multiprocessing, os, time
+from pathlib import Path
+
+from helpers.experiments import slug
+
+
+def job(variant, seed, threads, out_dir, *rest):
+    lock = multiprocessing.RLock()  # as tqdm makes one: killed, Python warns it leaked
+    Path(out_dir, f"started_{seed}").write_text(str(os.getpid()))
+    deadline = time.monotonic() + float(os.environ["JOB_SECONDS"])
+    while time.monotonic() < deadline:  # Python keeps running, as in training: Ctrl-C reaches it
+        time.sleep(0.05)
+    path = Path(out_dir, "runs", f"{slug(variant)}_seed{seed}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {"variant": variant, "seed": seed, "train seconds": 1.0, "cache key": "x"}
+    path.write_text(json.dumps({**row, "test BLEU (greedy)": 1.0, "epochs run": 1}))
+    return str(path)
+"""
+
+_RUN_EXPERIMENTS = """
+import signal, sys
+import slow_job
+from helpers import experiments
+
+if __name__ == "__main__":  # not in the spawned workers, which import this file
+    # As in a terminal: a shell that starts a command in the background (a CI script,
+    # say) makes it ignore SIGINT, and the spawned workers would inherit that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    experiments._job = slow_job.job  # the workers import it by name
+    experiments._done = lambda variant, seed, out_dir: False
+    sys.exit(experiments.main(sys.argv[1:]))
+"""
+
+
+def _start_experiments(tmp_path: Path, job_seconds: float) -> subprocess.Popen:
+    """``python -m helpers.experiments`` in a process group of its own, as a terminal
+    runs it, on three runs that only wait, two at a time."""
+    (tmp_path / "slow_job.py").write_text(_SLOW_JOB)
+    (tmp_path / "run_experiments.py").write_text(_RUN_EXPERIMENTS)
+    repository = Path(__file__).resolve().parent.parent
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repository)]),
+        "JOB_SECONDS": str(job_seconds),
+    }
+    flags = ["--variants", "Luong dot", "--seeds", "0", "1", "2", "--workers", "2"]
+    return subprocess.Popen(
+        [sys.executable, str(tmp_path / "run_experiments.py"), *flags, "--device", "cpu"]
+        + ["--output", str(tmp_path / "out")],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, which Ctrl-C signals as a whole
+    )
+
+
+def _wait_for(condition, seconds: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"it ended before the Ctrl-C: {process.communicate()}")
+        time.sleep(0.05)
+
+
+def test_ctrl_c_lets_the_runs_in_progress_finish_and_starts_no_other(tmp_path):
+    """Ctrl-C used to reach the workers too: each lost its run and took the next one
+    from the queue, while the parent waited for the whole queue."""
+    process = _start_experiments(tmp_path, job_seconds=4)
+    out = tmp_path / "out"
+    try:
+        _wait_for(
+            lambda: (out / "started_0").exists() and (out / "started_1").exists(), process=process
+        )
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted: no further run starts; the 2 run(s) in progress finish" in stderr
+    assert f"interrupted: the finished runs are in {out}" in stderr
+    assert sorted(path.name for path in (out / "runs").iterdir()) == [
+        "luong-dot_seed0.json",
+        "luong-dot_seed1.json",
+    ]
+    assert not (out / "started_2").exists()
+    assert not (out / "runs.csv").exists()  # no tables of a part of the runs
+
+
+def test_a_second_ctrl_c_stops_the_runs_in_progress(tmp_path):
+    process = _start_experiments(tmp_path, job_seconds=600)
+    out = tmp_path / "out"
+    try:
+        _wait_for(
+            lambda: (out / "started_0").exists() and (out / "started_1").exists(), process=process
+        )
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(1.0)  # the parent has taken the first
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopped: 2 run(s) in progress stopped, their training lost" in stderr
+    assert "leaked" not in stderr  # the workers unwound
+    for seed in (0, 1):
+        worker = int((out / f"started_{seed}").read_text())
+        _wait_for(lambda worker=worker: not _alive(worker), seconds=10)
+    assert not (out / "runs").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_corrupt_provenance_record_is_named(tmp_path, capsys, monkeypatch):
