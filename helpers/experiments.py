@@ -36,6 +36,7 @@ faster (5e-3, x0.7 per epoch) to get the most out of its ten epochs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import gzip
@@ -46,11 +47,14 @@ import os
 import platform
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -70,7 +74,7 @@ from .decoding import translate_batch
 from .files import atomic_write_bytes, checkpoint_path
 from .metrics import alignment_accuracy, corpus_scores, mean_attention_entropy, paired_bootstrap
 from .models import ModelConfig, Seq2Seq, count_parameters
-from .processes import children_ignore_ctrl_c, unwind_on_sigterm
+from .processes import children_ignore_ctrl_c
 from .recipes import cache_key, dates_recipe, train_or_load
 from .reproducibility import cpu_model_name
 from .tasks import TranslationTask, dates_task, tatoeba_task
@@ -324,6 +328,17 @@ def _job(
     variant: str, seed: int, threads: int, out_dir: str, code: dict[str, Any], device: str
 ) -> str:
     """One (variant, seed) run in a worker process; writes its JSON, returns its path."""
+    global _RUN_IN_PROGRESS
+    _RUN_IN_PROGRESS = True  # a second Ctrl-C now stops it (_stop_the_run)
+    try:
+        return _train_and_write(variant, seed, threads, out_dir, code, device)
+    finally:
+        _RUN_IN_PROGRESS = False
+
+
+def _train_and_write(
+    variant: str, seed: int, threads: int, out_dir: str, code: dict[str, Any], device: str
+) -> str:
     torch.set_num_threads(threads)
     task, dates = _tasks()
     row, outputs = run_variant(variant, full_settings(seed, variant), task, dates, device=device)
@@ -758,13 +773,15 @@ def _run_and_summarise(
         ]
         print(f"{len(jobs)} run(s) to do, {arguments.workers} at a time", flush=True)
         trained = bool(jobs)
-        if _train_runs(jobs, arguments, out_dir, code):
+        status = _train_runs(jobs, arguments, out_dir, code)
+        if status == 130:
             print(
                 f"interrupted: the finished runs are in {out_dir}; the same command trains "
                 "the rest (tables not written)",
                 file=sys.stderr,
             )
-            return 130
+        if status is not None:
+            return status
     runs = read_runs(out_dir)  # once, for the tables and the record
     summary = summarise(out_dir, rows=runs)
     wall = time.perf_counter() - started
@@ -775,32 +792,54 @@ def _run_and_summarise(
     return 0
 
 
+class RunStopped(Exception):
+    """Raised inside a worker's run when a second Ctrl-C stops it."""
+
+
+#: In a worker process: whether a run is training now (see :func:`_stop_the_run`).
+_RUN_IN_PROGRESS = False
+#: What the parent sends a worker to stop its run; the worker itself lives on, so that the
+#: pool shuts down in order (a killed worker breaks the pool, and Python then reports the
+#: others' half-read queue and their "leaked semaphore objects").
+STOP_RUN_SIGNAL = getattr(signal, "SIGUSR1", None)
+
+
+def _worker_setup() -> None:  # pragma: no cover - runs in each worker process
+    if STOP_RUN_SIGNAL is not None:
+        signal.signal(STOP_RUN_SIGNAL, _stop_the_run)
+
+
+def _stop_the_run(signal_number: int, frame: Any) -> None:  # pragma: no cover - in a worker
+    if _RUN_IN_PROGRESS:  # an idle worker has nothing to stop
+        raise RunStopped("stopped by a second Ctrl-C")
+
+
 def _train_runs(
     jobs: list[tuple[str, int]], arguments: argparse.Namespace, out_dir: Path, code: dict
-) -> bool:
-    """Train ``jobs``, ``arguments.workers`` at a time, each in its own process; ``True``
-    if Ctrl-C stopped them.
+) -> int | None:
+    """Train ``jobs``, ``arguments.workers`` at a time, each in a worker process; ``None``
+    if every run finished, else the exit status: 1 if a run failed, 130 after Ctrl-C.
 
     A job is handed to the pool only when a worker is free, so that nothing waits in the
     pool's queue: after a failed run or a first Ctrl-C no further run starts, and the
     runs in progress finish and keep their files (a run has no checkpoint to resume from,
-    so stopping it loses its training). A second Ctrl-C stops those too. A failed run's
-    error is raised once the runs in progress have finished.
+    so stopping it loses its training). A second Ctrl-C stops those too. Ctrl-C reaches
+    only this process: the workers are started ignoring it (:func:`children_ignore_ctrl_c`).
+    The failed runs' errors are printed at the end.
     """
     waiting = list(jobs)
     in_flight: dict[Future, tuple[str, int]] = {}
-    failure: BaseException | None = None
+    failures: list[tuple[str, int, BaseException]] = []
     interrupted = False
     context = get_context("spawn")  # a clean interpreter per worker: no forked torch state
     with ProcessPoolExecutor(
-        arguments.workers, mp_context=context, initializer=unwind_on_sigterm
+        arguments.workers, mp_context=context, initializer=_worker_setup
     ) as pool:
         while True:
             try:
+                if failures or interrupted:
+                    waiting.clear()
                 while waiting and len(in_flight) < arguments.workers:
-                    if failure is not None or interrupted:
-                        waiting.clear()
-                        break
                     variant, seed = waiting.pop(0)
                     job = (variant, seed, arguments.threads, str(out_dir), code, arguments.device)
                     with children_ignore_ctrl_c():  # a submit may start a worker
@@ -814,51 +853,74 @@ def _train_runs(
                     if error is None:
                         try:
                             row = _read_run(Path(future.result()))
-                        except ValueError as bad_file:
-                            error = bad_file
-                    if error is None:
+                            print(
+                                f"{variant:>30} seed {seed}: BLEU "
+                                f"{row['test BLEU (greedy)']:.1f} greedy, {row['epochs run']} "
+                                f"epochs, {row['train seconds']:.0f} s",
+                                flush=True,
+                            )
+                            continue
+                        except Exception as unreadable:  # named with the others, at the end
+                            error = unreadable
+                    if not isinstance(error, RunStopped):
                         print(
-                            f"{variant:>30} seed {seed}: BLEU {row['test BLEU (greedy)']:.1f} "
-                            f"greedy, {row['epochs run']} epochs, {row['train seconds']:.0f} s",
-                            flush=True,
-                        )
-                        continue
-                    print(
-                        f"{variant} seed {seed} failed: no further run starts"
-                        + (
-                            f", and the {len(in_flight)} run(s) in progress finish first "
-                            "(then its error follows)"
-                            if in_flight and failure is None
-                            else ""
-                        ),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    failure = failure or error
-            except KeyboardInterrupt:
-                if interrupted or not in_flight:  # the second Ctrl-C, or nothing to wait for
-                    for worker in multiprocessing.active_children():  # the pool's: no other
-                        worker.terminate()  # it unwinds (unwind_on_sigterm)
-                    if in_flight:
-                        print(
-                            f"stopped: {len(in_flight)} run(s) in progress stopped, their "
-                            "training lost",
+                            _failure_news(variant, seed, error, in_flight, failures),
                             file=sys.stderr,
                             flush=True,
                         )
-                    in_flight.clear()
-                    return True
-                interrupted = True
-                print(
-                    f"interrupted: no further run starts; the {len(in_flight)} run(s) in "
-                    "progress finish and are kept (Ctrl-C again stops them, and loses their "
-                    "training)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    if failure is not None:
-        raise failure
-    return interrupted
+                        failures.append((variant, seed, error))
+            except KeyboardInterrupt:
+                if not interrupted:
+                    interrupted = True
+                    if in_flight:
+                        print(
+                            f"interrupted: no further run starts; the {len(in_flight)} run(s) "
+                            "in progress finish and are kept (Ctrl-C again stops them, and "
+                            "loses their training)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                elif in_flight and STOP_RUN_SIGNAL is not None:
+                    for worker in multiprocessing.active_children():  # the pool's: no other
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(worker.pid, STOP_RUN_SIGNAL)
+                    print(
+                        f"stopping the {len(in_flight)} run(s) in progress: their training is lost",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    for variant, seed, error in failures:
+        if isinstance(error, (ValueError, OSError, BrokenProcessPool)):  # the message says it
+            print(f"error: {variant} seed {seed}: {error}", file=sys.stderr, flush=True)
+        else:  # an error in the code: where it happened, in the worker too (its __cause__)
+            print(f"error: {variant} seed {seed}:", file=sys.stderr, flush=True)
+            traceback.print_exception(error)
+    if interrupted:
+        return 130
+    return 1 if failures else None
+
+
+def _failure_news(
+    variant: str,
+    seed: int,
+    error: BaseException,
+    in_flight: dict[Future, tuple[str, int]],
+    failures: list[tuple[str, int, BaseException]],
+) -> str:
+    """The line that says a run failed, and what happens next."""
+    if isinstance(error, BrokenProcessPool):  # a worker died: the pool gives up every run
+        if any(isinstance(earlier, BrokenProcessPool) for *_, earlier in failures):
+            return f"{variant} seed {seed}: lost with the pool"
+        return (
+            f"{variant} seed {seed}: lost, as a worker process died (killed for lack of "
+            "memory?), which ends every run in progress; no further run starts"
+        )
+    if in_flight and not failures:
+        return (
+            f"{variant} seed {seed} failed: no further run starts, and the {len(in_flight)} "
+            "run(s) in progress finish first (then the error follows)"
+        )
+    return f"{variant} seed {seed} failed: no further run starts"
 
 
 def _write_speed(arguments: argparse.Namespace, argv: Sequence[str], out_dir: Path) -> int:

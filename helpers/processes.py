@@ -3,8 +3,9 @@
 Ctrl-C in a terminal sends SIGINT to every process of the foreground group, children
 included. The command-line tools that train in child processes
 (``python -m helpers.experiments``, ``python -m helpers.reproducibility``) let the parent
-decide what stops: their children ignore SIGINT from their first instruction, and unwind
-when the parent stops them with SIGTERM.
+decide what stops: their children ignore SIGINT from their first instruction, and the
+parent stops them when it decides to (the reproducibility check's training process
+unwinds on SIGTERM; the experiments' workers have a signal of their own).
 """
 
 from __future__ import annotations

@@ -960,7 +960,7 @@ def test_when_a_run_fails_no_queued_run_starts(tmp_path, monkeypatch, capsys):
     assert sorted(started) == [0, 1]  # the two workers' first runs; none after the failure
     error = capsys.readouterr().err
     assert "Luong dot seed 0 failed: no further run starts" in error
-    assert "error: Luong dot 0 went wrong" in error
+    assert "error: Luong dot seed 0: Luong dot 0 went wrong" in error
     assert (tmp_path / "runs" / "luong-dot_seed1.json").is_file()  # finished, and kept
 
 
@@ -977,15 +977,27 @@ _SLOW_JOB = """
 import json, multiprocessing, os, time
 from pathlib import Path
 
+from helpers import experiments
 from helpers.experiments import slug
 
 
 def job(variant, seed, threads, out_dir, *rest):
+    experiments._RUN_IN_PROGRESS = True  # as the real _job marks it
+    try:
+        return _run(variant, seed, out_dir)
+    finally:
+        experiments._RUN_IN_PROGRESS = False
+
+
+def _run(variant, seed, out_dir):
     lock = multiprocessing.RLock()  # as tqdm makes one: killed, Python warns it leaked
     Path(out_dir, f"started_{seed}").write_text(str(os.getpid()))
-    deadline = time.monotonic() + float(os.environ["JOB_SECONDS"])
+    seconds = os.environ["JOB_SECONDS"].split(",")[seed]  # per seed
+    deadline = time.monotonic() + float(seconds)
     while time.monotonic() < deadline:  # Python keeps running, as in training: Ctrl-C reaches it
         time.sleep(0.05)
+    if str(seed) in os.environ.get("JOB_FAILS", "").split(","):
+        raise ValueError(f"seed {seed} went wrong")
     path = Path(out_dir, "runs", f"{slug(variant)}_seed{seed}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     row = {"variant": variant, "seed": seed, "train seconds": 1.0, "cache key": "x"}
@@ -1008,7 +1020,7 @@ if __name__ == "__main__":  # not in the spawned workers, which import this file
 """
 
 
-def _start_experiments(tmp_path: Path, job_seconds: float) -> subprocess.Popen:
+def _start_experiments(tmp_path: Path, job_seconds: str, fails: str = "") -> subprocess.Popen:
     """``python -m helpers.experiments`` in a process group of its own, as a terminal
     runs it, on three runs that only wait, two at a time."""
     (tmp_path / "slow_job.py").write_text(_SLOW_JOB)
@@ -1017,7 +1029,8 @@ def _start_experiments(tmp_path: Path, job_seconds: float) -> subprocess.Popen:
     environment = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repository)]),
-        "JOB_SECONDS": str(job_seconds),
+        "JOB_SECONDS": job_seconds,  # per seed
+        "JOB_FAILS": fails,  # the seeds whose run fails
     }
     flags = ["--variants", "Luong dot", "--seeds", "0", "1", "2", "--workers", "2"]
     return subprocess.Popen(
@@ -1043,7 +1056,7 @@ def _wait_for(condition, seconds: float = 120.0, process: subprocess.Popen | Non
 def test_ctrl_c_lets_the_runs_in_progress_finish_and_starts_no_other(tmp_path):
     """Ctrl-C used to reach the workers too: each lost its run and took the next one
     from the queue, while the parent waited for the whole queue."""
-    process = _start_experiments(tmp_path, job_seconds=4)
+    process = _start_experiments(tmp_path, job_seconds="4,4,4")
     out = tmp_path / "out"
     try:
         _wait_for(
@@ -1065,14 +1078,22 @@ def test_ctrl_c_lets_the_runs_in_progress_finish_and_starts_no_other(tmp_path):
     assert not (out / "runs.csv").exists()  # no tables of a part of the runs
 
 
-def test_a_second_ctrl_c_stops_the_runs_in_progress(tmp_path):
-    process = _start_experiments(tmp_path, job_seconds=600)
+@pytest.mark.parametrize(
+    ("job_seconds", "in_progress"),
+    [("600,600,600", 2), ("2,600,600", 1)],
+    ids=["both workers busy", "one worker idle"],
+)
+def test_a_second_ctrl_c_stops_the_runs_in_progress(tmp_path, job_seconds, in_progress):
+    """Terminating the workers instead broke the pool: an idle worker's half-read queue
+    printed a traceback, and a killed one "leaked semaphore objects"."""
+    process = _start_experiments(tmp_path, job_seconds=job_seconds)
     out = tmp_path / "out"
     try:
-        _wait_for(
-            lambda: (out / "started_0").exists() and (out / "started_1").exists(), process=process
-        )
+        both_started = lambda: (out / "started_0").exists() and (out / "started_1").exists()  # noqa: E731
+        _wait_for(both_started, process=process)
         os.killpg(process.pid, signal.SIGINT)
+        if in_progress == 1:  # seed 0's run finishes: its worker waits, idle
+            _wait_for(lambda: (out / "runs" / "luong-dot_seed0.json").exists(), process=process)
         time.sleep(1.0)  # the parent has taken the first
         os.killpg(process.pid, signal.SIGINT)
         stdout, stderr = process.communicate(timeout=60)
@@ -1081,12 +1102,33 @@ def test_a_second_ctrl_c_stops_the_runs_in_progress(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert "stopped: 2 run(s) in progress stopped, their training lost" in stderr
-    assert "leaked" not in stderr  # the workers unwound
+    assert f"stopping the {in_progress} run(s) in progress: their training is lost" in stderr
+    assert "leaked" not in stderr  # the workers ended in order
     for seed in (0, 1):
         worker = int((out / f"started_{seed}").read_text())
         _wait_for(lambda worker=worker: not _alive(worker), seconds=10)
-    assert not (out / "runs").exists()
+    kept = ["luong-dot_seed0.json"] if in_progress == 1 else []
+    assert sorted(path.name for path in (out / "runs").glob("*")) == kept
+
+
+def test_a_failed_runs_error_is_shown_even_after_ctrl_c(tmp_path):
+    """The failure's line promised that its error would follow; two Ctrl-Cs dropped it."""
+    process = _start_experiments(tmp_path, job_seconds="1,600,600", fails="0")
+    out = tmp_path / "out"
+    try:
+        _wait_for(lambda: (out / "started_1").exists(), process=process)
+        time.sleep(2.0)  # seed 0 has failed
+        os.killpg(process.pid, signal.SIGINT)
+        time.sleep(1.0)
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr
+    assert "Luong dot seed 0 failed: no further run starts, and the 1 run(s)" in stderr
+    assert "error: Luong dot seed 0: seed 0 went wrong" in stderr
+    assert "Traceback" not in stderr
 
 
 def _alive(pid: int) -> bool:
