@@ -997,6 +997,7 @@ def _run(variant, seed, out_dir):
     while time.monotonic() < deadline:  # Python keeps running, as in training: Ctrl-C reaches it
         time.sleep(0.05)
     if str(seed) in os.environ.get("JOB_FAILS", "").split(","):
+        Path(out_dir, f"failed_{seed}").touch()
         raise ValueError(f"seed {seed} went wrong")
     path = Path(out_dir, "runs", f"{slug(variant)}_seed{seed}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1086,20 +1087,11 @@ def test_ctrl_c_lets_the_runs_in_progress_finish_and_starts_no_other(tmp_path):
 def test_a_second_ctrl_c_stops_the_runs_in_progress(tmp_path, job_seconds, in_progress):
     """Terminating the workers instead broke the pool: an idle worker's half-read queue
     printed a traceback, and a killed one "leaked semaphore objects"."""
-    process = _start_experiments(tmp_path, job_seconds=job_seconds)
     out = tmp_path / "out"
-    try:
-        both_started = lambda: (out / "started_0").exists() and (out / "started_1").exists()  # noqa: E731
-        _wait_for(both_started, process=process)
-        os.killpg(process.pid, signal.SIGINT)
-        if in_progress == 1:  # seed 0's run finishes: its worker waits, idle
-            _wait_for(lambda: (out / "runs" / "luong-dot_seed0.json").exists(), process=process)
-        time.sleep(1.0)  # the parent has taken the first
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    process = _start_experiments(tmp_path, job_seconds=job_seconds)
+    # With one run left, seed 0's run finishes between the two: its worker waits, idle.
+    finished = out / "runs" / "luong-dot_seed0.json"
+    stderr = _ctrl_c_twice(process, out, before_second=finished if in_progress == 1 else None)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert f"stopping the {in_progress} run(s) in progress: their training is lost" in stderr
@@ -1113,22 +1105,35 @@ def test_a_second_ctrl_c_stops_the_runs_in_progress(tmp_path, job_seconds, in_pr
 
 def test_a_failed_runs_error_is_shown_even_after_ctrl_c(tmp_path):
     """The failure's line promised that its error would follow; two Ctrl-Cs dropped it."""
-    process = _start_experiments(tmp_path, job_seconds="1,600,600", fails="0")
     out = tmp_path / "out"
-    try:
-        _wait_for(lambda: (out / "started_1").exists(), process=process)
-        time.sleep(2.0)  # seed 0 has failed
-        os.killpg(process.pid, signal.SIGINT)
-        time.sleep(1.0)
-        os.killpg(process.pid, signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    process = _start_experiments(tmp_path, job_seconds="1,600,600", fails="0")
+    stderr = _ctrl_c_twice(process, out, before_first=out / "failed_0")
     assert process.returncode == 130, stderr
     assert "Luong dot seed 0 failed: no further run starts, and the 1 run(s)" in stderr
     assert "error: Luong dot seed 0: seed 0 went wrong" in stderr
     assert "Traceback" not in stderr
+
+
+def _ctrl_c_twice(
+    process: subprocess.Popen,
+    out: Path,
+    before_first: Path | None = None,
+    before_second: Path | None = None,
+) -> str:
+    """Ctrl-C once both runs have started (and ``before_first`` exists), then again (once
+    ``before_second`` exists, and a second later); the command's stderr."""
+    started = [out / "started_0", out / "started_1", *([before_first] if before_first else [])]
+    try:
+        _wait_for(lambda: all(path.exists() for path in started), process=process)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        if before_second is not None:
+            _wait_for(before_second.exists, process=process)
+        time.sleep(1.0)  # the parent has taken the first
+        os.killpg(process.pid, signal.SIGINT)
+        return process.communicate(timeout=60)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
