@@ -33,7 +33,8 @@ def children_ignore_ctrl_c() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        # None: a handler set outside Python, which cannot be put back: Python's own, then.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def unwind_on_sigterm() -> None:
