@@ -981,15 +981,12 @@ from helpers import experiments
 from helpers.experiments import slug
 
 
-def job(variant, seed, threads, out_dir, *rest):
-    experiments._RUN_IN_PROGRESS = True  # as the real _job marks it
-    try:
-        return _run(variant, seed, out_dir)
-    finally:
-        experiments._RUN_IN_PROGRESS = False
+def job(*arguments):
+    experiments._train_and_write = _run  # the real _job, around a run that only waits
+    return experiments._job(*arguments)
 
 
-def _run(variant, seed, out_dir):
+def _run(variant, seed, threads, out_dir, *rest):
     lock = multiprocessing.RLock()  # as tqdm makes one: killed, Python warns it leaked
     Path(out_dir, f"started_{seed}").write_text(str(os.getpid()))
     seconds = os.environ["JOB_SECONDS"].split(",")[seed]  # per seed
