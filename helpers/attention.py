@@ -357,10 +357,12 @@ class AdditiveAttention(Attention):
 
     def __init__(self, query_size: int, key_size: int, attention_size: int | None = None) -> None:
         super().__init__()
-        self.query_size, self.key_size = query_size, key_size
-        attention_size = attention_size or query_size
-        self.W_a = nn.Linear(query_size, attention_size, bias=False)
-        self.U_a = nn.Linear(key_size, attention_size, bias=False)
+        self.query_size = whole_number("query_size", query_size)
+        self.key_size = whole_number("key_size", key_size)
+        # Checked before the `or`: a 0 would otherwise quietly become the query size.
+        attention_size = whole_number_or_none("attention_size", attention_size) or query_size
+        self.W_a = nn.Linear(self.query_size, attention_size, bias=False)
+        self.U_a = nn.Linear(self.key_size, attention_size, bias=False)
         self.v_a = nn.Linear(attention_size, 1, bias=False)
 
     def project_keys(self, keys: Tensor) -> Tensor:

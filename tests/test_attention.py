@@ -533,8 +533,13 @@ def test_a_mask_with_fewer_axes_than_the_scores_is_refused_not_broadcast_wrongly
 
 def test_layer_sizes_that_cannot_be_are_refused():
     """GeneralAttention(0) built empty weights and DotAttention(-3) kept its size;
-    ConcatAttention's ``attention_size or query_size`` turned a 0 into the query size."""
+    ConcatAttention's and AdditiveAttention's ``attention_size or query_size`` turned a 0
+    into the query size, and AdditiveAttention(0, 8) built empty weights."""
     for build, name in (
+        (lambda: AdditiveAttention(0, D), "query_size"),
+        (lambda: AdditiveAttention(D, 0), "key_size"),
+        (lambda: AdditiveAttention(D, 2.0), "key_size"),
+        (lambda: AdditiveAttention(D, D, attention_size=0), "attention_size"),
         (lambda: GeneralAttention(0), "query_size"),
         (lambda: GeneralAttention(D, 0), "key_size"),
         (lambda: GeneralAttention(2.5), "query_size"),
@@ -546,3 +551,6 @@ def test_layer_sizes_that_cannot_be_are_refused():
             build()
     assert DotAttention().query_size is None  # no size: it is checked against the inputs
     assert ConcatAttention(D, 6, 5).W_a.weight.shape == (5, D + 6)
+    additive = AdditiveAttention(D, 6, 5)
+    assert additive.W_a.weight.shape == (5, D) and additive.U_a.weight.shape == (5, 6)
+    assert AdditiveAttention(D, 6).v_a.weight.shape == (1, D)  # no attention_size: d_q
