@@ -65,10 +65,20 @@ def test_arguments_of_the_wrong_kind_are_named(tmp_path):
 
 
 def test_a_checkpoint_of_another_vocabulary_is_refused(tmp_path):
-    path = save_checkpoint(make_model(tokens=("a", "b", "c")), tmp_path / "model.pt")
+    """On either side: ``--resume`` passes both vocabularies."""
+    model = make_model(tokens=("a", "b", "c"))
+    path = save_checkpoint(model, tmp_path / "model.pt")
     same_size_other_tokens = make_model(tokens=("a", "b", "z")).source_vocab
     with pytest.raises(CheckpointMismatchError, match="another source vocabulary"):
         load_checkpoint(path, source_vocab=same_size_other_tokens)
+    other_target = Vocabulary.build([["x", "w"]])  # the same size as the model's x, y
+    assert len(other_target) == len(model.target_vocab) and other_target != model.target_vocab
+    with pytest.raises(CheckpointMismatchError, match="another target vocabulary"):
+        load_checkpoint(path, source_vocab=model.source_vocab, target_vocab=other_target)
+    loaded, _ = load_checkpoint(
+        path, source_vocab=model.source_vocab, target_vocab=model.target_vocab
+    )
+    assert loaded.target_vocab == model.target_vocab
 
 
 def test_files_that_are_not_checkpoints_are_refused_clearly(tmp_path):

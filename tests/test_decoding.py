@@ -127,7 +127,12 @@ def test_beam_search_finds_at_least_the_greedy_score_without_penalty():
 
 
 def test_length_penalty_grows_with_length():
+    """GNMT's lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016) at known values:
+    the reference and exhaustive searches import this function too, so they cannot catch
+    a wrong formula."""
     assert length_penalty(1, 0.6) == pytest.approx(1.0)
+    assert length_penalty(7, 0.6) == pytest.approx(2**0.6)  # (5 + 7) / 6 = 2
+    assert length_penalty(13, 0.5) == pytest.approx(3**0.5)
     assert length_penalty(10, 0.6) > length_penalty(5, 0.6) > 1.0
     assert length_penalty(10, 0.0) == 1.0
 

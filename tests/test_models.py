@@ -90,24 +90,44 @@ def test_output_shapes_and_padding_invariance(settings):
 
 
 def test_each_sentence_is_decoded_independently_of_its_batch():
+    """Every row alone gives its logits in the batch. The lengths are not sorted longest
+    first, so the encoder must sort them for packing and put the rows back in order."""
     torch.manual_seed(0)
     model = Seq2Seq(config(decoder="bahdanau", attention="additive")).eval()
-    batch = toy_batch()
+    source_lengths, target_lengths = (3, 5, 1), (4, 6, 2)
+    batch = toy_batch(lengths=source_lengths, target_lengths=target_lengths)
     together = model(batch.source, batch.source_lengths, batch.decoder_input).logits
-    alone = model(batch.source[1:2, :3], batch.source_lengths[1:2], batch.decoder_input[1:2]).logits
-    torch.testing.assert_close(alone[0], together[1], atol=1e-5, rtol=1e-5)
+    pairs = zip(source_lengths, target_lengths, strict=True)
+    for row, (source_length, target_length) in enumerate(pairs):
+        steps = target_length + 1  # <sos> and the target; <eos> is only predicted
+        alone = model(
+            batch.source[row : row + 1, :source_length],
+            batch.source_lengths[row : row + 1],
+            batch.decoder_input[row : row + 1, :steps],
+        ).logits
+        torch.testing.assert_close(alone[0], together[row, :steps], atol=1e-5, rtol=1e-5)
 
 
-def test_bahdanau_attends_with_the_previous_state():
-    """Step 0's attention must use s_0 (the encoder bridge), before the RNN has run."""
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_bahdanau_attends_with_the_previous_state(rnn_type, num_layers):
+    """Step 0's attention must use s_0 (the encoder bridge), before the RNN has run: the
+    top layer's state, and for an LSTM its h, not its c."""
     torch.manual_seed(0)
-    model = Seq2Seq(config(decoder="bahdanau", attention="additive")).eval()
+    model = Seq2Seq(
+        config(decoder="bahdanau", attention="additive", rnn_type=rnn_type, num_layers=num_layers)
+    ).eval()
     batch = toy_batch()
     memory = model.encode(batch.source, batch.source_lengths)
-    s0 = memory.initial_hidden[-1]
+    hidden = memory.initial_hidden
+    s0 = (hidden[0] if rnn_type == "lstm" else hidden)[num_layers - 1]  # (B, H)
     _, expected = model.decoder.attention(s0, memory.states, memory.states, memory.mask)
     _, attention = model.decoder(batch.decoder_input, memory)
     torch.testing.assert_close(attention[:, 0], expected)
+    if num_layers == 2:  # the bottom layer's state would give other weights
+        other = (hidden[0] if rnn_type == "lstm" else hidden)[0]
+        _, bottom = model.decoder.attention(other, memory.states, memory.states, memory.mask)
+        assert not torch.allclose(bottom, expected)
 
 
 @pytest.mark.parametrize("decoder", ["bahdanau", "luong"])

@@ -215,7 +215,7 @@ def test_the_warmup_schedule_rises_linearly_then_falls_as_inverse_sqrt():
         assert paper == pytest.approx(warmup_inverse_sqrt(step, warmup) * (d * warmup) ** -0.5)
 
 
-def test_training_applies_the_warmup_and_the_betas():
+def test_training_applies_the_warmup_and_the_betas(monkeypatch):
     model = transformer()
     batch = toy_batch()
     loader = [batch] * 3
@@ -236,8 +236,23 @@ def test_training_applies_the_warmup_and_the_betas():
         ValueError, match="are two schedules of the learning rate: give one or the other"
     ):
         train(model, loader, epochs=1, warmup_steps=4, lr_decay=0.5, progress=False)
-    fresh = transformer()
-    train(fresh, loader, epochs=1, adam_beta2=0.98, progress=False, device="cpu")
+    # train's own optimiser gets the Transformer's beta2 (Vaswani et al. 2017: 0.98).
+    made = []
+
+    class RecordedAdam(torch.optim.Adam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordedAdam)
+    for beta2 in (0.98, None):  # None: Adam's default
+        fresh = transformer()
+        extra = {} if beta2 is None else {"adam_beta2": beta2}
+        train(fresh, loader, epochs=1, progress=False, device="cpu", **extra)
+    assert [optimizer.param_groups[0]["betas"] for optimizer in made] == [
+        (0.9, 0.98),
+        (0.9, 0.999),
+    ]
 
 
 def test_adding_the_transformer_left_every_committed_runs_cache_key_unchanged():
