@@ -120,13 +120,13 @@ def test_bahdanau_attends_with_the_previous_state(rnn_type, num_layers):
     batch = toy_batch()
     memory = model.encode(batch.source, batch.source_lengths)
     hidden = memory.initial_hidden
-    s0 = (hidden[0] if rnn_type == "lstm" else hidden)[num_layers - 1]  # (B, H)
+    layers = hidden[0] if rnn_type == "lstm" else hidden  # (num_layers, B, H): an LSTM's h
+    s0 = layers[num_layers - 1]  # the top layer
     _, expected = model.decoder.attention(s0, memory.states, memory.states, memory.mask)
     _, attention = model.decoder(batch.decoder_input, memory)
     torch.testing.assert_close(attention[:, 0], expected)
     if num_layers == 2:  # the bottom layer's state would give other weights
-        other = (hidden[0] if rnn_type == "lstm" else hidden)[0]
-        _, bottom = model.decoder.attention(other, memory.states, memory.states, memory.mask)
+        _, bottom = model.decoder.attention(layers[0], memory.states, memory.states, memory.mask)
         assert not torch.allclose(bottom, expected)
 
 
