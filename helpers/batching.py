@@ -240,12 +240,20 @@ def make_loader(
     )
 
 
-def padding_fraction(loader: DataLoader) -> float:
-    """Share of source positions in the loader's batches that are padding."""
+def padding_fraction(loader: DataLoader, side: str = "source") -> float:
+    """Share of the positions in the loader's batches that are padding: the source's
+    (``side="source"``), or the decoder targets' (``side="target"``, the positions the
+    loss is computed on)."""
+    if side not in ("source", "target"):
+        raise ValueError(f'side must be "source" or "target", got {side!r}')
     padded = real = 0
     for batch in loader:
-        padded += batch.source.numel()
-        real += int(batch.source_lengths.sum())
+        if side == "source":
+            padded += batch.source.numel()
+            real += int(batch.source_lengths.sum())
+        else:
+            padded += batch.decoder_target.numel()
+            real += batch.target_positions.numel()
     if padded == 0:  # a bare ZeroDivisionError before
         raise ValueError("the loader holds no batches (an empty split?)")
     return 1.0 - real / padded
