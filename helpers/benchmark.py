@@ -29,6 +29,7 @@ import argparse
 import math
 import platform
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -224,6 +225,19 @@ def attention_kernel_rows(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; Ctrl-C ends it with one line (it writes no file, and each figure
+    is printed as soon as it is measured, so what was printed stands)."""
+    try:
+        return _run_benchmark(argv)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the figures printed above are complete; nothing else was measured",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run_benchmark(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.benchmark",
         description=__doc__,

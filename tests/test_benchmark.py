@@ -425,3 +425,27 @@ def test_each_attention_path_is_timed_under_its_own_name(fake_clock, monkeypatch
     [row] = benchmark.attention_kernel_rows(torch.device("cpu"), (4,), batch=1, size=8, heads=2)
     assert row["explicit (need_weights=True) ms"] == pytest.approx(1000.0)
     assert row["fused SDPA (need_weights=False) ms"] == pytest.approx(3000.0)
+
+
+def test_ctrl_c_ends_the_benchmark_with_one_line_and_keeps_what_it_printed(
+    tiny_task, monkeypatch, capsys
+):
+    """Interrupted during the article's second loop, the benchmark has printed (a) and
+    says in one line, with no traceback, that it stopped there (exit status 130, as a
+    shell reports SIGINT)."""
+    monkeypatch.setattr(benchmark, "tatoeba_task", lambda max_pairs: tiny_task)
+    article = iter([(100.0, 2_000)])
+
+    def article_then_ctrl_c(task, config, on, duration, **settings):
+        try:
+            return next(article)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(benchmark, "article_loop_tokens_per_second", article_then_ctrl_c)
+    assert benchmark.main(["--device", "cpu"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1].endswith(": 100 target tokens/s (2,000 tokens)")
+    assert captured.err == (
+        "interrupted: the figures printed above are complete; nothing else was measured\n"
+    )

@@ -163,6 +163,20 @@ def test_each_pass_is_a_new_order_that_set_epoch_replays():
     assert [lengths[index] for index in flat] == sorted(lengths)
 
 
+def test_batches_are_runs_of_the_sorted_pool_that_leave_it_in_random_order():
+    """Within a pool the batches are consecutive runs of the length-sorted examples, and
+    the batches are then shuffled, so a pass does not go from the shortest sentences to
+    the longest (a curriculum nobody asked for, and the same one every epoch)."""
+    lengths = [len(sentence) for sentence in random_corpus(300)]
+    batches = list(BucketBatchSampler(lengths, batch_size=16, seed=5))  # one pool of 800
+    shortest_first = sorted(batches, key=lambda batch: sorted(lengths[index] for index in batch))
+    flat = [lengths[index] for batch in shortest_first for index in batch]
+    assert flat == sorted(flat)  # runs of one sorted order
+    longest = [max(lengths[index] for index in batch) for batch in batches]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    assert batches[0] != shortest_first[0]
+
+
 def test_drop_last_keeps_only_full_batches_and_batch_size_one_is_allowed():
     lengths = [len(sentence) for sentence in random_corpus(100)]
     dropped = list(BucketBatchSampler(lengths, batch_size=16, drop_last=True, seed=1))
