@@ -6,7 +6,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -196,3 +200,59 @@ def test_a_notebook_named_twice_runs_once(tool, tmp_path, monkeypatch):
     same = Path(tmp_path.name) / "good.ipynb"  # relative: another spelling of the same file
     assert tool.main([str(good), str(same), "--resources", str(tmp_path / "r.csv")]) == 0
     assert ran == [good]
+
+
+def process_is_running(pid: int) -> bool:
+    """Whether ``pid`` is a live process: not gone, and not a zombie waiting to be reaped
+    (in a container nothing may ever reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:  # Linux: the state follows the command's closing parenthesis
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:  # gone since os.kill, or no /proc (macOS): then trust os.kill
+        return not Path("/proc").is_dir()
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["the tool alone", "as a terminal does"])
+def test_ctrl_c_ends_with_one_line_and_leaves_the_file_and_no_kernel(tool, tmp_path, whole_group):
+    """Ctrl-C while a cell runs: exit status 130 and one line, not nbclient's two
+    tracebacks; the notebook unchanged, nothing recorded, the kernel shut down. A
+    terminal signals the whole process group (the kernel too); ``kill -INT`` only the
+    tool."""
+    notebook = small_notebook(
+        tmp_path / "slow.ipynb",
+        "import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(120)",
+    )
+    before = notebook.read_bytes()
+    resources = tmp_path / "r.csv"
+    tool_process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tools" / "execute_notebooks.py"), str(notebook)]
+        + ["--resources", str(resources)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as in a terminal
+    )
+    kernel_pid_file = tmp_path / "kernel.pid"
+    deadline = time.monotonic() + 120
+    while not (kernel_pid_file.exists() and kernel_pid_file.read_text()):
+        assert tool_process.poll() is None and time.monotonic() < deadline, "the cell never ran"
+        time.sleep(0.1)
+    kernel_pid = int(kernel_pid_file.read_text())
+    if whole_group:
+        os.killpg(tool_process.pid, signal.SIGINT)
+    else:
+        tool_process.send_signal(signal.SIGINT)
+    _, errors = tool_process.communicate(timeout=60)
+    assert tool_process.returncode == 130, errors
+    assert errors.strip().splitlines()[-1] == f"interrupted: {notebook} is unchanged"
+    assert "Traceback" not in errors, errors
+    assert notebook.read_bytes() == before
+    assert not resources.exists()
+    deadline = time.monotonic() + 10
+    while process_is_running(kernel_pid):
+        assert time.monotonic() < deadline, "the kernel outlived the tool"
+        time.sleep(0.1)

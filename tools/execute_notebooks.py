@@ -28,8 +28,10 @@ import csv
 import datetime as dt
 import io
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,19 +165,41 @@ def update_resources(csv_path: Path, records: list[RunRecord]) -> None:
 # --- executing ---------------------------------------------------------------------------
 
 
-async def _execute(client: NotebookClient, environment: dict[str, str]) -> tuple[float | None, str]:
+async def _execute(
+    client: NotebookClient, environment: dict[str, str], interrupted: threading.Event
+) -> tuple[float | None, str]:
     """Run every cell (as ``NotebookClient.async_execute`` does), then, with the kernel
-    still alive, ask it for torch's thread count and read its peak memory.
+    still alive, ask it for torch's thread count and read its peak memory. Ctrl-C sets
+    ``interrupted`` and stops the run.
 
     Returns ``(peak resident MiB, torch threads)``.
     """
     client.reset_execution_trackers()
     async with client.async_setup_kernel(env=environment):
         assert client.kc is not None and client.km is not None
+        # nbclient's own Ctrl-C handler shuts the kernel down while a cell still runs in
+        # it: the cell fails with "Kernel died", the kernel and that shutdown task each
+        # print a traceback. Instead, Ctrl-C interrupts the cell (JupyterLab's stop
+        # button), which then fails like any cell, and async_setup_kernel's exit shuts
+        # the kernel down once. A second Ctrl-C stops waiting for a cell that ignores it.
+        running = asyncio.current_task()
+        assert running is not None
+        pending: list[asyncio.Future] = []  # held, so the interrupt is not collected
+
+        def stop_on_ctrl_c() -> None:
+            if interrupted.is_set():
+                running.cancel()
+                return
+            interrupted.set()
+            pending.append(asyncio.ensure_future(_maybe_await(client.km.interrupt_kernel())))
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop_on_ctrl_c)
         info = await client.async_wait_for_reply(await _maybe_await(client.kc.kernel_info()))
         if info is not None and "language_info" in info["content"]:
             client.nb.metadata["language_info"] = info["content"]["language_info"]
         for index, cell in enumerate(client.nb.cells):
+            if interrupted.is_set():  # pressed between two cells
+                raise asyncio.CancelledError
             await client.async_execute_cell(
                 cell, index, execution_count=client.code_cells_executed + 1
             )
@@ -206,8 +230,9 @@ async def _maybe_await(value):
 def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT) -> RunRecord:
     """Execute ``path`` in a fresh kernel and write it back; return what it cost.
 
-    Raises ``CellExecutionError`` when a cell fails and ``NotebookChangedError`` when the
-    file was edited while it ran; either way the file is left as it is.
+    Raises ``CellExecutionError`` when a cell fails, ``NotebookChangedError`` when the
+    file was edited while it ran, and ``KeyboardInterrupt`` on Ctrl-C (after shutting the
+    kernel down); in each case the file is left as it is.
     """
     path = path.resolve()
     original = path.read_bytes()
@@ -221,7 +246,15 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT) -> RunRecord:
         allow_errors=False,
     )
     started = time.monotonic()
-    peak, threads = asyncio.run(_execute(client, kernel_environment()))
+    interrupted = threading.Event()
+    try:
+        peak, threads = asyncio.run(_execute(client, kernel_environment(), interrupted))
+    except (asyncio.CancelledError, Exception):
+        # After Ctrl-C the run ends with the cell's KeyboardInterrupt (a CellExecutionError)
+        # or, after a second one, a cancellation or "Kernel died"; the kernel is shut down.
+        if interrupted.is_set():
+            raise KeyboardInterrupt from None
+        raise
     seconds = time.monotonic() - started
     strip_widget_clutter(notebook)
     nbformat.validate(notebook)
@@ -301,6 +334,9 @@ def main(arguments: list[str] | None = None) -> int:
             except NotebookChangedError as error:
                 print(f"FAILED: {error}", file=sys.stderr)
                 return 1
+            except KeyboardInterrupt:
+                print(f"interrupted: {path} is unchanged", file=sys.stderr)
+                return 130
             records.append(record)
             memory = "?" if record.peak_memory_mib is None else f"{record.peak_memory_mib:.0f} MiB"
             print(
