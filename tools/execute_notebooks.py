@@ -6,7 +6,8 @@ Each notebook runs top to bottom in a fresh kernel (nbclient), from its own fold
 ``PAYING_ATTENTION_PROGRESS=0`` (no progress bars: minutes of widget updates in a saved
 file) and *without* ``MPLBACKEND`` (an inherited Agg would stop the inline backend, and the
 figures would never be saved as PNG). A cell that fails stops the run with the error and
-leaves the notebook file as it was.
+leaves the notebook file as it was; so does Ctrl-C, which interrupts the running cell as
+JupyterLab's stop button does (press it twice for a cell that ignores the interrupt).
 
 The executed notebook is written back atomically (temporary file, then ``os.replace``) with
 the widget clutter stripped: notebook-level widget state (``metadata.widgets``, a
