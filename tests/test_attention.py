@@ -174,13 +174,25 @@ def test_multi_head_takes_a_causal_mask_like_torch():
     assert sdpa.shape == states.shape  # sanity on torch's own kernel the notebooks compare to
 
 
-def test_local_m_window_is_centred_on_the_step():
-    query, keys, mask = make_inputs(lengths=(6, 6, 6))
-    layer = LocalAttention(DotAttention(D), window=1, predictive=False)
+@pytest.mark.parametrize("window", [1, 2])
+def test_local_m_window_is_centred_on_the_step(window):
+    """Luong et al.'s local-m: at step t the window is [t - D, t + D] (its centre clamped
+    to the sentence's last real position), and inside it the weights are the softmax of
+    the scores over the real positions of the window, by hand. Steps past a short
+    sentence's end (lengths 4 and 2 at steps 0-4) check the clamp; a window that leans to
+    one side would put weight 0 where the hand-built one has weight."""
+    steps = 5
+    query, keys, mask = make_inputs(steps=steps)
+    layer = LocalAttention(DotAttention(D), window=window, predictive=False)
     _, weights = layer(query, keys, keys, mask)
-    for step in range(4):
-        outside = [position for position in range(6) if abs(position - step) > 1]
-        assert bool((weights[:, step, outside] == 0).all())
+    last = mask.sum(-1, keepdim=True) - 1  # (B, 1)
+    centres = torch.minimum(torch.arange(steps)[None, :], last)  # (B, T)
+    distance = torch.arange(6)[None, None, :] - centres[..., None]  # (B, T, S)
+    in_window = (distance.abs() <= window) & mask[:, None, :]
+    expected = masked_softmax(query @ keys.transpose(1, 2), in_window)
+    torch.testing.assert_close(weights, expected)
+    assert bool((weights[in_window] > 0).all()) and bool((weights[~in_window] == 0).all())
+    assert bool((in_window.sum(-1) == 2 * window + 1).any())  # some windows are whole
 
 
 @pytest.mark.parametrize("window", [2, 3])

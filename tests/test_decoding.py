@@ -64,39 +64,69 @@ def source_batch():
     return collate_batch(examples)
 
 
-@pytest.mark.parametrize(
-    "decoder,attention",
-    [("luong", "general"), ("bahdanau", "additive"), ("luong", "local-m"), ("plain", "general")],
-)
-def test_beam_of_width_one_is_greedy(decoder, attention):
-    model = tiny_model(decoder, attention)
+#: (decoder, attention, the <eos> logit's bias added): tiny models, sharpened, on which
+#: greedy search over ``source_batch()`` ends some sentences and runs others to 9 tokens.
+MIXED_ENDINGS = [
+    ("luong", "general", 2.0),
+    ("bahdanau", "additive", 0.0),
+    ("luong", "local-m", 1.0),
+    ("plain", "general", 0.0),
+]
+
+
+def mixed_endings_model(decoder, attention, eos_bias):
+    """A sharpened tiny model (scale 4) with its ``<eos>`` made ``eos_bias`` likelier."""
+    model = sharpened_model(decoder, attention, scale=4.0)
+    generator = model.decoder.W_s if decoder == "luong" else model.decoder.generator
+    with torch.no_grad():
+        generator.bias[EOS_INDEX] += eos_bias
+    return model
+
+
+def assert_both_endings(hypotheses):
+    """Some sentences end with ``<eos>`` and some run to the limit: both are compared."""
+    finished = [hypothesis.finished for hypothesis in hypotheses]
+    assert any(finished) and not all(finished), f"one way of ending only: {finished}"
+
+
+@pytest.mark.parametrize("decoder,attention,eos_bias", MIXED_ENDINGS)
+def test_beam_of_width_one_is_greedy(decoder, attention, eos_bias):
+    model = mixed_endings_model(decoder, attention, eos_bias)
     batch = source_batch()
     greedy = greedy_decode(model, batch.source, batch.source_lengths, max_length=9)
+    assert_both_endings(greedy)
     beam = beam_search(
         model, batch.source, batch.source_lengths, beam_size=1, max_length=9, alpha=0.0
     )
     for left, right in zip(greedy, beam, strict=True):
         assert left.token_ids == right.token_ids
+        assert left.finished == right.finished
         torch.testing.assert_close(left.attention, right.attention)
         assert left.score == pytest.approx(right.score, abs=1e-4)
 
 
-def test_greedy_matches_an_unbatched_step_by_step_reference():
-    model = tiny_model()
+@pytest.mark.parametrize("decoder,attention,eos_bias", MIXED_ENDINGS)
+def test_greedy_matches_an_unbatched_step_by_step_reference(decoder, attention, eos_bias):
+    """Each sentence alone, one ``step`` at a time, feeding back the argmax (over the
+    tokens a translation may hold) and stopping at the first ``<eos>`` or after 9 tokens:
+    the batched search gives the same tokens."""
+    model = mixed_endings_model(decoder, attention, eos_bias)
     batch = source_batch()
     hypotheses = greedy_decode(model, batch.source, batch.source_lengths, max_length=9)
+    assert_both_endings(hypotheses)
     for row, hypothesis in enumerate(hypotheses):
         length = int(batch.source_lengths[row])
         source = batch.source[row : row + 1, :length]
-        memory = model.encode(source, batch.source_lengths[row : row + 1])
+        memory = model.decoder.prepare(model.encode(source, batch.source_lengths[row : row + 1]))
         state, token, expected = model.decoder.init_state(memory), torch.tensor([SOS_INDEX]), []
         for step in range(9):
             logits, state, _ = model.decoder.step(token, state, memory, step)
-            token = logits.argmax(-1)
+            token = mask_special_logits(logits).argmax(-1)  # never <pad> or <sos>
             expected.append(int(token))
             if expected[-1] == EOS_INDEX:
                 break
         assert hypothesis.token_ids == expected
+        assert hypothesis.finished == (expected[-1] == EOS_INDEX)
         assert hypothesis.attention.shape == (len(expected), length)
 
 
@@ -143,11 +173,22 @@ def test_length_penalty_grows_with_length():
 
 
 def test_translate_returns_text_tokens_and_attention():
-    model = tiny_model()
+    """The text is the greedy output's words detokenised, without ``<eos>``; the output
+    tokens keep ``<eos>``, with one attention row each."""
+    model = sharpened_model()
     result = translate(model, "the cat sat on a mat")
-    assert isinstance(result.text, str)
     assert result.source_tokens == ["the", "cat", "sat", "on", "a", "mat"]
+    source = torch.tensor([model.source_vocab.encode(result.source_tokens)])
+    [hypothesis] = greedy_decode(model, source, torch.tensor([6]))
+    words = model.target_vocab.decode(hypothesis.token_ids)
+    assert result.text == get_tokenizer(model.config.target_tokenizer).detokenize(words)
+    assert result.text.startswith("die Katze saß Matte")  # this model's words, in order
+    assert result.output_tokens == model.target_vocab.decode(
+        hypothesis.token_ids, strip_special=False
+    )
     assert result.attention.shape == (len(result.output_tokens), 6)
+    ended = translate(model, "dog")  # this one ends: <eos> is a token, not text
+    assert ended.output_tokens == ["<unk>", "die", "<eos>"] and ended.text == "<unk> die"
     beam = translate(model, "the cat sat on a mat", beam_size=3)
     assert beam.attention.shape == (len(beam.output_tokens), 6)
 
@@ -194,10 +235,13 @@ def test_translate_runs_greedy_search_for_one_beam_and_beam_search_for_more(beam
 
 
 def test_translate_batch_keeps_the_input_order():
-    model = tiny_model()
+    """``translate_batch`` sorts sentences by length to batch them, and hands each
+    translation back in the input's place (this model writes a different one for each)."""
+    model = sharpened_model()
     sentences = ["a dog ran", "the cat sat on a mat", "dog"]
     batched = translate_batch(model, sentences, batch_size=2)
     assert [result.source for result in batched] == sentences
+    assert len({tuple(result.output_tokens) for result in batched}) == 3
     for sentence, result in zip(sentences, batched, strict=True):
         assert translate(model, sentence).output_tokens == result.output_tokens
 

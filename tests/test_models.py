@@ -111,23 +111,32 @@ def test_each_sentence_is_decoded_independently_of_its_batch():
 @pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_bahdanau_attends_with_the_previous_state(rnn_type, num_layers):
-    """Step 0's attention must use s_0 (the encoder bridge), before the RNN has run: the
-    top layer's state, and for an LSTM its h, not its c."""
+    """Step i attends with s_{i-1}: step 0 with s_0 (the encoder bridge), before the RNN
+    has run, and every later step with the state the previous step left; the top layer's
+    state, and for an LSTM its h, not its c. The RNN is unrolled here by hand, so each
+    step's query is known independently of the decoder's own loop."""
     torch.manual_seed(0)
     model = Seq2Seq(
         config(decoder="bahdanau", attention="additive", rnn_type=rnn_type, num_layers=num_layers)
     ).eval()
+    decoder = model.decoder
     batch = toy_batch()
     memory = model.encode(batch.source, batch.source_lengths)
-    hidden = memory.initial_hidden
-    layers = hidden[0] if rnn_type == "lstm" else hidden  # (num_layers, B, H): an LSTM's h
-    s0 = layers[num_layers - 1]  # the top layer
-    _, expected = model.decoder.attention(s0, memory.states, memory.states, memory.mask)
-    _, attention = model.decoder(batch.decoder_input, memory)
-    torch.testing.assert_close(attention[:, 0], expected)
-    if num_layers == 2:  # the bottom layer's state would give other weights
-        _, bottom = model.decoder.attention(layers[0], memory.states, memory.states, memory.mask)
-        assert not torch.allclose(bottom, expected)
+    _, attention = decoder(batch.decoder_input, memory)
+    state = memory.initial_hidden
+    for step in range(batch.decoder_input.size(1)):
+        layers = state[0] if rnn_type == "lstm" else state  # (num_layers, B, H): an LSTM's h
+        query = layers[num_layers - 1]  # s_{i-1}, the top layer
+        context, expected = decoder.attention(query, memory.states, memory.states, memory.mask)
+        torch.testing.assert_close(attention[:, step], expected)
+        if num_layers == 2:  # the bottom layer's state would give other weights
+            _, bottom = decoder.attention(layers[0], memory.states, memory.states, memory.mask)
+            assert not torch.allclose(bottom, expected)
+        if rnn_type == "lstm":  # and so would the LSTM's cell state c
+            _, cell = decoder.attention(state[1][-1], memory.states, memory.states, memory.mask)
+            assert not torch.allclose(cell, expected)
+        embedded = decoder.embedding(batch.decoder_input[:, step])  # E y_{i-1}
+        _, state = decoder.rnn(torch.cat([embedded, context], dim=-1).unsqueeze(1), state)
 
 
 @pytest.mark.parametrize("decoder", ["bahdanau", "luong"])
@@ -160,6 +169,42 @@ def test_full_teacher_forcing_draws_no_random_numbers(decoder):
         torch.manual_seed(1)
         model(batch.source, batch.source_lengths, batch.decoder_input, ratio)
         assert torch.equal(torch.rand(3), untouched) is not draws, ratio
+
+
+@pytest.mark.parametrize("tie_embeddings", [False, True])
+def test_input_feeding_feeds_the_previous_attentional_vector(tie_embeddings):
+    """Luong et al.'s input feeding (section 3.3): step t's RNN reads [E y_{t-1};
+    h~_{t-1}], h~_0 = 0, and h~_t = tanh(W_c [c_t; h_t]) (eq. 5) gives the logits
+    W_s h~_t (eq. 6). Unrolled here by hand and compared with the decoder's logits at
+    every step; feeding zeros instead of h~_{t-1} changes every step after the first."""
+    torch.manual_seed(0)
+    model = Seq2Seq(
+        config(
+            decoder="luong", attention="general", input_feeding=True, tie_embeddings=tie_embeddings
+        )
+    ).eval()
+    decoder = model.decoder
+    batch = toy_batch()
+    memory = model.encode(batch.source, batch.source_lengths)
+    logits = model(batch.source, batch.source_lengths, batch.decoder_input).logits
+    state = memory.initial_hidden
+    attentional = torch.zeros(batch.source.size(0), decoder.W_c.out_features)  # h~_0
+    without_feeding_state = memory.initial_hidden
+    for step in range(batch.decoder_input.size(1)):
+        embedded = decoder.embedding(batch.decoder_input[:, step])  # E y_{t-1}
+        rnn_input = torch.cat([embedded, attentional], dim=-1).unsqueeze(1)
+        output, state = decoder.rnn(rnn_input, state)  # h_t: (B, 1, H)
+        context, _ = decoder.attention(output, memory.states, memory.states, memory.mask)
+        attentional = torch.tanh(decoder.W_c(torch.cat([context, output], dim=-1))).squeeze(1)
+        expected = decoder.W_s(decoder.projection(attentional))
+        torch.testing.assert_close(logits[:, step], expected)
+        # The same step fed zeros in place of h~_{t-1} (its own unrolled state).
+        zeros = torch.zeros_like(attentional)
+        starved, without_feeding_state = decoder.rnn(
+            torch.cat([embedded, zeros], dim=-1).unsqueeze(1), without_feeding_state
+        )
+        if step > 0:
+            assert not torch.allclose(starved, output), step
 
 
 def test_gradients_reach_every_parameter_for_every_attention():

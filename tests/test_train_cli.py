@@ -352,6 +352,34 @@ def test_a_summary_path_that_cannot_be_written_is_refused_too(tmp_path, capsys):
     assert unwritable(existing) is None
 
 
+def test_a_folder_or_file_without_write_permission_is_refused(tmp_path, monkeypatch, capsys):
+    """What a read-only folder or file does for a normal user, faked in-process so that it
+    is checked as root too (root may write anywhere, so the subprocess test above skips
+    it there): the folder's probe file fails with EACCES, or the file is not writable."""
+    import helpers.files
+    from helpers.train import parse_arguments, unwritable
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    with monkeypatch.context() as patch:
+        patch.setattr(helpers.files.tempfile, "NamedTemporaryFile", refused)
+        assert unwritable(folder / "m.pt") == f"cannot write in {folder} (Permission denied)"
+        with pytest.raises(SystemExit) as stopped:
+            parse_arguments(["--output", str(folder / "m.pt")])
+    assert stopped.value.code == 2
+    assert f"--output {folder / 'm.pt'}: cannot write in {folder}" in capsys.readouterr().err
+    existing = folder / "m.pt"
+    existing.write_bytes(b"")
+    monkeypatch.setattr(
+        helpers.files.os, "access", lambda path, mode: not (path == existing and mode == os.W_OK)
+    )
+    assert unwritable(existing) == "exists and is read-only"
+    assert unwritable(folder / "other.pt") is None
+
+
 def test_resuming_with_other_settings_is_refused_but_more_epochs_are_allowed(
     tmp_path, monkeypatch, capsys
 ):
