@@ -8,6 +8,7 @@ import base64
 import math
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 
@@ -351,7 +352,8 @@ def random_attention(rows: int, columns: int) -> torch.Tensor:
 def test_a_60_token_heatmap_stays_bounded_and_readable():
     source = [f"word{i}" for i in range(60)]
     output = [f"Wort{i}" for i in range(66)]
-    ax = plot_attention(random_attention(66, 60), source, output, title="60 tokens")
+    attention = random_attention(66, 60)
+    ax = plot_attention(attention, source, output, title="60 tokens")
     ax.figure.tight_layout()
     width, height = ax.figure.get_size_inches()
     assert width <= MAX_FIGURE_WIDTH and height <= MAX_FIGURE_HEIGHT
@@ -362,8 +364,8 @@ def test_a_60_token_heatmap_stays_bounded_and_readable():
         assert count / 4 <= report[axis]["count"] < count, report  # thinned, not gutted
     assert report["x"]["rotation"] == 90
     assert "every 2nd labelled" in ax.get_xlabel()
-    # the heatmap itself keeps every cell
-    assert ax.images[0].get_array().shape == (66, 60)
+    # the heatmap itself keeps every cell, in place: row t, column s is weight (t, s)
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), attention.numpy())
     plt.close(ax.figure)
 
 
@@ -457,6 +459,13 @@ def test_loss_curves_draw_every_model_in_its_own_colour(models):
         histories[f"model {index}"] = history
     ax = plot_loss_curves(histories)
     assert len(ax.get_lines()) == 2 * models
+    lines = ax.get_lines()  # each model's train line, then its validation line
+    for index, history in enumerate(histories.values()):
+        frame = history.to_frame()
+        pair = lines[2 * index : 2 * index + 2]
+        for line, column in zip(pair, ("train_loss", "valid_loss"), strict=True):
+            assert list(line.get_xdata()) == list(frame.index) == [1, 2]
+            assert list(line.get_ydata()) == list(frame[column])
     assert ax.get_legend_handles_labels()[1][-1] == f"model {models - 1} validation"
     colours = {tuple(matplotlib.colors.to_rgba(line.get_color())) for line in ax.get_lines()}
     assert len(colours) == models

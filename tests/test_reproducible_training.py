@@ -17,6 +17,8 @@ import torch
 
 import helpers.experiments as experiments
 import helpers.training as training
+from helpers.checkpoints import load_checkpoint
+from helpers.decoding import translate_batch
 from helpers.experiments import (
     SHARED_MODEL,
     TRANSFORMER_VARIANTS,
@@ -25,7 +27,12 @@ from helpers.experiments import (
     run_variant,
     slug,
 )
-from helpers.metrics import paired_bootstrap
+from helpers.metrics import (
+    alignment_accuracy,
+    corpus_scores,
+    mean_attention_entropy,
+    paired_bootstrap,
+)
 from helpers.models import Seq2Seq
 from helpers.recipes import dates_recipe, tatoeba_recipe, train_model
 from helpers.tasks import dates_task
@@ -155,6 +162,29 @@ def test_variant_names_and_slugs_are_distinct():
     assert slug("Bahdanau (additive)") == "bahdanau"
 
 
+def assert_the_row_measures_the_saved_models(row, outputs, task, folder, name, beam_size):
+    """Each measured column of ``run_variant``'s row, computed again here from the models
+    it saved (``folder/{name}.pt`` on ``task``, ``folder/{dates name}.pt`` on the dates
+    task, the same task here): BLEU and chrF of the outputs it returned, the attention
+    entropy of the greedy translations, and the dates model's gold alignment."""
+    prefix, variant_seed = name.split("_", 1)
+    model, _ = load_checkpoint(folder / f"{name}.pt")
+    greedy = translate_batch(model, task.test_sources, beam_size=1)
+    assert [translation.text for translation in greedy] == outputs["greedy"]
+    scores = corpus_scores(outputs["greedy"], task.test_references)
+    assert (row["test BLEU (greedy)"], row["test chrF (greedy)"]) == (scores.bleu, scores.chrf)
+    if beam_size > 1:
+        beam = corpus_scores(outputs[f"beam {beam_size}"], task.test_references)
+        assert row[f"test BLEU (beam {beam_size})"] == beam.bleu
+        assert row[f"test chrF (beam {beam_size})"] == beam.chrf
+    entropy = mean_attention_entropy([t.attention for t in greedy], normalise=True)
+    assert row["attention entropy"] == pytest.approx(entropy, rel=1e-9)
+    dates_model, _ = load_checkpoint(folder / f"{prefix}_dates_{variant_seed}.pt")
+    dates_out = translate_batch(dates_model, task.test_sources)
+    alignment = alignment_accuracy([t.attention for t in dates_out], task.test_gold_spans)
+    assert row["dates gold alignment"] == alignment
+
+
 def test_run_variant_measures_a_real_model(small_dates, tmp_path, monkeypatch):
     monkeypatch.setenv("PAYING_ATTENTION_CHECKPOINTS", str(tmp_path))
     monkeypatch.setenv("PAYING_ATTENTION_PROGRESS", "0")
@@ -166,6 +196,9 @@ def test_run_variant_measures_a_real_model(small_dates, tmp_path, monkeypatch):
     assert 0 < row["attention entropy"] <= 1
     assert len(outputs["greedy"]) == len(outputs["beam 2"]) == len(small_dates.test_sources)
     assert (tmp_path / "t_luong-dot_seed0.pt").is_file()
+    assert_the_row_measures_the_saved_models(
+        row, outputs, small_dates, tmp_path, "t_luong-dot_seed0", beam_size=2
+    )
     again, _ = run_variant(
         "Luong dot", quick_settings(seed=0, epochs=1), small_dates, None, "cpu", "t", 1
     )
@@ -311,6 +344,9 @@ def test_run_variant_trains_and_measures_the_transformer(small_dates, tmp_path, 
     assert row["settings"]["warmup_steps"] == 400
     assert 0 < row["attention entropy"] <= 1 and 0 <= row["dates gold alignment"] <= 1
     assert len(outputs["greedy"]) == len(small_dates.test_sources)
+    assert_the_row_measures_the_saved_models(
+        row, outputs, small_dates, tmp_path, "t_transformer_seed0", beam_size=1
+    )
 
 
 def test_dates_architecture_keeps_the_architecture_and_drops_the_sizes():

@@ -1,6 +1,8 @@
 """show_source: the notebooks show the package's real code, highlighted, with its place."""
 
 import inspect
+import re
+from html import unescape
 
 import pytest
 
@@ -27,6 +29,9 @@ def test_jupyter_gets_highlighted_html_of_the_same_code():
     html = show_source(masked_softmax)._repr_html_()
     assert "<span" in html and "masked_softmax" in html
     assert "helpers/attention.py" in html
+    # With the highlighting's tags taken out, the page reads the whole source, every line.
+    text = unescape(re.sub(r"<[^>]+>", "", html))
+    assert inspect.getsource(masked_softmax).rstrip() in text
     # colours inline: the page has no Pygments stylesheet, so CSS classes would show plain
     assert 'style="color: #' in html and 'class="k"' not in html
 

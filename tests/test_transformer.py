@@ -94,6 +94,45 @@ def test_the_decoder_layer_equals_torchs_with_the_same_weights(training):
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_dropout_acts_on_each_residual_branch_only():
+    """Vaswani et al. (section 5.4) drop each sub-layer's output before it is added to the
+    residual stream: three times per layer (self-attention, cross-attention, feed-forward).
+    With that dropout replaced by one that drops everything, the layer must pass its input
+    through unchanged, in the parallel pass and step by step: so each of the three
+    branches goes through it, and nothing else does. (Dropout 0 above cannot see this.)"""
+
+    class DropEverything(torch.nn.Module):
+        def forward(self, branch):
+            return torch.zeros_like(branch)
+
+    torch.manual_seed(0)
+    layer = TransformerDecoderLayer(16, 4, 40, dropout=0.0).eval()
+    states, memory = torch.randn(3, 6, 16), torch.randn(3, 5, 16)
+    memory_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]).bool()
+    before, _ = layer(states, memory, memory_mask)
+    assert not torch.allclose(before, states)  # each branch adds something
+    layer.dropout = DropEverything()
+    parallel, _ = layer(states, memory, memory_mask)
+    torch.testing.assert_close(parallel, states, rtol=0, atol=0)
+    cache = layer.start_cache(memory, memory_mask)
+    for position in range(states.size(1)):
+        output, cache, _ = layer.step(states[:, position : position + 1], cache, memory_mask)
+        torch.testing.assert_close(output, states[:, position : position + 1], rtol=0, atol=0)
+
+
+def test_the_embeddings_are_scaled_by_the_square_root_of_the_model_size():
+    """Vaswani et al. (section 3.4) multiply the embeddings by sqrt(d_model) before adding
+    the positions, so that both are of a size; step t's input uses row t of the table."""
+    model = transformer()
+    decoder = model.decoder
+    tokens = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    table = decoder.positions.table
+    expected = decoder.embedding(tokens) * math.sqrt(16) + table[:3]
+    torch.testing.assert_close(decoder._embed(tokens), expected)
+    later = decoder.embedding(tokens[:, :1]) * 4.0 + table[4:5]
+    torch.testing.assert_close(decoder._embed(tokens[:, :1], first_position=4), later)
+
+
 def test_loading_from_a_post_norm_layer_is_refused():
     post_norm = torch.nn.TransformerDecoderLayer(16, 4, 40, batch_first=True)
     with pytest.raises(ValueError, match="norm_first=True"):
@@ -168,10 +207,10 @@ def test_greedy_and_beam_search_decode_the_transformer():
     batch = toy_batch()
     greedy = greedy_decode(model, batch.source, batch.source_lengths)
     beam = beam_search(model, batch.source, batch.source_lengths, beam_size=1, alpha=0.0)
-    for left, right in zip(greedy, beam, strict=True):
+    for row, (left, right) in enumerate(zip(greedy, beam, strict=True)):
         assert left.token_ids == right.token_ids
         assert left.score == pytest.approx(right.score, abs=1e-4)
-        assert left.attention.shape[1] == int(batch.source_lengths[greedy.index(left)])
+        assert left.attention.shape[1] == int(batch.source_lengths[row])
 
 
 def test_a_transformer_checkpoint_round_trips(tmp_path):
@@ -280,10 +319,14 @@ def test_the_maps_behind_a_translation_are_the_ones_the_search_used():
     from helpers.decoding import translate
     from helpers.transformer import translation_cross_attention
 
-    model = transformer(source_tokenizer="chars", target_tokenizer="chars", max_target_length=9)
+    model = transformer(
+        source_tokenizer="chars", target_tokenizer="chars", max_target_length=9, dropout=0.5
+    )
     letters = "abcdefghijklmnopqrs"
     model.attach_vocabularies(Vocabulary.build([list(letters)]), Vocabulary.build([list(letters)]))
-    model.train()  # the function must decode in eval mode and restore this
+    # The function must decode in eval mode and restore this: with dropout on, maps
+    # computed in training mode would not be the ones the (eval-mode) search used.
+    model.train()
     for beam_size in (1, 3):
         translation = translate(model, "abcab", beam_size=beam_size)
         maps = translation_cross_attention(model, translation)
@@ -382,6 +425,13 @@ def test_the_position_table_bounds_the_target_length():
         assert logits.shape == (1, VOCAB)
         with pytest.raises(ValueError, match=f"step {rows} exceeds the {rows} encoded"):
             model.decoder.step(torch.tensor([5]), state, memory, rows)
+    longer = transformer(max_target_length=600)  # longer outputs get a longer table
+    assert longer.decoder.positions.table.size(0) == 600
+    with torch.no_grad():
+        memory = longer.encode(source, torch.tensor([3]))
+        state = longer.decoder.init_state(memory)
+        logits, _, _ = longer.decoder.step(torch.tensor([5]), state, memory, 599)
+        assert logits.shape == (1, VOCAB)
 
 
 def test_the_maps_of_an_empty_translation_are_a_clear_error():
