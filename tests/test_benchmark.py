@@ -1,8 +1,10 @@
 """The benchmark runs end to end and reports its figures (no timing is asserted)."""
 
+import random
 import re
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from helpers.models import Seq2Seq
 from helpers.reference_beam_search import reference_beam_search
 from helpers.tasks import dates_task
 from helpers.training import set_seed
+from helpers.vocab import SOS_INDEX
 
 
 def test_benchmark_prints_both_speeds_and_the_ratio_last():
@@ -199,6 +202,58 @@ def test_the_article_loop_counts_each_target_token_once_and_stops_after_its_dura
     assert speed == pytest.approx(expected / 5)
 
 
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_the_article_loop_feeds_gold_or_its_own_words_one_coin_per_sentence(
+    tiny_task, fake_clock, monkeypatch, ratio
+):
+    """What (a) and (a') compare depends on it: each sentence, in the shuffled order, is
+    fed either the gold previous words ([<sos>, y_1, ..., y_{n-1}]) or the model's own
+    previous predictions, by one coin per sentence: always gold at ratio 1, never at 0,
+    and both at 0.5. The model's encoder and decoder step are recorded as it trains."""
+    built = []
+
+    class RecordedSeq2Seq(Seq2Seq):
+        def __init__(self, config):
+            super().__init__(config)
+            built.append(self)
+            self.sentences = []
+            real_encode, real_step = self.encode, self.decoder.step
+
+            def encode(source, source_lengths):
+                self.sentences.append({"source": source[0].tolist(), "fed": [], "argmax": []})
+                return real_encode(source, source_lengths)
+
+            def step(decoder_input, state, memory, step):
+                logits, state, weights = real_step(decoder_input, state, memory, step)
+                self.sentences[-1]["fed"].append(int(decoder_input))
+                self.sentences[-1]["argmax"].append(int(logits.argmax(-1)))
+                return logits, state, weights
+
+            self.encode, self.decoder.step = encode, step
+
+    monkeypatch.setattr(benchmark, "Seq2Seq", RecordedSeq2Seq)
+    fake_clock(benchmark, tick=1.0)
+    config = benchmark.benchmark_config(tiny_task, 8)
+    benchmark.article_loop_tokens_per_second(
+        tiny_task, config, torch.device("cpu"), duration=100.0, teacher_forcing_ratio=ratio
+    )
+    [model] = built
+    order = list(range(len(tiny_task.train)))
+    random.Random(0).shuffle(order)
+    assert [sentence["source"] for sentence in model.sentences] == [
+        tiny_task.train[index][0].tolist() for index in order
+    ]
+    gold_fed = 0
+    for index, sentence in zip(order, model.sentences, strict=True):
+        gold = tiny_task.train[index][1].tolist()[:-1]  # <sos>, y_1 ... y_{n-1}
+        own = [SOS_INDEX, *sentence["argmax"][:-1]]
+        assert gold != own  # an untrained model: the two ways of feeding differ
+        assert sentence["fed"] in (gold, own)
+        gold_fed += sentence["fed"] == gold
+    expected = {0.0: (0, 0), 0.5: (15, 45), 1.0: (60, 60)}[ratio]  # of 60 sentences
+    assert expected[0] <= gold_fed <= expected[1], gold_fed
+
+
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])
 def test_the_article_loop_refuses_a_teacher_forcing_ratio_outside_0_to_1(tiny_task, ratio):
 
@@ -343,6 +398,11 @@ def test_the_trainer_is_timed_from_seed_0_on_the_batches_after_its_warm_up(monke
     for name, value in initial.items():
         assert torch.equal(calls[0]["weights"][name], value), name
     assert model.source_vocab is task.source_vocab and model.target_vocab is task.target_vocab
+    calls.clear()  # for a GPU (only named: train is the recorder), both loaders pin
+    benchmark.project_trainer_tokens_per_second(
+        task, config, torch.device("cuda"), batches=12, batch_size=32, warmup_batches=3
+    )
+    assert [call["pinned"] for call in calls] == [True, True]
 
 
 def test_the_article_loop_trains_its_model_down_its_loss(tiny_task, fake_clock, monkeypatch):
@@ -409,22 +469,27 @@ def test_attention_kernel_rows_report_milliseconds_per_call_and_the_matrix_size(
 def test_each_attention_path_is_timed_under_its_own_name(fake_clock, monkeypatch):
     """The explicit path (``need_weights=True``) and the fused one are not swapped: with
     a stand-in layer that takes 1 s a call for the first and 3 s for the second, the
-    rows say 1,000 and 3,000 ms."""
+    rows say 1,000 and 3,000 ms per call, at a short length (one warm-up call, then 10
+    timed) and from 1,024 tokens on (one, then 3): the calls are counted too."""
 
     clock = fake_clock(benchmark)
+    calls = Counter()
 
     class StandInLayer(torch.nn.Module):
         def __init__(self, size, heads):
             super().__init__()
 
         def forward(self, query, keys, values, need_weights):
+            calls[query.size(1), need_weights] += 1
             clock.advance(1.0 if need_weights else 3.0)
             return query, None
 
     monkeypatch.setattr(benchmark, "MultiHeadAttention", StandInLayer)
-    [row] = benchmark.attention_kernel_rows(torch.device("cpu"), (4,), batch=1, size=8, heads=2)
-    assert row["explicit (need_weights=True) ms"] == pytest.approx(1000.0)
-    assert row["fused SDPA (need_weights=False) ms"] == pytest.approx(3000.0)
+    rows = benchmark.attention_kernel_rows(torch.device("cpu"), (4, 1024), batch=1, size=8, heads=2)
+    for row in rows:
+        assert row["explicit (need_weights=True) ms"] == pytest.approx(1000.0)
+        assert row["fused SDPA (need_weights=False) ms"] == pytest.approx(3000.0)
+    assert calls == {(4, True): 11, (4, False): 11, (1024, True): 4, (1024, False): 4}
 
 
 def test_ctrl_c_ends_the_benchmark_with_one_line_and_keeps_what_it_printed(
