@@ -136,7 +136,8 @@ class HostCopies(torch.overrides.TorchFunctionMode):
     copy's shape): ``torch.tensor``/``as_tensor``/``new_tensor`` of data not already
     there (``torch.from_numpy`` makes no copy and is not seen; its ``.to`` is), a CPU tensor's ``.to``/``.cuda`` given a device, and ``copy_``
     from a CPU tensor. With ``device="meta"`` these are the copies a GPU would make;
-    with ``"cpu"``, the calls that would be copies if the model were on a GPU."""
+    with ``"cpu"``, the calls that would be copies if the model were on a GPU (so a CPU
+    tensor given to ``tensor``/``as_tensor``/``new_tensor`` with a ``device`` counts)."""
 
     FROM_DATA = ("tensor", "as_tensor", "new_tensor")
 
@@ -153,6 +154,13 @@ class HostCopies(torch.overrides.TorchFunctionMode):
             if name in self.FROM_DATA:
                 data = args[1] if name == "new_tensor" else args[0]
                 copied = not (isinstance(data, torch.Tensor) and data.device == result.device)
+                # On "cpu" a CPU tensor sent to an explicit device is already "there", but
+                # on a GPU it would be a copy (torch.as_tensor(cpu_steps, device=device)).
+                copied |= (
+                    self.device.type == "cpu"
+                    and isinstance(data, torch.Tensor)
+                    and kwargs.get("device") is not None
+                )
             elif name in ("to", "cuda"):
                 asked = [*args[1:], kwargs.get("device")]
                 copied = args[0].device.type == "cpu" and any(

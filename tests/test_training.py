@@ -677,10 +677,13 @@ def test_the_copy_recorder_sees_each_kind_of_host_to_device_copy(host_copies):
         on_meta.to("meta"), on_meta + 1, torch.zeros(6, device="meta")  # not copies
         torch.ones(2).to(torch.float64), torch.tensor([1, 2])  # CPU to CPU
     assert copies.shapes == [(1,), (2,), (4,), (2, 2), (5,), (3,)]
+    on_cpu = torch.arange(5)
     with host_copies("cpu") as copies:  # on a CPU: what would be a copy on a GPU
         torch.tensor([[1, 2]]), torch.from_numpy(np.zeros(3)).to("cpu"), torch.ones(4).to("cpu")
+        torch.as_tensor(on_cpu, device="cpu")  # a CPU tensor sent to the model's device
         torch.ones(2).to(torch.float64), torch.ones(3) * 2  # no device asked for
-    assert copies.shapes == [(1, 2), (3,), (4,)]
+        torch.as_tensor(on_cpu)  # no device asked for: stays where it is on a GPU too
+    assert copies.shapes == [(1, 2), (3,), (4,), (5,)]
 
 
 def test_the_loss_reads_exactly_the_real_target_positions(small_dates):
