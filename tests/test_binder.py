@@ -92,11 +92,15 @@ def test_binder_starts_with_passive_openmp_waiting():
     lines = [line for line in start.read_text().splitlines() if not line.startswith("#")]
     assert "export OMP_WAIT_POLICY=PASSIVE" in lines
     assert lines[-1] == 'exec "$@"', "start must hand over to the command Binder gives it"
+    # Started with ACTIVE, so that the policy printed is the one start sets, not one that
+    # this run inherited (OMP_WAIT_POLICY=PASSIVE make test, as docs/reproducibility.md
+    # suggests on a busy machine).
     finished = subprocess.run(
         [str(start), sys.executable, "-c", "import os; print(os.environ['OMP_WAIT_POLICY'])"],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "OMP_WAIT_POLICY": "ACTIVE"},
     )
     assert finished.stdout.strip() == "PASSIVE"
 
@@ -167,7 +171,6 @@ def test_repo2docker_installs_the_pins_after_copying_the_repository_then_runs_po
     assert lines.index(pip_install) > copy_repository
     post_build = lines.index("RUN ./.binder/postBuild")
     assert post_build > lines.index(pip_install)
-    assert "RUN ./postBuild" not in lines
 
 
 # ------------------------------------------------------- the same steps, in a fresh venv
@@ -268,10 +271,10 @@ def test_binder_steps_in_a_fresh_venv_give_helpers_and_the_data(tmp_path, record
         PIP_NO_INPUT="1",
     )
 
-    def step(name, command, step_env=env, timeout=900):
+    def step(name, command, step_env=env, timeout=900, cwd=repo):
         start = time.perf_counter()
         result = subprocess.run(
-            command, cwd=repo, env=step_env, capture_output=True, text=True, timeout=timeout
+            command, cwd=cwd, env=step_env, capture_output=True, text=True, timeout=timeout
         )
         timings[name] = round(time.perf_counter() - start, 1)
         assert result.returncode == 0, (
@@ -294,9 +297,13 @@ def test_binder_steps_in_a_fresh_venv_give_helpers_and_the_data(tmp_path, record
             post_build_env["PAYING_ATTENTION_DATA"] = offline
         step("postBuild", ["./.binder/postBuild"], step_env=post_build_env)
 
-        # What the reader gets: no environment variable, the data in the repository's cache.
+        # What the reader gets: no environment variable, the data in the repository's cache,
+        # and helpers importable from notebooks/, where the kernels run (from the top of the
+        # repository, Python would find ./helpers even had postBuild installed nothing).
         cached = repo / "data" / "deu-eng.tsv"
-        assert step("where", ["python", "-m", "helpers", "where"]).strip() == str(cached)
+        kernels = repo / "notebooks"
+        where = step("where", ["python", "-m", "helpers", "where"], cwd=kernels)
+        assert where.strip() == str(cached)
         if offline:
             assert cached.read_bytes() == Path(offline).read_bytes()
         report = json.loads(
@@ -312,6 +319,7 @@ def test_binder_steps_in_a_fresh_venv_give_helpers_and_the_data(tmp_path, record
                     "  'versions': {d.metadata['Name']: d.version for d in m.distributions()}},\n"
                     "  sys.stdout)",
                 ],
+                cwd=kernels,
             )
         )
         step("pip check", ["python", "-m", "pip", "check"])
@@ -322,6 +330,7 @@ def test_binder_steps_in_a_fresh_venv_give_helpers_and_the_data(tmp_path, record
 
     assert report["python"] == [3, 11]
     assert Path(report["helpers"]) == repo / "helpers" / "__init__.py"
+    assert "paying-attention-helpers" in report["versions"]  # postBuild's editable install
     assert len(report["pairs"]) == 10 and all(len(pair) == 2 for pair in report["pairs"])
     assert report["cuda"] is None, "Binder must get the CPU-only PyTorch build"
     installed = {
