@@ -202,14 +202,11 @@ def test_the_article_loop_counts_each_target_token_once_and_stops_after_its_dura
     assert speed == pytest.approx(expected / 5)
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
-def test_the_article_loop_feeds_gold_or_its_own_words_one_coin_per_sentence(
-    tiny_task, fake_clock, monkeypatch, ratio
-):
-    """What (a) and (a') compare depends on it: each sentence, in the shuffled order, is
-    fed either the gold previous words ([<sos>, y_1, ..., y_{n-1}]) or the model's own
-    previous predictions, by one coin per sentence: always gold at ratio 1, never at 0,
-    and both at 0.5. The model's encoder and decoder step are recorded as it trains."""
+@pytest.fixture
+def built_models(monkeypatch):
+    """The models ``helpers.benchmark`` builds, in order, each recording what it trains
+    on: per sentence it encodes, the source ids, the decoder inputs it was fed and the
+    argmax of each step's logits (``model.sentences``)."""
     built = []
 
     class RecordedSeq2Seq(Seq2Seq):
@@ -232,12 +229,23 @@ def test_the_article_loop_feeds_gold_or_its_own_words_one_coin_per_sentence(
             self.encode, self.decoder.step = encode, step
 
     monkeypatch.setattr(benchmark, "Seq2Seq", RecordedSeq2Seq)
+    return built
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 1.0])
+def test_the_article_loop_feeds_gold_or_its_own_words_one_coin_per_sentence(
+    tiny_task, fake_clock, built_models, ratio
+):
+    """What (a) and (a') compare depends on it: each sentence, in the shuffled order, is
+    fed either the gold previous words ([<sos>, y_1, ..., y_{n-1}]) or the model's own
+    previous predictions, by one coin per sentence: always gold at ratio 1, never at 0,
+    and both at 0.5. The model's encoder and decoder step are recorded as it trains."""
     fake_clock(benchmark, tick=1.0)
     config = benchmark.benchmark_config(tiny_task, 8)
     benchmark.article_loop_tokens_per_second(
         tiny_task, config, torch.device("cpu"), duration=100.0, teacher_forcing_ratio=ratio
     )
-    [model] = built
+    [model] = built_models
     order = list(range(len(tiny_task.train)))
     random.Random(0).shuffle(order)
     assert [sentence["source"] for sentence in model.sentences] == [
@@ -405,27 +413,19 @@ def test_the_trainer_is_timed_from_seed_0_on_the_batches_after_its_warm_up(monke
     assert [call["pinned"] for call in calls] == [True, True]
 
 
-def test_the_article_loop_trains_its_model_down_its_loss(tiny_task, fake_clock, monkeypatch):
+def test_the_article_loop_trains_its_model_down_its_loss(tiny_task, fake_clock, built_models):
     """(a) is a real training loop, not only a timing: after one pass over 60 sentences of
     teacher-forced Adam the model it trained has a lower loss on them than it started
     with."""
     from helpers.batching import collate_batch
     from helpers.training import batch_loss
 
-    built = []
-
-    class RecordedSeq2Seq(Seq2Seq):
-        def __init__(self, config):
-            super().__init__(config)
-            built.append(self)
-
-    monkeypatch.setattr(benchmark, "Seq2Seq", RecordedSeq2Seq)
     fake_clock(benchmark, tick=1.0)
     config = benchmark.benchmark_config(tiny_task, 16)
     benchmark.article_loop_tokens_per_second(
         tiny_task, config, torch.device("cpu"), duration=100.0, teacher_forcing_ratio=1.0
     )
-    [trained] = built
+    [trained] = built_models
     set_seed(0)
     untrained = Seq2Seq(config)
     batch = collate_batch([tiny_task.train[index] for index in range(len(tiny_task.train))])
