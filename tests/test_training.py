@@ -139,8 +139,6 @@ def test_validation_loss_is_the_mean_over_every_real_token_not_over_batches(smal
     """Batches and sentences hold different numbers of target tokens: the loss is their
     sum over the total count (the perplexity's definition), not the mean of the batch
     means, nor of the sentence means."""
-    from helpers.training import evaluate_loss
-
     torch.manual_seed(0)
     model = Seq2Seq(small_copy.model_config(embedding_size=8, hidden_size=16)).eval()
     _, valid_loader = small_copy.loaders(batch_size=8)  # 32-sentence batches: 32, 32, 32, 4
@@ -554,9 +552,6 @@ def test_smoothed_cross_entropy_means_the_same_reduction_with_and_without_smooth
 
 
 def test_evaluate_loss_restores_the_mode_and_refuses_empty_data(small_dates):
-    from helpers.models import Seq2Seq
-    from helpers.training import evaluate_loss
-
     config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.5)
     model = Seq2Seq(config)
     _, valid_loader = small_dates.loaders(batch_size=32)
@@ -707,8 +702,6 @@ def test_the_epochs_train_loss_is_the_token_weighted_mean_of_its_batches(small_c
     """With a learning rate of 0 the weights never move, so the epoch's reported training
     loss must equal the validation-style loss over the same loader: every real target
     token counted once, whatever the batch sizes."""
-    from helpers.training import evaluate_loss
-
     torch.manual_seed(0)
     model = Seq2Seq(small_copy.model_config(embedding_size=8, hidden_size=16, dropout=0.0))
     train_loader, _ = small_copy.loaders(batch_size=48)  # 600 pairs: a short last batch
@@ -726,8 +719,6 @@ def test_continuing_a_run_with_its_optimiser_equals_running_it_straight(small_da
     """``train(..., history=..., optimizer=...)`` (the command line's --resume) takes up
     the epoch count and the warm-up schedule's step count where the first call left them:
     two epochs in two calls give the weights of two epochs in one."""
-    from helpers.training import make_adam
-
     config = small_dates.model_config(embedding_size=8, hidden_size=16, dropout=0.0)
     loop = dict(learning_rate=3e-3, warmup_steps=20, device="cpu", progress=False)
     torch.manual_seed(0)
@@ -969,8 +960,6 @@ def test_a_diverged_run_stops_with_an_error_before_the_epoch_is_recorded(small_d
 
 
 def test_train_and_evaluate_loss_want_a_loader_of_batches_not_a_dataset(small_dates):
-    from helpers.training import evaluate_loss
-
     model = Seq2Seq(small_dates.model_config(embedding_size=8, hidden_size=16))
     with pytest.raises(TypeError, match="train_loader must yield Batch objects"):
         train(model, small_dates.train, epochs=1, progress=False)
