@@ -234,36 +234,38 @@ def process_is_running(pid: int) -> bool:
         return not Path("/proc").is_dir()
 
 
-def test_ctrl_c_ends_with_one_line_and_leaves_the_file_and_no_kernel(tool, tmp_path):
-    """Ctrl-C while a cell runs: exit status 130 and one line, not nbclient's tracebacks;
-    the notebook unchanged, nothing recorded, the kernel shut down. A terminal signals
-    the tool's process group; the kernel is not in it (jupyter_client starts kernels in
-    a session of their own), so the tool alone receives it, as here."""
-    notebook = small_notebook(
-        tmp_path / "slow.ipynb",
-        "import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\ntime.sleep(120)",
-    )
-    before = notebook.read_bytes()
-    resources = tmp_path / "r.csv"
-    tool_process = subprocess.Popen(
+def start_tool(notebook: Path, resources: Path, **environment: str) -> subprocess.Popen:
+    """The tool as a terminal starts it: in a process group of its own."""
+    return subprocess.Popen(
         [sys.executable, str(ROOT / "tools" / "execute_notebooks.py"), str(notebook)]
         + ["--resources", str(resources)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group, as in a terminal
+        start_new_session=True,
+        env={**os.environ, **environment},
     )
-    kernel_pid_file = tmp_path / "kernel.pid"
+
+
+def wait_for_pid(pid_file: Path, tool_process: subprocess.Popen) -> int:
+    """The pid the kernel wrote to ``pid_file``, once it has."""
     deadline = time.monotonic() + 120
-    while not (kernel_pid_file.exists() and kernel_pid_file.read_text()):
-        assert tool_process.poll() is None and time.monotonic() < deadline, "the cell never ran"
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert tool_process.poll() is None, tool_process.communicate()[1]
+        assert time.monotonic() < deadline, "the kernel never wrote its pid"
         time.sleep(0.1)
-    kernel_pid = int(kernel_pid_file.read_text())
-    assert os.getsid(kernel_pid) != os.getsid(tool_process.pid)  # as the docstring says
-    os.killpg(tool_process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    _, errors = tool_process.communicate(timeout=60)
-    assert tool_process.returncode == 130, errors
-    assert errors.strip().splitlines()[-1] == f"interrupted: {notebook} is unchanged"
+    return int(pid_file.read_text())
+
+
+def assert_stopped_cleanly(
+    tool_process, signal_number, notebook, before, resources, kernel_pid, seconds=60
+):
+    """Exit status 128 + the signal, one line and no traceback; the notebook unchanged,
+    nothing recorded, and the kernel gone."""
+    _, errors = tool_process.communicate(timeout=seconds)
+    assert tool_process.returncode == 128 + signal_number, errors
+    what = "interrupted" if signal_number == signal.SIGINT else "terminated"
+    assert errors.strip().splitlines()[-1] == f"{what}: {notebook} is unchanged"
     assert "Traceback" not in errors, errors
     assert notebook.read_bytes() == before
     assert not resources.exists()
@@ -271,3 +273,112 @@ def test_ctrl_c_ends_with_one_line_and_leaves_the_file_and_no_kernel(tool, tmp_p
     while process_is_running(kernel_pid):
         assert time.monotonic() < deadline, "the kernel outlived the tool"
         time.sleep(0.1)
+
+
+WRITE_PID = "import os, time\nopen('kernel.pid', 'w').write(str(os.getpid()))\n"
+
+
+def test_ctrl_c_ends_with_one_line_and_leaves_the_file_and_no_kernel(tool, tmp_path):
+    """Ctrl-C while a cell runs: exit status 130 and one line, not nbclient's tracebacks;
+    the notebook unchanged, nothing recorded, the kernel shut down. A terminal signals
+    the tool's process group; the kernel is not in it (jupyter_client starts kernels in
+    a session of their own), so the tool alone receives it, as here."""
+    notebook = small_notebook(tmp_path / "slow.ipynb", WRITE_PID + "time.sleep(120)")
+    before = notebook.read_bytes()
+    resources = tmp_path / "r.csv"
+    tool_process = start_tool(notebook, resources)
+    kernel_pid = wait_for_pid(tmp_path / "kernel.pid", tool_process)
+    assert os.getsid(kernel_pid) != os.getsid(tool_process.pid)  # as the docstring says
+    os.killpg(tool_process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    assert_stopped_cleanly(tool_process, signal.SIGINT, notebook, before, resources, kernel_pid)
+
+
+def test_sigterm_while_a_cell_runs_stops_as_cleanly(tool, tmp_path):
+    """SIGTERM (``kill``, a job scheduler) stops at once, with exit status 143 and one
+    line; nbclient's own handler made it a failed cell, "Kernel died", with tracebacks."""
+    notebook = small_notebook(tmp_path / "slow.ipynb", WRITE_PID + "time.sleep(120)")
+    before = notebook.read_bytes()
+    resources = tmp_path / "r.csv"
+    tool_process = start_tool(notebook, resources)
+    kernel_pid = wait_for_pid(tmp_path / "kernel.pid", tool_process)
+    os.kill(tool_process.pid, signal.SIGTERM)
+    assert_stopped_cleanly(tool_process, signal.SIGTERM, notebook, before, resources, kernel_pid)
+
+
+def test_ctrl_c_while_the_kernel_starts_stops_as_cleanly(tool, tmp_path):
+    """Before the kernel is ready nbclient's handler used to get Ctrl-C: it shut the
+    half-started kernel down with an interrupt (a KeyboardInterrupt traceback from the
+    kernel's imports) and the tool died of a CancelledError, status 1. A kernel that
+    never becomes ready holds the tool in that window for as long as the test needs."""
+    kernel_folder = tmp_path / "jupyter" / "kernels" / "never-ready"
+    kernel_folder.mkdir(parents=True)
+    pid_file = tmp_path / "kernel.pid"
+    never_ready = (
+        "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    spec = {
+        "argv": [sys.executable, "-c", never_ready, str(pid_file), "{connection_file}"],
+        "display_name": "never ready",
+        "language": "python",
+    }
+    (kernel_folder / "kernel.json").write_text(json.dumps(spec))
+    notebook = small_notebook(tmp_path / "never.ipynb", "1 + 1")
+    notebook_json = json.loads(notebook.read_text())
+    notebook_json["metadata"]["kernelspec"]["name"] = "never-ready"
+    notebook.write_text(json.dumps(notebook_json))
+    before = notebook.read_bytes()
+    resources = tmp_path / "r.csv"
+    tool_process = start_tool(notebook, resources, JUPYTER_PATH=str(tmp_path / "jupyter"))
+    kernel_pid = wait_for_pid(pid_file, tool_process)
+    time.sleep(1)  # the client is waiting for the kernel to answer
+    os.killpg(tool_process.pid, signal.SIGINT)
+    # well before nbclient's 60 s start-up timeout would have ended it anyway
+    assert_stopped_cleanly(
+        tool_process, signal.SIGINT, notebook, before, resources, kernel_pid, seconds=30
+    )
+
+
+def test_ctrl_c_after_the_last_cell_began_still_leaves_the_file(tool, tmp_path):
+    """A Ctrl-C that reaches the tool while the last cell runs, when that cell goes on to
+    finish (here it catches the interrupt), used to be lost: the notebook was written
+    and recorded, exit status 0."""
+    last_cell = (
+        WRITE_PID + "import signal\n"
+        "try:\n"
+        "    os.kill(int(os.environ['JPY_PARENT_PID']), signal.SIGINT)\n"
+        "    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    pass"
+    )
+    notebook = small_notebook(tmp_path / "last.ipynb", "x = 1", last_cell)
+    before = notebook.read_bytes()
+    resources = tmp_path / "r.csv"
+    tool_process = start_tool(notebook, resources)
+    kernel_pid = wait_for_pid(tmp_path / "kernel.pid", tool_process)
+    assert_stopped_cleanly(tool_process, signal.SIGINT, notebook, before, resources, kernel_pid)
+
+
+def test_a_second_ctrl_c_stops_a_cell_that_ignores_the_first(tool, tmp_path):
+    """The first Ctrl-C interrupts the cell; one that catches the interrupt and goes on
+    is stopped by a second, which kills the kernel."""
+    stubborn = (
+        WRITE_PID + "while True:\n"
+        "    try:\n"
+        "        time.sleep(1)\n"
+        "    except KeyboardInterrupt:\n"
+        "        open('interrupted', 'w').close()"
+    )
+    notebook = small_notebook(tmp_path / "stubborn.ipynb", stubborn)
+    before = notebook.read_bytes()
+    resources = tmp_path / "r.csv"
+    tool_process = start_tool(notebook, resources)
+    kernel_pid = wait_for_pid(tmp_path / "kernel.pid", tool_process)
+    os.killpg(tool_process.pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "interrupted").exists():
+        assert time.monotonic() < deadline, "the first Ctrl-C never reached the cell"
+        time.sleep(0.1)
+    time.sleep(1)
+    assert tool_process.poll() is None  # the cell ignored it, and the tool waits
+    os.killpg(tool_process.pid, signal.SIGINT)
+    assert_stopped_cleanly(tool_process, signal.SIGINT, notebook, before, resources, kernel_pid)

@@ -7,7 +7,8 @@ Each notebook runs top to bottom in a fresh kernel (nbclient), from its own fold
 file) and *without* ``MPLBACKEND`` (an inherited Agg would stop the inline backend, and the
 figures would never be saved as PNG). A cell that fails stops the run with the error and
 leaves the notebook file as it was; so does Ctrl-C, which interrupts the running cell as
-JupyterLab's stop button does (press it twice for a cell that ignores the interrupt).
+JupyterLab's stop button does (press it twice for a cell that ignores the interrupt), and
+so does SIGTERM. Either ends with one line and exit status 128 + the signal's number.
 
 The executed notebook is written back atomically (temporary file, then ``os.replace``) with
 the widget clutter stripped: notebook-level widget state (``metadata.widgets``, a
@@ -32,7 +33,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +61,26 @@ TORCH_THREADS_EXPRESSION = (
 
 class NotebookChangedError(RuntimeError):
     """The notebook file was edited while it executed: writing would lose the edit."""
+
+
+# Ctrl-C, and what a job scheduler or `kill` sends.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class StopRequest:
+    """The first stop signal received while a notebook ran, if any."""
+
+    signal_number: int | None = None
+
+
+class RunStopped(Exception):
+    """Ctrl-C or SIGTERM stopped the run; the kernel is shut down, the file unchanged."""
+
+    def __init__(self, signal_number: int) -> None:
+        self.signal_number = signal_number
+        self.what = "interrupted" if signal_number == signal.SIGINT else "terminated"
+        super().__init__(f"{self.what} by signal {signal_number}")
 
 
 @dataclass
@@ -167,39 +187,55 @@ def update_resources(csv_path: Path, records: list[RunRecord]) -> None:
 
 
 async def _execute(
-    client: NotebookClient, environment: dict[str, str], interrupted: threading.Event
+    client: NotebookClient, environment: dict[str, str], stop: StopRequest
 ) -> tuple[float | None, str]:
-    """Run every cell (as ``NotebookClient.async_execute`` does), then, with the kernel
-    still alive, ask it for torch's thread count and read its peak memory. Ctrl-C sets
-    ``interrupted`` and stops the run.
+    """Start a kernel and run every cell (as ``NotebookClient.async_execute`` does), then,
+    with the kernel still alive, ask it for torch's thread count and read its peak memory;
+    shut the kernel down.
+
+    Ctrl-C while a cell runs interrupts that cell, as JupyterLab's stop button does: it
+    then fails like any cell, and the run ends. Ctrl-C while the kernel starts, a second
+    Ctrl-C (for a cell that ignores the interrupt) or SIGTERM stops the run at once. The
+    signal is recorded in ``stop``; the kernel is shut down either way.
 
     Returns ``(peak resident MiB, torch threads)``.
     """
+    # Not nbclient's async_setup_kernel: its own SIGINT handler shuts the kernel down while
+    # a cell still runs in it (the cell fails with "Kernel died", and the kernel and that
+    # shutdown each print a traceback), and until the kernel is ready no handler of ours
+    # could replace it.
     client.reset_execution_trackers()
-    async with client.async_setup_kernel(env=environment):
-        assert client.kc is not None and client.km is not None
-        # nbclient's own Ctrl-C handler shuts the kernel down while a cell still runs in
-        # it: the cell fails with "Kernel died", the kernel and that shutdown task each
-        # print a traceback. Instead, Ctrl-C interrupts the cell (JupyterLab's stop
-        # button), which then fails like any cell, and async_setup_kernel's exit shuts
-        # the kernel down once. A second Ctrl-C stops waiting for a cell that ignores it.
-        running = asyncio.current_task()
-        assert running is not None
-        pending: list[asyncio.Future] = []  # held, so the interrupt is not collected
+    loop = asyncio.get_running_loop()
+    running = asyncio.current_task()
+    assert running is not None
+    kernel_ready = stopped_at_once = False
+    pending: list[asyncio.Future] = []  # held, so the interrupt is not collected
 
-        def stop_on_ctrl_c() -> None:
-            if interrupted.is_set():
-                running.cancel()
-                return
-            interrupted.set()
+    def on_signal(signal_number: int) -> None:
+        nonlocal stopped_at_once
+        first = stop.signal_number is None
+        if first:
+            stop.signal_number = signal_number
+        if kernel_ready and first and signal_number == signal.SIGINT:
+            assert client.km is not None
             pending.append(asyncio.ensure_future(_maybe_await(client.km.interrupt_kernel())))
+        else:
+            stopped_at_once = True
+            running.cancel()
 
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop_on_ctrl_c)
+    for signal_number in STOP_SIGNALS:
+        loop.add_signal_handler(signal_number, on_signal, signal_number)
+    client.km = client.create_kernel_manager()
+    try:
+        await client.async_start_new_kernel(env=environment)
+        await client.async_start_new_kernel_client()
+        assert client.kc is not None
+        kernel_ready = True
         info = await client.async_wait_for_reply(await _maybe_await(client.kc.kernel_info()))
         if info is not None and "language_info" in info["content"]:
             client.nb.metadata["language_info"] = info["content"]["language_info"]
         for index, cell in enumerate(client.nb.cells):
-            if interrupted.is_set():  # pressed between two cells
+            if stop.signal_number is not None:  # pressed between two cells
                 raise asyncio.CancelledError
             await client.async_execute_cell(
                 cell, index, execution_count=client.code_cells_executed + 1
@@ -214,6 +250,8 @@ async def _execute(
             )
         )
         reply = await client.async_wait_for_reply(message_id)
+        if stop.signal_number is not None:  # pressed after the last cell began
+            raise asyncio.CancelledError
         threads = ""
         if reply is not None:
             result = reply["content"].get("user_expressions", {}).get("threads", {})
@@ -221,7 +259,37 @@ async def _execute(
         # The kernel is the process the provisioner started (python -m ipykernel_launcher).
         process = getattr(client.km.provisioner, "process", None)
         peak = peak_resident_mib(process.pid) if process is not None else None
+    finally:
+        for signal_number in STOP_SIGNALS:
+            loop.remove_signal_handler(signal_number)
+        await _shut_down_kernel(client, gently=kernel_ready and not stopped_at_once)
     return peak, threads
+
+
+async def _shut_down_kernel(client: NotebookClient, gently: bool) -> None:
+    """Shut the kernel down and close the client's channels, as nbclient's clean-up does.
+
+    ``gently=False`` kills it instead, for a run stopped at once: ``shutdown_kernel``
+    first interrupts the kernel, which in the middle of its start-up prints a
+    KeyboardInterrupt traceback, and then asks it to exit, which in the middle of a cell
+    makes it print a ZMQError traceback when the cell's reply finds its socket closed.
+    """
+    manager = client.km
+    if manager is None:  # nbclient already cleaned up after a failed start
+        return
+    try:
+        if gently:
+            if await _maybe_await(manager.is_alive()):
+                await _maybe_await(manager.shutdown_kernel())
+        elif manager.has_kernel:
+            await manager.provisioner.kill()
+            await manager.provisioner.wait()
+    finally:
+        await _maybe_await(manager.cleanup_resources())
+        if client.kc is not None:
+            await _maybe_await(client.kc.stop_channels())
+            client.kc = None
+        client.km = None
 
 
 async def _maybe_await(value):
@@ -232,8 +300,8 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT) -> RunRecord:
     """Execute ``path`` in a fresh kernel and write it back; return what it cost.
 
     Raises ``CellExecutionError`` when a cell fails, ``NotebookChangedError`` when the
-    file was edited while it ran, and ``KeyboardInterrupt`` on Ctrl-C (after shutting the
-    kernel down); in each case the file is left as it is.
+    file was edited while it ran, and ``RunStopped`` on Ctrl-C or SIGTERM (after shutting
+    the kernel down); in each case the file is left as it is.
     """
     path = path.resolve()
     original = path.read_bytes()
@@ -247,14 +315,14 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT) -> RunRecord:
         allow_errors=False,
     )
     started = time.monotonic()
-    interrupted = threading.Event()
+    stop = StopRequest()
     try:
-        peak, threads = asyncio.run(_execute(client, kernel_environment(), interrupted))
+        peak, threads = asyncio.run(_execute(client, kernel_environment(), stop))
     except (asyncio.CancelledError, Exception):
         # After Ctrl-C the run ends with the cell's KeyboardInterrupt (a CellExecutionError)
-        # or, after a second one, a cancellation or "Kernel died"; the kernel is shut down.
-        if interrupted.is_set():
-            raise KeyboardInterrupt from None
+        # or a cancellation; the kernel is shut down.
+        if stop.signal_number is not None:
+            raise RunStopped(stop.signal_number) from None
         raise
     seconds = time.monotonic() - started
     strip_widget_clutter(notebook)
@@ -335,9 +403,12 @@ def main(arguments: list[str] | None = None) -> int:
             except NotebookChangedError as error:
                 print(f"FAILED: {error}", file=sys.stderr)
                 return 1
-            except KeyboardInterrupt:
+            except RunStopped as stopped:
+                print(f"{stopped.what}: {path} is unchanged", file=sys.stderr)
+                return 128 + stopped.signal_number
+            except KeyboardInterrupt:  # a third Ctrl-C, while the kernel shuts down
                 print(f"interrupted: {path} is unchanged", file=sys.stderr)
-                return 130
+                return 128 + signal.SIGINT
             records.append(record)
             memory = "?" if record.peak_memory_mib is None else f"{record.peak_memory_mib:.0f} MiB"
             print(
