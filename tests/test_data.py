@@ -190,7 +190,7 @@ def test_an_interrupted_transfer_leaves_no_partial_file(server, tmp_path):
     full = make_zip({"deu.txt": "Go.\tGeh.\tCC-BY\n" * 2000})
     server.body = full[: len(full) // 2]
     server.declared_length = len(full)
-    with pytest.raises(DownloadError):
+    with pytest.raises(DownloadError, match=f"IncompleteRead\\({len(full) // 2} bytes read"):
         download_tatoeba(server.url, tmp_path, timeout=10)
     assert list(tmp_path.iterdir()) == []
 
