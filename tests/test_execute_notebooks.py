@@ -31,10 +31,10 @@ def tool():
     return module
 
 
-def small_notebook(path: Path, *sources: str) -> Path:
+def small_notebook(path: Path, *sources: str, kernel_name: str = "python3") -> Path:
     notebook = nbformat.v4.new_notebook()
     notebook.metadata["kernelspec"] = {
-        "name": "python3",
+        "name": kernel_name,
         "display_name": "Python 3 (ipykernel)",
         "language": "python",
     }
@@ -322,10 +322,7 @@ def test_ctrl_c_while_the_kernel_starts_stops_as_cleanly(tool, tmp_path):
         "language": "python",
     }
     (kernel_folder / "kernel.json").write_text(json.dumps(spec))
-    notebook = small_notebook(tmp_path / "never.ipynb", "1 + 1")
-    notebook_json = json.loads(notebook.read_text())
-    notebook_json["metadata"]["kernelspec"]["name"] = "never-ready"
-    notebook.write_text(json.dumps(notebook_json))
+    notebook = small_notebook(tmp_path / "never.ipynb", "1 + 1", kernel_name="never-ready")
     before = notebook.read_bytes()
     resources = tmp_path / "r.csv"
     tool_process = start_tool(notebook, resources, JUPYTER_PATH=str(tmp_path / "jupyter"))
